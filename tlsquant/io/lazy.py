@@ -1,0 +1,160 @@
+"""Lazy, picklable dask arrays over tiled files.
+
+The task graph carries only plain descriptions (path, page locators, block
+location); each worker opens the file itself and keeps it open per process.
+tifffile's zarr store cannot be pickled, so a graph holding it would fail on
+any dask.distributed cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+DEFAULT_CHUNK_PX = 2048
+
+
+@dataclass(frozen=True)
+class TiffPlane:
+    """Where one (Y, X) plane lives in a TIFF file.
+
+    ``series`` None means ``page`` indexes the file's top-level pages; otherwise
+    the plane is page ``page`` of pyramid level ``level`` of tifffile series ``series``.
+    ``sample`` selects one sample of an interleaved (Y, X, S) page.
+    """
+
+    page: int
+    series: int | None = None
+    level: int = 0
+    sample: int | None = None
+
+
+@dataclass(frozen=True)
+class TiffLevelSource:
+    """Everything a worker needs to read blocks of one pyramid level."""
+
+    path: str
+    planes: tuple[TiffPlane, ...]
+    file_stamp: tuple[int, int]  # (mtime_ns, size): reopen if the file was rewritten
+
+
+class _PerProcessCache:
+    """Small LRU of open handles, shared by the threads of one process."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._maxsize = maxsize
+
+    def get(self, key: Any, factory) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = factory()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._maxsize:
+                # not closed: cached plane arrays may still read through this handle
+                self._items.popitem(last=False)
+        return value
+
+
+_TIFF_FILES = _PerProcessCache(maxsize=16)
+_PLANE_ARRAYS = _PerProcessCache(maxsize=1024)
+
+
+def _open_tiff(path: str, stamp: tuple[int, int]):
+    import tifffile
+
+    return _TIFF_FILES.get((path, stamp), lambda: tifffile.TiffFile(path))
+
+
+def _plane_array(source: TiffLevelSource, plane: TiffPlane):
+    def factory():
+        import zarr
+
+        tif = _open_tiff(source.path, source.file_stamp)
+        if plane.series is None:
+            page = tif.pages[plane.page]
+        else:
+            page = tif.series[plane.series].levels[plane.level].pages[plane.page]
+        # maxworkers=1: dask already runs one task per core; nested decode threads oversubscribe
+        return zarr.open(page.aszarr(maxworkers=1), mode="r")
+
+    return _PLANE_ARRAYS.get((source.path, source.file_stamp, plane), factory)
+
+
+def _read_tiff_block(source: TiffLevelSource, dtype: str, block_info=None) -> np.ndarray:
+    (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    out = np.empty((c1 - c0, y1 - y0, x1 - x0), dtype=dtype)
+    for k, plane in enumerate(source.planes[c0:c1]):
+        region = _plane_array(source, plane)[y0:y1, x0:x1]
+        out[k] = region if plane.sample is None else region[..., plane.sample]
+    return out
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+def aligned_chunks(
+    size: int, tile: int, target: int, *, full_extent_strips: bool = False
+) -> tuple[int, ...]:
+    """Chunk lengths along one axis: whole multiples of ``tile`` close to ``target``."""
+    tile = max(1, min(tile, size))
+    if full_extent_strips:
+        step = size
+    else:
+        step = max(1, round(target / tile)) * tile
+    step = min(step, size)
+    count = math.ceil(size / step)
+    return tuple(min(step, size - i * step) for i in range(count))
+
+
+def chunk_grid(
+    shape_yx: tuple[int, int], tile_yx: tuple[int, int], target: int | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(Y chunks, X chunks) aligned to the storage tiles, about ``target`` px on a side.
+
+    Strips (tile as wide as the image) keep whole rows: cutting a strip in x would
+    decode it once per chunk. Their height is chosen so a chunk holds about target² px.
+    """
+    target = target or DEFAULT_CHUNK_PX
+    height, width = shape_yx
+    tile_y, tile_x = tile_yx
+    if tile_x >= width:  # strips
+        rows = max(tile_y, (target * target // max(width, 1)) // tile_y * tile_y)
+        return aligned_chunks(height, tile_y, rows), (width,)
+    return aligned_chunks(height, tile_y, target), aligned_chunks(width, tile_x, target)
+
+
+def tiff_level_array(
+    source: TiffLevelSource,
+    shape_yx: tuple[int, int],
+    dtype: np.dtype,
+    tile_yx: tuple[int, int],
+    chunk_px: int | None,
+) -> da.Array:
+    """A lazy (C, Y, X) dask array reading ``source`` block by block."""
+    y_chunks, x_chunks = chunk_grid(shape_yx, tile_yx, chunk_px)
+    chunks = ((1,) * len(source.planes), y_chunks, x_chunks)
+    name = "tlsquant-tiff-" + tokenize(source, chunks, np.dtype(dtype).str)
+    return da.map_blocks(
+        _read_tiff_block,
+        source,
+        np.dtype(dtype).name,
+        dtype=dtype,
+        chunks=chunks,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+        name=name,
+    )

@@ -1,0 +1,325 @@
+"""Readers for Akoya QPTIFF, OME-TIFF and plain multichannel TIFF."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SlideFormatError
+from ..slide import Level, Slide
+from .lazy import TiffLevelSource, TiffPlane, file_stamp, tiff_level_array
+from .units import length_to_um, resolution_to_um
+
+
+@dataclass
+class _LevelLayout:
+    shape_yx: tuple[int, int]
+    planes: tuple[TiffPlane, ...]
+    tile_yx: tuple[int, int]
+
+
+@dataclass
+class TiffLayout:
+    """What a TIFF flavour parser found, before the slide is assembled."""
+
+    format: str
+    dtype: np.dtype
+    levels: list[_LevelLayout]
+    channel_names: list[str] | None
+    pixel_size_xy_um: tuple[float, float] | None
+    pixel_size_source: str | None
+    compression: str | None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _page_tile(page) -> tuple[int, int]:
+    if page.is_tiled:
+        return int(page.tilelength), int(page.tilewidth)
+    rows = int(page.rowsperstrip or page.imagelength)
+    return min(rows, int(page.imagelength)), int(page.imagewidth)
+
+
+def _compression_name(page) -> str | None:
+    name = page.compression.name.lower()
+    return None if name == "none" else name
+
+
+def _tag_pixel_size(page, source: str) -> tuple[float, float] | None:
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    unit_tag = tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default is inch
+    x_um = resolution_to_um(tags["XResolution"].value, unit, source=f"{source} XResolution")
+    y_um = resolution_to_um(tags["YResolution"].value, unit, source=f"{source} YResolution")
+    if x_um is None or y_um is None:
+        return None
+    return x_um, y_um
+
+
+def _xml_root(text: str, source: str) -> ET.Element:
+    # ElementTree refuses a str whose declaration names another encoding (QPTIFF says utf-16)
+    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise SlideFormatError(f"{source}: ImageDescription XML is malformed: {exc}") from None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+# -- Akoya QPTIFF ----------------------------------------------------------------------------
+
+
+def _is_qptiff(tif) -> bool:
+    description = tif.pages[0].description or ""
+    return "PerkinElmer-QPI-ImageDescription" in description[:400]
+
+
+def _qptiff_channel_name(root: ET.Element) -> str | None:
+    # direct children only: ScanProfile nests many unrelated <Name> elements (filters, bands)
+    for tag in ("Biomarker", "Name"):
+        element = root.find(tag)
+        if element is not None and element.text and element.text.strip():
+            return element.text.strip()
+    return None
+
+
+def _qptiff_layout(tif, source: str) -> TiffLayout:
+    full: list[tuple[int, Any, ET.Element]] = []
+    reduced: list[tuple[int, Any]] = []
+    skipped: list[str] = []
+    for index, page in enumerate(tif.pages):
+        root = _xml_root(page.description or "", f"{source} page {index}")
+        image_type = (root.findtext("ImageType") or "").strip()
+        if image_type == "FullResolution":
+            full.append((index, page, root))
+        elif image_type == "ReducedResolution":
+            reduced.append((index, page))
+        else:
+            skipped.append(image_type or "unknown")
+    if not full:
+        raise SlideFormatError(f"{source}: QPTIFF without any FullResolution page")
+    base_shape = full[0][1].shape
+    for index, page, _ in full:
+        if page.shape != base_shape or page.dtype != full[0][1].dtype:
+            raise SlideFormatError(
+                f"{source}: FullResolution page {index} has shape {page.shape} {page.dtype}, "
+                f"expected {base_shape} {full[0][1].dtype} like page {full[0][0]}"
+            )
+    n_channels = len(full)
+    names = [_qptiff_channel_name(root) or f"Channel {k + 1}" for k, (_, _, root) in enumerate(full)]
+    levels = [
+        _LevelLayout(
+            tuple(base_shape[:2]),
+            tuple(TiffPlane(page=i) for i, _, _ in full),
+            _page_tile(full[0][1]),
+        )
+    ]
+    # reduced levels come as runs of n_channels pages of one shape, in channel order
+    run: list[tuple[int, Any]] = []
+    for item in reduced + [(-1, None)]:
+        if run and (item[1] is None or item[1].shape != run[0][1].shape):
+            if len(run) == n_channels:
+                levels.append(
+                    _LevelLayout(
+                        tuple(run[0][1].shape[:2]),
+                        tuple(TiffPlane(page=i) for i, _ in run),
+                        _page_tile(run[0][1]),
+                    )
+                )
+            run = []
+        if item[1] is not None:
+            run.append(item)
+    pixel_size = _tag_pixel_size(full[0][1], source)
+    pixel_source = "tiff resolution tags"
+    if pixel_size is None:
+        text = full[0][2].findtext(".//ScanResolution/PixelSizeMicrons")
+        if text:
+            pixel_size = (float(text), float(text))
+            pixel_source = "QPTIFF ScanProfile PixelSizeMicrons"
+        else:
+            pixel_source = None
+    return TiffLayout(
+        format="qptiff",
+        dtype=np.dtype(full[0][1].dtype),
+        levels=levels,
+        channel_names=names,
+        pixel_size_xy_um=pixel_size,
+        pixel_size_source=pixel_source,
+        compression=_compression_name(full[0][1]),
+        notes={"ignored_pages": skipped},
+    )
+
+
+# -- OME-TIFF and plain TIFF (through tifffile's series) -----------------------------------
+
+
+def _series_planes(series_index: int, series, level_index: int, source: str) -> tuple[TiffPlane, ...]:
+    level = series.levels[level_index]
+    axes = level.axes
+    shape = level.shape
+    if axes in ("YX",):
+        return (TiffPlane(page=0, series=series_index, level=level_index),)
+    if axes in ("YXS",):
+        return tuple(
+            TiffPlane(page=0, series=series_index, level=level_index, sample=s) for s in range(shape[2])
+        )
+    if len(axes) == 3 and axes.endswith("YX"):  # C, I (pages), Q, Z... of one plane each
+        return tuple(TiffPlane(page=c, series=series_index, level=level_index) for c in range(shape[0]))
+    raise SlideFormatError(
+        f"{source}: expected a 2D multichannel image (axes CYX), got axes {axes!r} with shape "
+        f"{shape}; time series, z-stacks and RGB channel stacks are not supported"
+    )
+
+
+def _choose_series(tif) -> int:
+    # converters store label/macro images as extra series: analyse the largest one
+    sizes = [int(np.prod(s.shape)) for s in tif.series]
+    return int(np.argmax(sizes))
+
+
+def _ome_image_element(tif, series_index: int, source: str) -> ET.Element | None:
+    root = _xml_root(tif.ome_metadata or "", f"{source} OME-XML")
+    images = [el for el in root if _local(el.tag) == "Image"]
+    name = tif.series[series_index].name
+    for image in images:  # tifffile names series after the Image's Name
+        if image.get("Name") == name:
+            return image
+    return images[series_index] if series_index < len(images) else None
+
+
+def _ome_metadata(image: ET.Element | None, source: str):
+    if image is None:
+        return None, None
+    pixels = next((el for el in image if _local(el.tag) == "Pixels"), None)
+    if pixels is None:
+        return None, None
+    names = [ch.get("Name") or "" for ch in pixels if _local(ch.tag) == "Channel"]
+    size = None
+    if pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
+        size = (
+            length_to_um(
+                float(pixels.get("PhysicalSizeX")), pixels.get("PhysicalSizeXUnit"),
+                source=f"{source} OME PhysicalSizeX",
+            ),
+            length_to_um(
+                float(pixels.get("PhysicalSizeY")), pixels.get("PhysicalSizeYUnit"),
+                source=f"{source} OME PhysicalSizeY",
+            ),
+        )
+    elif pixels.get("PhysicalSizeX"):
+        value = length_to_um(
+            float(pixels.get("PhysicalSizeX")), pixels.get("PhysicalSizeXUnit"),
+            source=f"{source} OME PhysicalSizeX",
+        )
+        size = (value, value)
+    return names, size
+
+
+def _imagej_pixel_size(tif, page) -> tuple[float, float] | None:
+    metadata = tif.imagej_metadata or {}
+    unit = str(metadata.get("unit", "")).replace("\\u00B5", "µ")
+    if unit.lower() not in ("micron", "microns", "µm", "um", "μm"):
+        return None
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    ynum, yden = tags["YResolution"].value if "YResolution" in tags else (num, den)
+    if num == 0 or ynum == 0:
+        return None
+    return den / num, yden / ynum
+
+
+def _series_layout(tif, source: str) -> TiffLayout:
+    series_index = _choose_series(tif)
+    series = tif.series[series_index]
+    first_page = series.levels[0].keyframe
+    levels = []
+    for level_index, level in enumerate(series.levels):
+        planes = _series_planes(series_index, series, level_index, source)
+        shape_yx = tuple(level.shape[-3:-1] if level.axes.endswith("S") else level.shape[-2:])
+        levels.append(_LevelLayout(shape_yx, planes, _page_tile(level.keyframe)))
+    names = None
+    pixel_size = None
+    pixel_source = None
+    fmt = "tiff"
+    if tif.is_ome:
+        fmt = "ome-tiff"
+        image = _ome_image_element(tif, series_index, source)
+        names, pixel_size = _ome_metadata(image, source)
+        if pixel_size is not None:
+            pixel_source = "OME PhysicalSizeX/Y"
+        if names is not None and (len(names) != len(levels[0].planes) or not all(names)):
+            names = None  # unnamed or mismatched: the caller must supply names
+    if pixel_size is None and tif.is_imagej:
+        pixel_size = _imagej_pixel_size(tif, first_page)
+        pixel_source = "ImageJ unit + resolution tags" if pixel_size else None
+    if pixel_size is None:
+        pixel_size = _tag_pixel_size(first_page, source)
+        pixel_source = "tiff resolution tags" if pixel_size else None
+    return TiffLayout(
+        format=fmt,
+        dtype=np.dtype(series.dtype),
+        levels=levels,
+        channel_names=names,
+        pixel_size_xy_um=pixel_size,
+        pixel_size_source=pixel_source,
+        compression=_compression_name(first_page),
+        notes={"series": series_index, "axes": series.axes},
+    )
+
+
+def read_tiff_layout(path: Path) -> TiffLayout:
+    """Parse a TIFF's metadata (no pixel data) into a :class:`TiffLayout`."""
+    import tifffile
+
+    source = str(path)
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise SlideFormatError(f"{source}: not a readable TIFF file ({exc})") from None
+    with tif:
+        if not tif.pages:
+            raise SlideFormatError(f"{source}: TIFF file has no pages")
+        if _is_qptiff(tif):
+            return _qptiff_layout(tif, source)
+        return _series_layout(tif, source)
+
+
+def tiff_slide(
+    path: Path,
+    layout: TiffLayout,
+    *,
+    channel_names: list[str],
+    pixel_size_xy_um: tuple[float, float],
+    chunk_px: int | None,
+    metadata: dict[str, Any],
+) -> Slide:
+    """Assemble a lazy :class:`Slide` from a parsed layout."""
+    stamp = file_stamp(str(path))
+    base_y, base_x = layout.levels[0].shape_yx
+    levels = []
+    for level in layout.levels:
+        source = TiffLevelSource(str(path.resolve()), level.planes, stamp)
+        data = tiff_level_array(source, level.shape_yx, layout.dtype, level.tile_yx, chunk_px)
+        levels.append(Level(data, base_y / level.shape_yx[0], base_x / level.shape_yx[1]))
+    return Slide(
+        path=path,
+        format=layout.format,
+        channel_names=tuple(channel_names),
+        pixel_size_x_um=pixel_size_xy_um[0],
+        pixel_size_y_um=pixel_size_xy_um[1],
+        levels=tuple(levels),
+        tile_shape=layout.levels[0].tile_yx,
+        compression=layout.compression,
+        metadata={**metadata, **layout.notes},
+    )
