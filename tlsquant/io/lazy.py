@@ -75,7 +75,14 @@ _PLANE_ARRAYS = _PerProcessCache(maxsize=1024)
 def _open_tiff(path: str, stamp: tuple[int, int]):
     import tifffile
 
-    return _TIFF_FILES.get((path, stamp), lambda: tifffile.TiffFile(path))
+    def factory():
+        tif = tifffile.TiffFile(path)
+        # one lock per file, shared by all its page stores: each store would otherwise
+        # install a fresh lock on the shared handle and concurrent seeks would interleave
+        tif.filehandle.set_lock(True)
+        return tif
+
+    return _TIFF_FILES.get((path, stamp), factory)
 
 
 def _plane_array(source: TiffLevelSource, plane: TiffPlane):
@@ -83,12 +90,16 @@ def _plane_array(source: TiffLevelSource, plane: TiffPlane):
         import zarr
 
         tif = _open_tiff(source.path, source.file_stamp)
-        if plane.series is None:
-            page = tif.pages[plane.page]
-        else:
-            page = tif.series[plane.series].levels[plane.level].pages[plane.page]
-        # maxworkers=1: dask already runs one task per core; nested decode threads oversubscribe
-        return zarr.open(page.aszarr(maxworkers=1), mode="r")
+        # walking the page list seeks the shared handle: hold the lock chunk reads hold
+        with tif.filehandle.lock:
+            if plane.series is None:
+                page = tif.pages[plane.page]
+            else:
+                page = tif.series[plane.series].levels[plane.level].pages[plane.page]
+            # maxworkers=1: dask already runs one task per core; nested decode threads oversubscribe
+            store = page.aszarr(maxworkers=1, lock=tif.filehandle.lock)
+        # outside the lock: zarr reads through its own event-loop thread, which takes the lock
+        return zarr.open(store, mode="r")
 
     return _PLANE_ARRAYS.get((source.path, source.file_stamp, plane), factory)
 

@@ -20,6 +20,11 @@ def _ngff_attributes(group) -> dict[str, Any] | None:
     return ome if "multiscales" in ome else None
 
 
+def _codec_name(codec) -> str:
+    name = getattr(codec, "codec_id", None) or type(codec).__name__
+    return name.lower().removesuffix("codec")
+
+
 def _scale_of(transforms: list[dict] | None, ndim: int) -> np.ndarray:
     scale = np.ones(ndim)
     for transform in transforms or []:
@@ -69,7 +74,16 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
                 f"{source}/{dataset['path']}: array has {array.ndim} dimensions, axes say {axes}"
             )
         scale = _scale_of(dataset.get("coordinateTransformations"), len(axes)) * global_scale
-        data = da.from_zarr(source, component=dataset["path"])
+        storage = array.shards or array.chunks
+        storage_yx = (storage[axes.index("y")], storage[axes.index("x")])
+        y_chunks, x_chunks = chunk_grid(
+            (array.shape[axes.index("y")], array.shape[axes.index("x")]), storage_yx, chunk_px
+        )
+        # chunks given up front: a later rechunk of a whole-slide graph costs seconds
+        wanted = tuple(
+            y_chunks if name == "y" else x_chunks if name == "x" else 1 for name in axes
+        )
+        data = da.from_zarr(source, component=dataset["path"], chunks=wanted)
         selection: list[Any] = []
         for name, size in zip(axes, array.shape):
             if name in ("c", "y", "x"):
@@ -81,18 +95,15 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
                     f"{source}: axis {name!r} has {size} planes; expected a single 2D multichannel "
                     f"image (t and z of size 1)"
                 )
-        data = data[tuple(selection)]
+        if any(not isinstance(item, slice) for item in selection):
+            data = data[tuple(selection)]
         if "c" not in axes:
             data = data[None]
-        storage = array.shards or array.chunks
-        storage_yx = (storage[axes.index("y")], storage[axes.index("x")])
-        y_chunks, x_chunks = chunk_grid(data.shape[1:], storage_yx, chunk_px)
-        data = data.rechunk((1, y_chunks, x_chunks))
         if index == 0:
             base_shape = data.shape
             tile_yx = tuple(int(v) for v in storage_yx)
             compressors = getattr(array, "compressors", None) or ()
-            compression = type(compressors[0]).__name__.lower() if compressors else None
+            compression = _codec_name(compressors[0]) if compressors else None
             y_um = length_to_um(scale[axes.index("y")], units.get("y"), source=f"{source} NGFF y scale") if units.get("y") else None
             x_um = length_to_um(scale[axes.index("x")], units.get("x"), source=f"{source} NGFF x scale") if units.get("x") else None
             if x_um is not None and y_um is not None:
@@ -120,12 +131,11 @@ def _plain_array(array, source: str, chunk_px: int | None) -> dict[str, Any]:
         raise SlideFormatError(
             f"{source}: plain zarr array must be (Y, X) or (C, Y, X), got shape {array.shape}"
         )
-    data = da.from_zarr(source)
+    storage = array.shards or array.chunks
+    y_chunks, x_chunks = chunk_grid(array.shape[-2:], tuple(storage[-2:]), chunk_px)
+    data = da.from_zarr(source, chunks=(1, y_chunks, x_chunks)[-array.ndim :])
     if array.ndim == 2:
         data = data[None]
-    storage = array.shards or array.chunks
-    y_chunks, x_chunks = chunk_grid(data.shape[1:], tuple(storage[-2:]), chunk_px)
-    data = data.rechunk((1, y_chunks, x_chunks))
     return {
         "format": "zarr",
         "levels": [Level(data, 1.0, 1.0)],

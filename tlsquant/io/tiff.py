@@ -44,9 +44,12 @@ def _page_tile(page) -> tuple[int, int]:
     return min(rows, int(page.imagelength)), int(page.imagewidth)
 
 
+_COMPRESSION_NAMES = {"adobe_deflate": "deflate", "zlib": "deflate", "none": None}
+
+
 def _compression_name(page) -> str | None:
     name = page.compression.name.lower()
-    return None if name == "none" else name
+    return _COMPRESSION_NAMES.get(name, name)
 
 
 def _tag_pixel_size(page, source: str) -> tuple[float, float] | None:
@@ -239,6 +242,26 @@ def _imagej_pixel_size(tif, page) -> tuple[float, float] | None:
     return den / num, yden / ynum
 
 
+def _levels_stored_as_series(tif, series_index: int, source: str) -> list[_LevelLayout]:
+    """Reduced levels some converters store as separate series (one OME Image per level)."""
+    base = tif.series[series_index]
+    levels: list[_LevelLayout] = []
+    previous = base.shape
+    for index in range(series_index + 1, len(tif.series)):
+        candidate = tif.series[index]
+        if (
+            candidate.axes != base.axes
+            or candidate.dtype != base.dtype
+            or candidate.shape[0] != base.shape[0]
+            or not all(c < p for c, p in zip(candidate.shape[-2:], previous[-2:]))
+        ):
+            break
+        planes = _series_planes(index, candidate, 0, source)
+        levels.append(_LevelLayout(tuple(candidate.shape[-2:]), planes, _page_tile(candidate.keyframe)))
+        previous = candidate.shape
+    return levels
+
+
 def _series_layout(tif, source: str) -> TiffLayout:
     series_index = _choose_series(tif)
     series = tif.series[series_index]
@@ -248,6 +271,8 @@ def _series_layout(tif, source: str) -> TiffLayout:
         planes = _series_planes(series_index, series, level_index, source)
         shape_yx = tuple(level.shape[-3:-1] if level.axes.endswith("S") else level.shape[-2:])
         levels.append(_LevelLayout(shape_yx, planes, _page_tile(level.keyframe)))
+    if len(levels) == 1:
+        levels += _levels_stored_as_series(tif, series_index, source)
     names = None
     pixel_size = None
     pixel_source = None
@@ -289,7 +314,7 @@ def read_tiff_layout(path: Path) -> TiffLayout:
         raise SlideFormatError(f"{source}: not a readable TIFF file ({exc})") from None
     with tif:
         if not tif.pages:
-            raise SlideFormatError(f"{source}: TIFF file has no pages")
+            raise SlideFormatError(f"{source}: not a readable TIFF file (it holds no image pages)")
         if _is_qptiff(tif):
             return _qptiff_layout(tif, source)
         return _series_layout(tif, source)

@@ -1,0 +1,40 @@
+"""Shared fixtures: small synthetic scenes and files, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlsquant import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_IMAGES = REPO / "test_images"
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "realdata" in item.keywords and not REALDATA.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"{REALDATA} not present"))
+
+
+@pytest.fixture(scope="session")
+def small_scene() -> synthetic.Scene:
+    return synthetic.make_scene(
+        seed=11, width_um=1600, height_um=1200, pixel_size_um=2.0, tls_counts=(2, 1, 0),
+        tls_radius_um=(45, 80), dtype="uint16",
+    )
+
+
+@pytest.fixture(scope="session")
+def small_pyramid(small_scene):
+    from tlsquant.io.writers import build_pyramid
+
+    return build_pyramid(synthetic.render(small_scene).compute(), min_size=128)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,59 @@
+"""Files written by real instruments and converters (../shared/realdata; skipped when absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlsquant import open_slide
+from tlsquant.errors import PixelSizeError
+from tlsquant.io import read_channel_names
+
+from .conftest import REALDATA
+
+pytestmark = pytest.mark.realdata
+
+
+def test_vectra_polaris_qptiff():
+    slide = open_slide(REALDATA / "small_vectra.qptiff")
+    assert slide.format == "qptiff"
+    # <Name> holds filter names; the nested ScanProfile <Name>s must not leak in
+    assert slide.channel_names == ("DAPI", "FITC", "Cy3")
+    # tags (unit cm) say 0.4965, the XML ScanProfile says 0.5: the tags win
+    assert slide.pixel_size_um == pytest.approx(0.4965, rel=1e-3)
+    assert slide.shape == (3, 1440, 1920) and slide.dtype == np.uint8
+    assert slide.tile_shape == (16, 1920) and slide.compression == "lzw"
+    assert slide.metadata["ignored_pages"] == ["Thumbnail", "Overview", "Label"]
+    import tifffile
+
+    expected = tifffile.imread(REALDATA / "small_vectra.qptiff", key=1)
+    np.testing.assert_array_equal(slide.channel("fitc").compute(), expected)
+
+
+def test_bioformats_jpeg_pyramid_without_pixel_size():
+    path = REALDATA / "visinity_test_image.ome.tiff"
+    with pytest.raises(PixelSizeError, match="no physical pixel size"):
+        open_slide(path)
+    slide = open_slide(path, pixel_size_um=0.65)
+    assert slide.channel_names == ("CHAN_0", "CHAN_1")
+    assert [lvl.shape for lvl in slide.levels] == [(2, 2048, 2048), (2, 1024, 1024), (2, 512, 512), (2, 256, 256)]
+    assert slide.tile_shape == (512, 512) and slide.compression == "jpeg"
+    level0 = slide.levels[0].data.compute().astype(np.float32)
+    level1 = slide.levels[1].data.compute().astype(np.float32)
+    binned = level0.reshape(2, 1024, 2, 1024, 2).mean(axis=(2, 4))
+    # Bio-Formats' reduced level is a downsampled level 0 (JPEG: close, not equal)
+    assert np.corrcoef(binned.ravel(), level1.ravel())[0, 1] > 0.95
+
+
+def test_cycif_crop_needs_names_and_pixel_size_from_user():
+    path = REALDATA / "cropped_reactive_core.ome.tiff"
+    with pytest.raises(PixelSizeError, match="10000 µm/px is outside the plausible range"):
+        open_slide(path)
+    names = read_channel_names(REALDATA / "cropped_reactive_core.channels.csv")
+    slide = open_slide(path, pixel_size_um=0.65, channel_names=names)
+    assert slide.channel_index("cd20") == 27 and slide.channel_index("CD21") == 35
+    assert slide.shape == (48, 100, 100) and slide.dtype == np.uint16
+    assert len(slide.levels) == 4
+    unnamed = open_slide(path, pixel_size_um=0.65)
+    assert unnamed.channel_names[0] == "Channel 1"
+    assert unnamed.metadata["channel_names_source"].startswith("placeholder")

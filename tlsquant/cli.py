@@ -1,0 +1,196 @@
+"""Command-line interface: parse, call the library, report. No computation lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import TLSQuantError
+
+log = logging.getLogger("tlsquant")
+
+
+def _pixel_size(text: str) -> float | tuple[float, float]:
+    """``0.5`` or ``0.5,0.52`` (x,y) in µm/px."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pixel-size expects µm/px such as 0.5 or 0.5,0.52, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"--pixel-size takes one or two numbers, got {text!r}")
+
+
+def _channel_names(text: str | None) -> list[str] | None:
+    """Comma-separated names, or a file (one per line, or CSV with a marker_name column)."""
+    if text is None:
+        return None
+    from .io import read_channel_names
+
+    if Path(text).is_file():
+        return read_channel_names(text)
+    return [name.strip() for name in text.split(",")]
+
+
+def _add_slide_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pixel-size", type=_pixel_size, metavar="UM",
+                        help="level-0 pixel size in µm/px (x or x,y); overrides the file")
+    parser.add_argument("--channels", metavar="NAMES|FILE",
+                        help="channel names in file order: 'DAPI,CD3,...' or a text/CSV file")
+
+
+def _open(args):
+    from .io import open_slide
+
+    return open_slide(args.slide, pixel_size_um=args.pixel_size, channel_names=_channel_names(args.channels))
+
+
+def cmd_info(args) -> int:
+    slide = _open(args)
+    info = slide.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}")
+    print(f"  format        {info['format']}")
+    print(f"  pixel size    {info['pixel_size_x_um']:.5g} x {info['pixel_size_y_um']:.5g} µm/px "
+          f"({info['metadata'].get('pixel_size_source')})")
+    print(f"  shape (C,Y,X) {tuple(info['shape'])}  {info['dtype']}")
+    width_mm = info["shape"][2] * info["pixel_size_x_um"] / 1000
+    height_mm = info["shape"][1] * info["pixel_size_y_um"] / 1000
+    print(f"  extent        {width_mm:.2f} x {height_mm:.2f} mm")
+    print(f"  tiles         {info['tile_shape']}  compression {info['compression']}")
+    print(f"  levels        {', '.join('x'.join(map(str, lv[1:])) for lv in info['levels'])}")
+    print(f"  channels      {', '.join(info['channels'])}  ({info['metadata'].get('channel_names_source')})")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[float, float]:
+    try:
+        width, height = (float(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size expects WIDTHxHEIGHT in mm such as 4x3, got {text!r}") from None
+    return width, height
+
+
+def _parse_counts(text: str) -> tuple[int, int, int]:
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or min(counts) < 0:
+        raise argparse.ArgumentTypeError(
+            f"--tls expects three counts INTRA,PERI,DISTAL such as 5,3,2, got {text!r}"
+        )
+    return counts  # type: ignore[return-value]
+
+
+def cmd_synth(args) -> int:
+    from . import synthetic
+
+    out = Path(args.out)
+    try:
+        targets = [out] if synthetic.format_for(out) else []
+    except ValueError:
+        out.mkdir(parents=True, exist_ok=True)
+        ext = {"ome-tiff": ".ome.tiff", "qptiff": ".qptiff", "ome-zarr": ".ome.zarr"}
+        formats = args.format.split(",")
+        for fmt in formats:
+            if fmt not in ext:
+                raise TLSQuantError(f"--format must be ome-tiff, qptiff or ome-zarr, got {fmt!r}")
+        targets = [out / f"synthetic-s{args.seed}{ext[fmt]}" for fmt in formats]
+    width_mm, height_mm = args.size
+    scene = synthetic.make_scene(
+        seed=args.seed,
+        width_um=width_mm * 1000,
+        height_um=height_mm * 1000,
+        pixel_size_um=args.pixel_size,
+        dtype=args.dtype,
+        tls_counts=args.tls,
+        extra_channels=[c for c in (args.extra_channels or "").split(",") if c],
+        shuffle_channels=args.shuffle_channels,
+        noise=args.noise,
+    )
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        slide_path, truth_file = synthetic.write_slide(scene, target, tile=args.tile)
+        print(f"wrote {slide_path}  (truth: {truth_file})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .io import open_slide
+
+    images = Path(__file__).resolve().parents[1] / "test_images"
+    slides = sorted(p for p in images.iterdir() if ".truth." not in p.name)
+    for path in slides:
+        slide = open_slide(path)
+        print(f"{slide.name:<14} {slide.format:<9} {slide.shape} {slide.dtype.name:<8} "
+              f"{slide.pixel_size_um:g} µm/px  {', '.join(slide.channel_names)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlsquant",
+        description="Quantify tertiary lymphoid structures in multiplex immunofluorescence slides.",
+    )
+    parser.add_argument("--version", action="version", version=f"tlsquant {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run on the bundled test_images/")
+    demo.set_defaults(func=cmd_demo)
+
+    info = sub.add_parser("info", help="describe a slide (format, channels, pixel size, pyramid)")
+    info.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_slide_options(info)
+    info.set_defaults(func=cmd_info)
+
+    synth = sub.add_parser("synth", help="write a synthetic slide with known truth")
+    synth.add_argument("out", help="a .ome.tiff/.qptiff/.ome.zarr path, or a directory")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=_parse_size, default=(4.0, 3.0), metavar="WxH",
+                       help="slide extent in mm (default 4x3)")
+    synth.add_argument("--pixel-size", type=float, default=1.0, metavar="UM", help="µm/px (default 1.0)")
+    synth.add_argument("--dtype", choices=["uint8", "uint16", "float32"], default="uint16")
+    synth.add_argument("--tls", type=_parse_counts, default=(5, 3, 2), metavar="I,P,D",
+                       help="intratumoral, peritumoral, distal TLS to place (default 5,3,2)")
+    synth.add_argument("--format", default="ome-tiff",
+                       help="when OUT is a directory: ome-tiff, qptiff, ome-zarr (comma-separated)")
+    synth.add_argument("--extra-channels", metavar="NAMES", help="e.g. CD8,CD68,Autofluorescence")
+    synth.add_argument("--shuffle-channels", action="store_true", help="store channels in random order")
+    synth.add_argument("--noise", type=float, default=1.0, help="noise scale (default 1.0)")
+    synth.add_argument("--tile", type=int, default=256, help="storage tile size in px (default 256)")
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except TLSQuantError as exc:
+        print(f"tlsquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
