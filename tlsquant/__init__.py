@@ -1,7 +1,6 @@
 """tlsquant: quantify tertiary lymphoid structures in multiplex immunofluorescence slides."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .errors import (
     ChannelError,
     ConfigError,
@@ -10,16 +9,17 @@ from .errors import (
     SlideNotFoundError,
     TLSQuantError,
 )
+from .config import Config, load_config
 from .io import open_slide
+from .pipeline import SlideResult, analyze_slide
 from .slide import Level, Slide
-
-try:
-    __version__ = version("tlsquant")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "ChannelError",
+    "Config",
+    "SlideResult",
+    "analyze_slide",
+    "load_config",
     "ConfigError",
     "Level",
     "PixelSizeError",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import TLSQuantError
 
 log = logging.getLogger("tlsquant")
@@ -125,15 +125,83 @@ def cmd_synth(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def _load_config(args):
+    from .config import load_config
+
+    return load_config(args.config, args.set or ())
+
+
+def _progress(enabled: bool):
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr)
+
+
+def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=None, progress=False):
     from .io import open_slide
+    from .io.outputs import write_slide_outputs
+    from .pipeline import analyze_slide
+
+    slide = open_slide(slide_path, pixel_size_um=pixel_size, channel_names=channels,
+                       chunk_size=config.compute.chunk_px or None)
+    with _progress(progress):
+        result = analyze_slide(slide, config)
+    write_slide_outputs(result, outdir, slide=slide)
+    for warning in result.warnings:
+        log.warning("%s: %s", slide.name, warning)
+    return result
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def cmd_analyze(args) -> int:
+    config = _load_config(args)
+    if args.workers is not None:
+        from dataclasses import replace
+
+        config = replace(config, compute=replace(config.compute, workers=args.workers))
+    outdir = Path(args.output)
+    result = _analyze_one(args.slide, outdir, config, pixel_size=args.pixel_size,
+                          channels=_channel_names(args.channels), progress=sys.stderr.isatty() and not args.quiet)
+    s = result.summary
+    print(f"{s['slide_id']}: tumour {s['tumour_area_mm2']:.3f} mm², {s['tls_count']} TLS "
+          f"({s['tls_mature_count']} mature, {s['tls_primary_count']} primary; {s['tls_counted']} counted), "
+          f"density {_fmt(s['tls_density_per_mm2'], '.3f')} /mm², area {_fmt(s['tls_area_pct'], '.3f')} %")
+    print(f"outputs in {outdir}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import json
+
+    from .config import load_config
 
     images = Path(__file__).resolve().parents[1] / "test_images"
-    slides = sorted(p for p in images.iterdir() if ".truth." not in p.name)
+    if not images.is_dir():
+        raise TLSQuantError(f"{images}: the bundled test images are missing (run from a source checkout)")
+    slides = sorted(p for p in images.iterdir() if ".truth." not in p.name and not p.name.startswith("."))
+    config = load_config()
+    outroot = Path(args.output)
+    header = f"{'slide':<14}{'format':<10}{'tumour mm²':>11}{'TLS':>5}{'mature':>7}{'density/mm²':>13}{'area %':>8}   truth (density, area %)"
+    print(header)
+    print("-" * len(header))
     for path in slides:
-        slide = open_slide(path)
-        print(f"{slide.name:<14} {slide.format:<9} {slide.shape} {slide.dtype.name:<8} "
-              f"{slide.pixel_size_um:g} µm/px  {', '.join(slide.channel_names)}")
+        result = _analyze_one(path, outroot / path.name.split(".")[0], config)
+        s = result.summary
+        truth_file = images / f"{path.name.split('.')[0]}.truth.json"
+        truth = ""
+        if truth_file.exists():
+            t = json.loads(truth_file.read_text())
+            truth = f"   {t['tls_density_per_mm2']:.3f}, {t['tls_area_pct']:.3f}"
+        print(f"{s['slide_id']:<14}{s['source']['format']:<10}{s['tumour_area_mm2']:>11.3f}{s['tls_count']:>5}"
+              f"{s['tls_mature_count']:>7}{_fmt(s['tls_density_per_mm2'], '.3f'):>13}{_fmt(s['tls_area_pct'], '.3f'):>8}{truth}")
+    print(f"\noutputs (summary.json, tls.csv, tls.geojson, qc.png) in {outroot}/<slide>/")
     return 0
 
 
@@ -146,8 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run on the bundled test_images/")
+    demo = sub.add_parser("demo", help="analyse the bundled test_images/ and print a summary table")
+    demo.add_argument("-o", "--output", default="tlsquant-demo", help="output folder (default tlsquant-demo)")
     demo.set_defaults(func=cmd_demo)
+
+    analyze = sub.add_parser("analyze", help="find, stage and measure the TLS of one slide")
+    analyze.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")
+    analyze.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the outputs")
+    analyze.add_argument("--config", metavar="TOML", help="configuration file (default: built-in defaults)")
+    analyze.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override one setting, e.g. --set tls.min_area_um2=8000 (repeatable)")
+    analyze.add_argument("--workers", type=int, help="threads for the full-resolution pass (default: cores)")
+    analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_slide_options(analyze)
+    analyze.set_defaults(func=cmd_analyze)
 
     info = sub.add_parser("info", help="describe a slide (format, channels, pixel size, pyramid)")
     info.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")

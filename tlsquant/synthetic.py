@@ -234,7 +234,7 @@ def make_scene(
 
     tls: list[SyntheticTLS] = []
     rules = {
-        "intratumoral": lambda r: (lambda inside, d: inside and d > r + 60),
+        "intratumoral": lambda r: (lambda inside, d: inside and d > r + 100),
         "peritumoral": lambda r: (lambda inside, d: not inside and r + 45 < d < 430),
         "distal": lambda r: (lambda inside, d: not inside and d > 680),
     }
@@ -264,7 +264,15 @@ def make_scene(
             blobs.append(Blob(point[0], point[1], radius, radius * rng.uniform(0.75, 1.0), _harmonics(rng, 0.15)))
         return tuple(blobs)
 
-    holes = decoys(4, (40.0, 110.0), lambda inside, d: inside and d > 150, keep_out=20.0)
+    # stroma and vessels enclosed by the tumour bed (a thick tumour rim keeps them enclosed)
+    holes = []
+    for _ in range(4):
+        radius = float(rng.uniform(40.0, 110.0))
+        point = sample_point(radius, lambda inside, d, r=radius: inside and d > r + 120)
+        if point is not None:
+            placed.append((point[0], point[1], radius + 20))
+            holes.append(Blob(point[0], point[1], radius, radius * rng.uniform(0.75, 1.0), _harmonics(rng, 0.15)))
+    holes = tuple(holes)
     aggregates = decoys(n_aggregates, (14.0, 26.0))
     infiltrates = decoys(n_infiltrates, (110.0, 200.0))
     debris = list(decoys(n_debris - n_debris // 4, (6.0, 20.0), keep_out=10.0))
@@ -344,8 +352,10 @@ def _cell_block_cached(scene: Scene, block_y: int, block_x: int) -> Cells:
     assign(scene.tumour.contains(x, y), 0.55, 0.004, 0.03, 0.85)
     for hole in scene.tumour_holes:
         assign(hole.contains(x, y), 0.12, 0.01, 0.04)
+    # infiltrates inside the tumour bed stay mixed with tumour cells (the bed is unbroken)
     for blob in scene.infiltrates:
-        assign(blob.contains(x, y), 0.45, 0.15, 0.12)
+        inside = blob.contains(x, y)
+        assign(inside, np.maximum(keep[inside], 0.45), 0.15, 0.12, 0.8 * p_tumour[inside])
     for blob in scene.aggregates:
         assign(blob.contains(x, y), 1.0, 0.85, 0.08)
     for item in scene.tls:

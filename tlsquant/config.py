@@ -1,0 +1,309 @@
+"""Typed, frozen analysis configuration: defaults, TOML loading, overrides, validation.
+
+The defaults live in the dataclasses below; ``configs/default.toml`` spells the same
+values out with a comment each (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+THRESHOLD_METHODS = ("otsu", "triangle", "li", "percentile", "fixed", "mad")
+LOCATIONS = ("intratumoral", "peritumoral", "distal")
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Which slide channel plays which role (marker names, matched case-insensitively)."""
+
+    nuclei: str = "DAPI"
+    tumour: str = "TFE3"
+    b_cells: str = "CD20"
+    fdc: str = "CD21"
+    germinal_centre: str = "CD23"
+    t_cells: str = "CD3"  # "" to run without a T-cell channel
+    autofluorescence: str = "Autofluorescence"  # used only when the slide has it
+
+    REQUIRED = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How one channel's positive-pixel threshold is estimated."""
+
+    method: str = "mad"
+    k: float = 6.0  # mad: median + k * 1.4826 * MAD
+    percentile: float = 99.0  # percentile method
+    value: float = 0.0  # fixed method, in the slide's intensity units
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    sample_windows: int = 64
+    window_px: int = 256
+    default: ThresholdRule = ThresholdRule()
+    nuclei: ThresholdRule = ThresholdRule(method="otsu")
+    tumour: ThresholdRule = ThresholdRule()
+    b_cells: ThresholdRule = ThresholdRule()
+    fdc: ThresholdRule = ThresholdRule()
+    germinal_centre: ThresholdRule = ThresholdRule()
+    t_cells: ThresholdRule = ThresholdRule()
+    autofluorescence: ThresholdRule = ThresholdRule()
+
+    def rule(self, role: str) -> ThresholdRule:
+        return getattr(self, role, self.default)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    grid_um: float = 2.0
+
+
+@dataclass(frozen=True)
+class Tissue:
+    sigma_um: float = 20.0
+    min_fraction: float = 0.03
+    min_area_mm2: float = 0.01
+
+
+@dataclass(frozen=True)
+class Tumour:
+    grid_um: float = 8.0
+    sigma_um: float = 20.0
+    level_fraction: float = 0.5
+    min_positive_fraction: float = 0.04
+    closing_um: float = 50.0
+    min_area_mm2: float = 0.02
+
+
+@dataclass(frozen=True)
+class TLS:
+    sigma_um: float = 8.0
+    level_fraction: float = 0.5
+    min_b_fraction: float = 0.15
+    min_b_plateau: float = 0.2
+    min_area_um2: float = 6000.0
+    max_debris_fraction: float = 0.3
+    require_t_cell_zone: bool = False
+    t_zone_width_um: float = 30.0
+    min_t_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class Maturation:
+    scheme: str = "binary"
+    min_cell_fraction: float = 0.25
+    closing_um: float = 4.0
+    min_network_area_um2: float = 600.0
+
+
+@dataclass(frozen=True)
+class Location:
+    margin_um: float = 500.0
+    counted: tuple[str, ...] = ("intratumoral", "peritumoral")
+
+
+@dataclass(frozen=True)
+class Debris:
+    min_positive_channels: int = 4
+    dilate_um: float = 4.0
+
+
+@dataclass(frozen=True)
+class Outputs:
+    qc_png: bool = True
+    qc_max_px: int = 1200
+    masks_zarr: bool = False
+
+
+@dataclass(frozen=True)
+class Compute:
+    chunk_px: int = 0  # 0: the slide's own tile-aligned default (about 2048 px)
+    workers: int = 0  # 0: one per core
+    scheduler: str = "threads"  # threads | sync | processes | distributed (the current client)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole analysis configuration."""
+
+    channels: Channels = Channels()
+    thresholds: Thresholds = Thresholds()
+    evidence: Evidence = Evidence()
+    tissue: Tissue = Tissue()
+    tumour: Tumour = Tumour()
+    tls: TLS = TLS()
+    maturation: Maturation = Maturation()
+    location: Location = Location()
+    debris: Debris = Debris()
+    outputs: Outputs = Outputs()
+    compute: Compute = Compute()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_plain(dataclasses.asdict(self))
+
+
+def _as_plain(value):
+    if isinstance(value, dict):
+        return {k: _as_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_as_plain(v) for v in value]
+    return value
+
+
+# -- building from mappings -------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type, _) = get_args(annotation)
+        return tuple(_coerce(v, item_type, where) for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
+    raise ConfigError(f"{where}: unsupported setting type {annotation}")  # pragma: no cover
+
+
+def _build(cls, values: Any, where: str):
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a table of settings, got {values!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting {', '.join(repr(u) for u in unknown)}; expected one of "
+            f"{', '.join(names)}"
+        )
+    base = cls()
+    kwargs = {}
+    for name in names:
+        if name in values:
+            current = getattr(base, name)
+            if dataclasses.is_dataclass(current) and isinstance(values[name], dict):
+                merged = {**dataclasses.asdict(current), **values[name]}
+                kwargs[name] = _build(type(current), merged, f"{where}.{name}")
+            else:
+                kwargs[name] = _coerce(values[name], hints[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _validate(config: Config, source: str) -> Config:
+    def positive(section: str, name: str, allow_zero: bool = False):
+        value = getattr(getattr(config, section), name)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{source}: {section}.{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    for section, names in {
+        "evidence": ["grid_um"],
+        "tissue": ["sigma_um", "min_area_mm2"],
+        "tumour": ["grid_um", "sigma_um", "closing_um", "min_area_mm2"],
+        "tls": ["sigma_um", "min_area_um2", "t_zone_width_um"],
+        "maturation": ["closing_um", "min_network_area_um2"],
+        "location": ["margin_um"],
+        "debris": ["dilate_um"],
+    }.items():
+        for name in names:
+            positive(section, name, allow_zero=name in ("closing_um", "dilate_um", "sigma_um"))
+    for section, name in [("tissue", "min_fraction"), ("tumour", "level_fraction"),
+                          ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
+                          ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
+                          ("maturation", "min_cell_fraction")]:
+        value = getattr(getattr(config, section), name)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{source}: {section}.{name} is a fraction between 0 and 1, got {value}")
+    for field_ in dataclasses.fields(Thresholds):
+        rule = getattr(config.thresholds, field_.name)
+        if isinstance(rule, ThresholdRule):
+            where = f"{source}: thresholds.{field_.name}"
+            if rule.method not in THRESHOLD_METHODS:
+                raise ConfigError(f"{where}.method must be one of {', '.join(THRESHOLD_METHODS)}, got {rule.method!r}")
+            if not 0 < rule.percentile < 100:
+                raise ConfigError(f"{where}.percentile must be between 0 and 100, got {rule.percentile}")
+            if rule.k <= 0:
+                raise ConfigError(f"{where}.k must be > 0, got {rule.k}")
+    if config.thresholds.sample_windows < 1 or config.thresholds.window_px < 16:
+        raise ConfigError(f"{source}: thresholds.sample_windows must be >= 1 and window_px >= 16")
+    if config.maturation.scheme not in ("binary", "silina"):
+        raise ConfigError(f"{source}: maturation.scheme must be 'binary' or 'silina', got {config.maturation.scheme!r}")
+    bad = [loc for loc in config.location.counted if loc not in LOCATIONS]
+    if bad:
+        raise ConfigError(f"{source}: location.counted may hold {', '.join(LOCATIONS)}; got {', '.join(bad)}")
+    if not 1 <= config.debris.min_positive_channels <= 8:
+        raise ConfigError(f"{source}: debris.min_positive_channels must be 1-8, got {config.debris.min_positive_channels}")
+    if config.compute.scheduler not in ("threads", "sync", "processes", "distributed"):
+        raise ConfigError(f"{source}: compute.scheduler must be threads, sync, processes or distributed, got {config.compute.scheduler!r}")
+    if config.compute.chunk_px < 0 or config.compute.workers < 0:
+        raise ConfigError(f"{source}: compute.chunk_px and compute.workers must be >= 0")
+    for role in Channels.REQUIRED:
+        if not getattr(config.channels, role).strip():
+            raise ConfigError(f"{source}: channels.{role} needs a marker name")
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` with a TOML value (bare words are taken as strings)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. tls.min_area_um2=8000")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    path = key.split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: the key needs a section, e.g. tls.min_area_um2")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {key} is a setting, not a section")
+        node[keys[-1]] = value
+    return _validate(_build(Config, values, source), source)
+
+
+__all__ = ["Config", "THRESHOLD_METHODS", "ThresholdRule", "load_config"]

@@ -1,0 +1,66 @@
+"""Per-TLS table and slide metrics, in µm, µm² and mm²."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .classify import is_mature
+
+TLS_COLUMNS = [
+    "tls_id", "centroid_x_um", "centroid_y_um", "area_um2", "stage", "location",
+    "distance_to_tumour_um", "counted", "b_cell_fraction", "t_cell_fraction", "fdc_fraction",
+    "germinal_centre_fraction", "debris_fraction", "fdc_network_um2", "germinal_centre_network_um2",
+    "bbox_x0_px", "bbox_y0_px", "bbox_x1_px", "bbox_y1_px",
+]
+
+
+def signed_tumour_distance(tumour: np.ndarray, *, cell_um: tuple[float, float]) -> np.ndarray | None:
+    """Distance (µm) from each coarse cell to the tumour border: negative inside, positive outside."""
+    if not tumour.any():
+        return None
+    outside = ndi.distance_transform_edt(~tumour, sampling=cell_um)
+    inside = ndi.distance_transform_edt(tumour, sampling=cell_um)
+    return np.where(tumour, -inside, outside)
+
+
+def locate(distance_um: float | None, *, margin_um: float) -> str:
+    """intratumoral (inside the tumour bed), peritumoral (within the margin) or distal."""
+    if distance_um is None:
+        return "distal"
+    if distance_um <= 0:
+        return "intratumoral"
+    return "peritumoral" if distance_um <= margin_um else "distal"
+
+
+def empty_tls_table() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in TLS_COLUMNS})
+
+
+def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2: float,
+                  stages: tuple[str, ...], locations: tuple[str, ...]) -> dict:
+    """Counts by stage and location, density per mm² tumour and TLS area % of the tumour."""
+    counted = tls[tls["counted"].astype(bool)] if len(tls) else tls
+    metrics = {
+        "tissue_area_mm2": tissue_area_mm2,
+        "tumour_area_mm2": tumour_area_mm2,
+        "tls_count": int(len(tls)),
+        "tls_counted": int(len(counted)),
+        "tls_mature_count": int(sum(is_mature(s) for s in tls["stage"])) if len(tls) else 0,
+        "tls_primary_count": int(sum(not is_mature(s) for s in tls["stage"])) if len(tls) else 0,
+        "tls_counted_mature_count": int(sum(is_mature(s) for s in counted["stage"])) if len(counted) else 0,
+        "tls_count_by_stage": {s: int((tls["stage"] == s).sum()) if len(tls) else 0 for s in stages},
+        "tls_count_by_location": {loc: int((tls["location"] == loc).sum()) if len(tls) else 0 for loc in locations},
+        "tls_total_area_um2": float(tls["area_um2"].sum()) if len(tls) else 0.0,
+        "tls_counted_area_um2": float(counted["area_um2"].sum()) if len(counted) else 0.0,
+    }
+    if tumour_area_mm2 > 0:
+        metrics["tls_density_per_mm2"] = metrics["tls_counted"] / tumour_area_mm2
+        metrics["tls_mature_density_per_mm2"] = metrics["tls_counted_mature_count"] / tumour_area_mm2
+        metrics["tls_area_pct"] = 100.0 * metrics["tls_counted_area_um2"] / (tumour_area_mm2 * 1e6)
+    else:
+        metrics["tls_density_per_mm2"] = None
+        metrics["tls_mature_density_per_mm2"] = None
+        metrics["tls_area_pct"] = None
+    return metrics

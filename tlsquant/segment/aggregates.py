@@ -1,0 +1,96 @@
+"""TLS candidates: dense CD20+ B-cell aggregates, labelled over the whole slide at once."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .regions import cells, disk, smooth
+
+
+def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float) -> np.ndarray:
+    """Cells touched by autofluorescent debris, grown by ``dilate_um`` to cover its dim rim."""
+    zone = debris_fraction > 0
+    if dilate_um > 0 and zone.any():
+        zone = ndi.binary_dilation(zone, structure=disk(dilate_um, cell_um))
+    return zone
+
+
+def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, level_fraction: float,
+                       reach: int):
+    """Seeds above ``seed``, each outlined at ``level_fraction`` of its own plateau.
+
+    The plateau is the upper quartile of the smoothed density inside the seed (its edge
+    pulls the median down). Each aggregate gets its own edge level, so a dimmer or
+    sparser aggregate is outlined as faithfully as a bright one. Seeds whose plateau
+    stays below ``min_plateau`` are chance clusters in loose infiltrates and are dropped;
+    edges never go below half the seed level.
+    Returns (mask, plateau of each kept seed).
+    """
+    seeds, _ = ndi.label(density > seed)
+    mask = np.zeros(density.shape, bool)
+    levels = []
+    for index, box in enumerate(ndi.find_objects(seeds), start=1):
+        inside = seeds[box] == index
+        level = float(np.percentile(density[box][inside], 75))
+        if level < min_plateau:
+            continue
+        levels.append(level)
+        edge = max(level_fraction * level, 0.5 * seed)
+        grown_box = tuple(slice(max(0, s.start - reach), s.stop + reach) for s in box)
+        above, _ = ndi.label(density[grown_box] > edge)
+        touching = np.unique(above[(seeds[grown_box] == index) & (above > 0)])
+        mask[grown_box] |= np.isin(above, touching)
+    return mask, levels
+
+
+def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float, min_b_fraction: float,
+                      min_b_plateau: float, level_fraction: float, min_area_um2: float, debris: np.ndarray | None = None,
+                      max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
+                      t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0) -> tuple[np.ndarray, dict]:
+    """Label dense B-cell aggregates.
+
+    ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
+    After smoothing by ``sigma_um`` (large enough that lone B cells and loose infiltrates
+    stay low), cells above ``min_b_fraction`` seed aggregates, which grow by hysteresis
+    down to ``level_fraction`` of the typical aggregate density: the outline then sits
+    where B cells give way to the T-cell zone or stroma. Holes are filled; aggregates
+    smaller than ``min_area_um2``, made mostly of debris, or (when ``min_t_fraction`` > 0)
+    without a T-cell zone around them are dropped.
+
+    Returns (labels numbered 1..n in raster order of their first cell, info).
+    """
+    density = smooth(b_fraction, sigma_um=sigma_um, cell_um=cell_um)
+    mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
+                                      level_fraction=level_fraction,
+                                      reach=int(np.ceil(cells(3 * sigma_um + 20.0, cell_um))))
+    labels, count = ndi.label(mask)
+    info = {"b_density_seed": float(min_b_fraction),
+            "b_density_level_median": float(np.median(levels)) if levels else 0.0,
+            "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_t_zone": 0}
+    if count == 0:
+        return labels.astype(np.int32), info
+    kept = []
+    cell_area = cell_um * cell_um
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        pad = int(np.ceil(cells(t_zone_width_um, cell_um))) + 1
+        box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
+        region = ndi.binary_fill_holes(labels[box] == index)
+        area_um2 = region.sum() * cell_area
+        if area_um2 < min_area_um2:
+            info["rejected_small"] += 1
+            continue
+        if debris is not None and debris[box][region].mean() > max_debris_fraction:
+            info["rejected_debris"] += 1
+            continue
+        if min_t_fraction > 0 and t_fraction is not None:
+            rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region
+            if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
+                info["rejected_no_t_zone"] += 1
+                continue
+        kept.append((box, region))
+    out = np.zeros(labels.shape, np.int32)
+    for new_id, (box, region) in enumerate(kept, start=1):
+        out[box][region & (out[box] == 0)] = new_id
+    info["accepted"] = len(kept)
+    return out, info

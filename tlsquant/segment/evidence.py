@@ -1,0 +1,140 @@
+"""Full-resolution pass: positive pixels counted into coarse "evidence maps".
+
+Each level-0 block is thresholded with the slide's global thresholds and its positive
+pixels are summed into grid cells anchored at the slide origin. Cells cut by a block
+edge get partial sums from each block, which are added: the maps are exact integer
+counts and identical for any chunking or worker count. Only the coarse maps are ever
+held whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+
+# maps counted on the fine (TLS) grid and on the coarse (tissue / tumour) grid
+FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "debris")
+COARSE_MAPS = ("nuclei", "tumour", "debris")
+VOTING_ROLES = ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")
+
+
+@dataclass(frozen=True)
+class EvidencePlan:
+    """What the block pass reads and how it counts; small and picklable."""
+
+    roles: tuple[str, ...]  # channel roles read, in the order blocks are passed
+    thresholds: tuple[float, ...]
+    fine_factor: int  # level-0 px per fine cell side
+    coarse_factor: int  # level-0 px per coarse cell side (a multiple of fine_factor)
+    min_votes: int  # debris: positive in at least this many marker channels
+
+    @property
+    def uses_autofluorescence(self) -> bool:
+        return "autofluorescence" in self.roles
+
+
+@dataclass
+class EvidenceMaps:
+    """Positive-pixel counts per grid cell, and the pixels each cell covers."""
+
+    fine: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    fine_pixels: np.ndarray  # level-0 pixels per fine cell (edge cells hold fewer)
+    coarse_pixels: np.ndarray
+    fine_factor: int
+    coarse_factor: int
+
+
+def _cell_edges(start: int, length: int, factor: int) -> np.ndarray:
+    """Offsets within a block where a new grid cell begins (for np.add.reduceat)."""
+    first = -(-start // factor) * factor  # first cell boundary at or after start
+    edges = np.arange(first, start + length, factor) - start
+    return edges if edges.size and edges[0] == 0 else np.r_[0, edges]
+
+
+def _bin(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(np.add.reduceat(mask.astype(np.uint32), rows, axis=0), cols, axis=1)
+
+
+def count_block(plan: EvidencePlan, y0: int, x0: int, *blocks: np.ndarray):
+    """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts)."""
+    positive = {role: block > t for role, block, t in zip(plan.roles, blocks, plan.thresholds)}
+    if plan.uses_autofluorescence:
+        debris = positive["autofluorescence"]
+    else:
+        voters = [positive[r] for r in VOTING_ROLES if r in positive]
+        votes = np.sum(voters, axis=0, dtype=np.uint8)
+        debris = votes >= min(plan.min_votes, len(voters))
+    clean = ~debris
+    height, width = blocks[0].shape
+    out = []
+    for names, factor in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
+        rows = _cell_edges(y0, height, factor)
+        cols = _cell_edges(x0, width, factor)
+        stack = []
+        for name in names:
+            if name == "debris":
+                stack.append(_bin(debris, rows, cols))
+            elif name in positive:
+                stack.append(_bin(positive[name] & clean, rows, cols))
+            else:
+                stack.append(np.zeros((rows.size, cols.size), np.uint32))
+        # partial sums never exceed factor², so the small dtype holds them and their total
+        out.append(((y0 // factor, x0 // factor), np.stack(stack).astype(count_dtype(factor))))
+    return out[0][0], out[0][1], out[1][0], out[1][1]
+
+
+def count_dtype(factor: int) -> np.dtype:
+    cells = factor * factor
+    return np.dtype(np.uint8 if cells <= 255 else np.uint16 if cells <= 65535 else np.uint32)
+
+
+def _grid_pixels(size: int, factor: int) -> np.ndarray:
+    cells = -(-size // factor)
+    counts = np.full(cells, factor, dtype=np.int64)
+    counts[-1] = size - factor * (cells - 1)
+    return counts
+
+
+def compute_evidence(channels, plan: EvidencePlan, *, scheduler=None, num_workers=None) -> EvidenceMaps:
+    """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid."""
+    height, width = channels[0].shape
+    y_chunks, x_chunks = channels[0].chunks
+    grids = [channel.to_delayed() for channel in channels]
+    tasks = []
+    y0 = 0
+    for i, ch_y in enumerate(y_chunks):
+        x0 = 0
+        for j, ch_x in enumerate(x_chunks):
+            blocks = [grid[i, j] for grid in grids]
+            tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, *blocks))
+            x0 += ch_x
+        y0 += ch_y
+    options = {}
+    if scheduler is not None:
+        options["scheduler"] = scheduler
+    if num_workers:
+        options["num_workers"] = num_workers
+    results = dask.compute(*tasks, **options)
+
+    def assemble(factor, names, index):
+        shape = (len(names), -(-height // factor), -(-width // factor))
+        total = np.zeros(shape, count_dtype(factor))
+        for result in results:
+            (cy, cx), counts = result[index], result[index + 1]
+            total[:, cy : cy + counts.shape[1], cx : cx + counts.shape[2]] += counts
+        return {name: total[k] for k, name in enumerate(names)}
+
+    fine = assemble(plan.fine_factor, FINE_MAPS, 0)
+    coarse = assemble(plan.coarse_factor, COARSE_MAPS, 2)
+    f, c = plan.fine_factor, plan.coarse_factor
+    return EvidenceMaps(
+        fine=fine,
+        coarse=coarse,
+        fine_pixels=np.outer(_grid_pixels(height, f), _grid_pixels(width, f)),
+        coarse_pixels=np.outer(_grid_pixels(height, c), _grid_pixels(width, c)),
+        fine_factor=f,
+        coarse_factor=c,
+    )

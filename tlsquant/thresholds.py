@@ -1,0 +1,79 @@
+"""Global, per-channel positive-pixel thresholds, estimated once per slide.
+
+Thresholds come from a deterministic sample of level-0 windows laid on a regular
+lattice over the slide, so they do not depend on chunking or worker count, and one
+threshold applies to every tile (never per tile).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .config import ThresholdRule
+
+MAD_TO_SIGMA = 1.4826
+
+
+def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int) -> list[tuple[slice, slice]]:
+    """A lattice of about ``windows`` square windows covering the slide evenly.
+
+    The whole image is one window when it is no larger than the windows together.
+    """
+    height, width = shape_yx
+    if height * width <= windows * window_px * window_px:
+        return [(slice(0, height), slice(0, width))]
+    rows = max(1, round(math.sqrt(windows * height / width)))
+    cols = max(1, math.ceil(windows / rows))
+    boxes = []
+    for i in range(rows):
+        for j in range(cols):
+            cy = int((i + 0.5) * height / rows)
+            cx = int((j + 0.5) * width / cols)
+            y0 = min(max(0, cy - window_px // 2), max(0, height - window_px))
+            x0 = min(max(0, cx - window_px // 2), max(0, width - window_px))
+            boxes.append((slice(y0, y0 + window_px), slice(x0, x0 + window_px)))
+    return boxes
+
+
+def sample_pixels(channels: list[da.Array], boxes, *, scheduler=None) -> list[np.ndarray]:
+    """Pixels of each lazy (Y, X) channel inside ``boxes``, one flat float64 array per channel."""
+    pieces = [[channel[box] for box in boxes] for channel in channels]
+    computed = dask.compute(*[da.concatenate([p.ravel() for p in ch]) for ch in pieces], scheduler=scheduler)
+    return [np.asarray(values, dtype=np.float64) for values in computed]
+
+
+def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
+    """One threshold for ``values`` by ``rule.method``; pixels above it are positive.
+
+    mad: median + k * 1.4826 * MAD, a noise-scaled margin over the (mostly negative)
+    background; robust when positives are a minority. The MAD is floored at one
+    intensity unit for integer data, whose MAD can be 0 on flat backgrounds.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("cannot estimate a threshold from an empty sample")
+    method = rule.method
+    if method == "fixed":
+        return float(rule.value)
+    if method == "percentile":
+        return float(np.percentile(values, rule.percentile))
+    if method == "mad":
+        median = float(np.median(values))
+        mad = float(np.median(np.abs(values - median)))
+        if mad == 0:
+            upper = values[values > median]
+            mad = float(np.median(upper - median)) if upper.size else 1.0
+        return median + rule.k * MAD_TO_SIGMA * max(mad, 1e-12)
+    if values.min() == values.max():
+        return float(values[0])
+    from skimage import filters
+
+    function = {"otsu": filters.threshold_otsu, "triangle": filters.threshold_triangle, "li": filters.threshold_li}[method]
+    if method == "li":
+        return float(function(values, tolerance=max(np.ptp(values) * 1e-4, 1e-12)))
+    return float(function(values, nbins=1024) if method != "li" else function(values))
