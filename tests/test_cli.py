@@ -53,3 +53,37 @@ def test_synth_writes_slide_and_truth(capsys, tmp_path):
     assert main(["info", "--json", str(tmp_path / "out" / "synthetic-s3.qptiff")]) == 0
     info = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
     assert info["shape"] == [6, 360, 480]
+
+
+def test_analyze_writes_outputs_and_reports(capsys, tmp_path):
+    out = tmp_path / "out"
+    assert main(["analyze", str(TEST_IMAGES / "synthetic-b.qptiff"), "-o", str(out), "--set",
+                 "maturation.scheme=silina", "--workers", "1", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "synthetic-b: tumour" in text and "density" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["maturation"]["scheme"] == "silina"
+    assert summary["config"]["compute"]["workers"] == 1
+    assert set(summary["tls_count_by_stage"]) == {"early", "primary_follicle", "secondary_follicle"}
+
+
+def test_analyze_errors_exit_2(capsys, tmp_path):
+    slide = str(TEST_IMAGES / "synthetic-a.ome.tiff")
+    assert main(["analyze", slide, "-o", str(tmp_path), "--set", "tls.min_area_um2=-1"]) == 2
+    assert "tls.min_area_um2 must be > 0, got -1.0" in capsys.readouterr().err
+    assert main(["analyze", slide, "-o", str(tmp_path), "--set", "channels.b_cells=MS4A1"]) == 2
+    assert "channels.b_cells = 'MS4A1' but the slide has no such channel" in capsys.readouterr().err
+    assert main(["analyze", slide, "-o", str(tmp_path), "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml: config file not found" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_matches_the_truth_of_the_bundled_images(capsys, tmp_path):
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for stem in ("synthetic-a", "synthetic-b", "synthetic-c"):
+        truth = json.loads((TEST_IMAGES / f"{stem}.truth.json").read_text())
+        summary = json.loads((tmp_path / stem / "summary.json").read_text())
+        assert summary["tls_count"] == truth["tls_count"]
+        assert summary["tls_density_per_mm2"] == pytest.approx(truth["tls_density_per_mm2"], rel=0.1)
+        assert stem in out

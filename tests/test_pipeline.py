@@ -1,0 +1,205 @@
+"""End to end on synthetic slides with known truth: accuracy, invariance, outputs, edge cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tlsquant import analyze_slide, load_config, open_slide, synthetic
+from tlsquant.errors import ChannelError
+from tlsquant.io.outputs import write_slide_outputs
+
+CASES = {
+    # name: (make_scene kwargs, file suffix)
+    "uint16-1um-ometiff": (dict(seed=21, pixel_size_um=1.0, dtype="uint16"), ".ome.tiff"),
+    "float32-2um-qptiff-shuffled": (dict(seed=22, pixel_size_um=2.0, dtype="float32", shuffle_channels=True,
+                                         extra_channels=("CD8", "Autofluorescence"), noise=1.5), ".qptiff"),
+    "uint8-0.8um-zarr": (dict(seed=23, pixel_size_um=0.8, dtype="uint8", width_um=3000, height_um=2250,
+                              noise=0.6), ".ome.zarr"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def analysed(request, tmp_path_factory):
+    kwargs, suffix = CASES[request.param]
+    scene = synthetic.make_scene(**{"width_um": 4000, "height_um": 3000, "tls_counts": (4, 3, 2), **kwargs})
+    path, truth_path = synthetic.write_slide(scene, tmp_path_factory.mktemp(request.param) / f"slide{suffix}")
+    return analyze_slide(path), json.loads(truth_path.read_text())
+
+
+def _match(table: pd.DataFrame, truth: list[dict]):
+    pairs, used = [], set()
+    for row in table.itertuples(index=False):
+        for item in truth:
+            radius = np.sqrt(item["area_um2"] / np.pi)
+            if item["tls_id"] not in used and np.hypot(row.centroid_x_um - item["centroid_x_um"],
+                                                       row.centroid_y_um - item["centroid_y_um"]) < radius:
+                used.add(item["tls_id"])
+                pairs.append((row, item))
+                break
+    return pairs
+
+
+def test_accuracy_against_truth(analysed):
+    result, truth = analysed
+    summary = result.summary
+    assert summary["tumour_area_mm2"] == pytest.approx(truth["tumour_area_mm2"], rel=0.05)
+    pairs = _match(result.tls, truth["tls"])
+    recall = len(pairs) / len(truth["tls"])
+    precision = len(pairs) / max(len(result.tls), 1)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    assert sum(row.stage == item["stage"] for row, item in pairs) / len(pairs) >= 0.95
+    assert sum(row.location == item["location"] and row.counted == item["counted"] for row, item in pairs) / len(pairs) >= 0.95
+    for row, item in pairs:
+        assert row.area_um2 == pytest.approx(item["area_um2"], rel=0.2)
+    assert summary["tls_density_per_mm2"] == pytest.approx(truth["tls_density_per_mm2"], rel=0.1)
+    assert summary["tls_area_pct"] == pytest.approx(truth["tls_area_pct"], rel=0.2)
+    assert summary["tissue_area_mm2"] == pytest.approx(truth["tissue_area_mm2"], rel=0.05)
+
+
+def test_debris_never_counts_or_matures(analysed):
+    result, truth = analysed
+    for blob in truth["decoys"]["debris"] + truth["decoys"]["small_aggregates"]:
+        distances = np.hypot(result.tls["centroid_x_um"] - blob["x_um"], result.tls["centroid_y_um"] - blob["y_um"])
+        inside_tls = [t for t in truth["tls"] if np.hypot(t["centroid_x_um"] - blob["x_um"], t["centroid_y_um"] - blob["y_um"]) < np.sqrt(t["area_um2"] / np.pi)]
+        if not inside_tls:
+            assert (distances > 60).all()
+    # primary TLS carry a debris particle inside: they must stay primary
+    pairs = _match(result.tls, truth["tls"])
+    assert all(row.stage == "primary" for row, item in pairs if item["stage"] == "primary")
+
+
+def _outputs(slide_path, tmp_path, name, **kwargs):
+    config = kwargs.pop("config", load_config())
+    slide = open_slide(slide_path, chunk_size=kwargs.pop("chunk_size", None))
+    result = analyze_slide(slide, config, **kwargs)
+    write_slide_outputs(result, tmp_path / name, slide=slide)
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    summary.pop("timing_seconds")
+    return (tmp_path / name / "tls.csv").read_text(), summary, (tmp_path / name / "tls.geojson").read_text()
+
+
+def test_chunking_and_workers_do_not_change_results(tmp_path):
+    scene = synthetic.make_scene(seed=31, width_um=2400, height_um=1800, pixel_size_um=1.0, tls_counts=(2, 1, 1))
+    path, _ = synthetic.write_slide(scene, tmp_path / "inv.ome.tiff", tile=128)
+    reference = _outputs(path, tmp_path, "ref", chunk_size=512, scheduler="threads", num_workers=2)
+    assert "mature" in reference[0] or "primary" in reference[0]
+    runs = [
+        _outputs(path, tmp_path, "c256", chunk_size=256, scheduler="threads", num_workers=1),
+        _outputs(path, tmp_path, "c1152", chunk_size=1152, scheduler="sync"),
+        _outputs(path, tmp_path, "c384p", chunk_size=384, scheduler="processes", num_workers=2),
+    ]
+    for run in runs:
+        assert run[0] == reference[0]
+        assert run[2] == reference[2]
+        assert run[1] == reference[1]
+
+
+def test_missing_marker_is_a_clear_error(tmp_path):
+    config = load_config(None, ["channels.tumour=panCK"])
+    with pytest.raises(ChannelError, match=r"channels.tumour = 'panCK' but the slide has no such channel; channels present: DAPI"):
+        analyze_slide(open_slide(_small_slide(tmp_path)), config)
+
+
+def _small_slide(tmp_path, **kwargs):
+    scene = synthetic.make_scene(**{"seed": 41, "width_um": 2000, "height_um": 1500, "pixel_size_um": 2.5,
+                                    "tls_counts": (1, 1, 0), "tls_radius_um": (55, 70), **kwargs})
+    path, _ = synthetic.write_slide(scene, tmp_path / "small.ome.tiff")
+    return path
+
+
+def test_no_tumour_gives_null_density_and_a_warning(tmp_path):
+    scene = synthetic.make_scene(seed=42, width_um=2000, height_um=1500, pixel_size_um=2.5, tls_counts=(0, 2, 0),
+                                 tls_radius_um=(55, 70))
+    scene = dataclasses.replace(scene, tumour=synthetic.Blob(-1e6, -1e6, 10.0, 10.0))
+    path, _ = synthetic.write_slide(scene, tmp_path / "notumour.ome.tiff")
+    result = analyze_slide(path)
+    assert result.summary["tumour_area_mm2"] == 0
+    assert result.summary["tls_density_per_mm2"] is None and result.summary["tls_area_pct"] is None
+    assert any("no tumour found" in w for w in result.summary["warnings"])
+    assert result.summary["tls_count"] == 2 and not result.tls["counted"].any()
+    written = write_slide_outputs(result, tmp_path / "out", slide=open_slide(path))
+    summary = json.loads(written["summary"].read_text())
+    assert summary["tls_density_per_mm2"] is None
+
+
+def test_no_tls_gives_zero_counts_and_headers(tmp_path):
+    path = _small_slide(tmp_path, tls_counts=(0, 0, 0))
+    result = analyze_slide(path)
+    assert result.summary["tls_count"] == 0 and result.summary["tls_density_per_mm2"] == 0.0
+    write_slide_outputs(result, tmp_path / "out", slide=open_slide(path))
+    table = pd.read_csv(tmp_path / "out" / "tls.csv")
+    assert len(table) == 0 and {"tls_id", "area_um2", "stage", "location", "counted"} <= set(table.columns)
+    collection = json.loads((tmp_path / "out" / "tls.geojson").read_text())
+    assert [f["id"] for f in collection["features"]] == ["tumour"]
+
+
+def test_output_files_follow_the_contract(tmp_path):
+    path = _small_slide(tmp_path)
+    slide = open_slide(path)
+    result = analyze_slide(slide, load_config(None, ["outputs.masks_zarr=true"]))
+    written = write_slide_outputs(result, tmp_path / "out", slide=slide)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["masks.ome.zarr", "qc.png", "summary.json", "tls.csv", "tls.geojson"]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("slide_id", "tlsquant_version", "pixel_size_um", "tissue_area_mm2", "tumour_area_mm2", "tls_count",
+                "tls_mature_count", "tls_primary_count", "tls_density_per_mm2", "tls_area_pct", "thresholds",
+                "config", "warnings"):
+        assert key in summary
+    assert summary["config"] == load_config(None, ["outputs.masks_zarr=true"]).to_dict()
+    assert set(summary["thresholds"]) >= {"nuclei", "tumour", "b_cells", "fdc", "germinal_centre"}
+    table = pd.read_csv(out / "tls.csv")
+    assert len(table) == summary["tls_count"] >= 1
+    collection = json.loads((out / "tls.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    height, width = slide.shape[1:]
+    for feature in collection["features"]:
+        polygons = feature["geometry"]["coordinates"]
+        if feature["geometry"]["type"] == "Polygon":
+            polygons = [polygons]
+        for polygon in polygons:
+            ring = np.asarray(polygon[0])
+            assert (ring[0] == ring[-1]).all() and len(ring) >= 4
+            assert ring[:, 0].min() >= 0 and ring[:, 0].max() <= width
+            assert ring[:, 1].min() >= 0 and ring[:, 1].max() <= height
+            x, y = ring[:, 0], ring[:, 1]
+            assert 0.5 * np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0  # exterior ring, right-hand rule
+        assert feature["properties"]["classification"]["name"]
+    for feature, row in zip(collection["features"], table.itertuples()):
+        ring = np.asarray(feature["geometry"]["coordinates"][0])
+        x, y = ring[:, 0], ring[:, 1]
+        polygon_area_um2 = 0.5 * np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) * slide.pixel_area_um2
+        assert polygon_area_um2 == pytest.approx(row.area_um2, rel=0.1)
+        assert x.min() <= row.centroid_x_um / slide.pixel_size_um <= x.max()
+    assert (out / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import zarr
+
+    labels = zarr.open_group(str(out / "masks.ome.zarr"), mode="r")["tls_labels"]
+    assert int(np.asarray(labels["0"]).max()) == summary["tls_count"]
+    scale = labels.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [2.5, 2.5]
+    assert not [p for p in out.rglob(".*partial*")]
+    assert set(written) == {"tls", "geojson", "qc", "masks", "summary"}
+
+
+def test_a_failed_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path, monkeypatch):
+    path = _small_slide(tmp_path)
+    slide = open_slide(path)
+    result = analyze_slide(slide)
+    write_slide_outputs(result, tmp_path / "out", slide=slide)
+    before = (tmp_path / "out" / "summary.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    import tlsquant.io.qc as qc
+
+    monkeypatch.setattr(qc, "write_qc_picture", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_slide_outputs(result, tmp_path / "out", slide=slide)
+    assert (tmp_path / "out" / "summary.json").read_text() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if "partial" in p.name]

@@ -1,0 +1,122 @@
+"""Tumour bed and aggregate detection on hand-made fraction maps with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlsquant.classify import largest_network_um2, stage
+from tlsquant.measure import locate, signed_tumour_distance, slide_metrics, empty_tls_table, TLS_COLUMNS
+from tlsquant.segment.aggregates import detect_aggregates
+from tlsquant.segment.regions import tumour_mask
+
+CELL_UM = 2.0
+
+
+def _disc(shape, cy, cx, radius, value=1.0):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) * value
+
+
+def _dotted(mask, rng, density=0.35):
+    """Separate 'nuclei': a random share of cells inside the mask are positive."""
+    return (mask & (rng.random(mask.shape) < density)).astype(np.float32)
+
+
+def test_tumour_bed_includes_enclosed_stroma_and_tls(rng):
+    shape = (250, 300)  # coarse grid of 8 µm cells
+    bed = _disc(shape, 125, 150, 90) > 0
+    holes = (_disc(shape, 110, 130, 20) > 0) | (_disc(shape, 150, 190, 12) > 0)
+    fraction = _dotted(bed & ~holes, rng)
+    mask, info = tumour_mask(fraction, cell_um=8.0, sigma_um=20, level_fraction=0.5,
+                             min_positive_fraction=0.04, closing_um=50, min_area_mm2=0.02)
+    assert mask[holes].all()  # holes belong to the bed
+    assert mask.sum() == pytest.approx(bed.sum(), rel=0.05)
+    assert info["tumour_fraction_level"] == pytest.approx(0.35, abs=0.05)
+    empty, _ = tumour_mask(np.zeros(shape), cell_um=8.0, sigma_um=20, level_fraction=0.5,
+                           min_positive_fraction=0.04, closing_um=50, min_area_mm2=0.02)
+    assert not empty.any()
+
+
+def _detect(fraction, **overrides):
+    options = dict(cell_um=CELL_UM, sigma_um=8.0, min_b_fraction=0.15, min_b_plateau=0.2, level_fraction=0.5,
+                   min_area_um2=6000.0)
+    options.update(overrides)
+    return detect_aggregates(fraction, **options)
+
+
+def test_dense_aggregates_are_found_with_their_area(rng):
+    shape = (400, 400)
+    big = _disc(shape, 100, 100, 35) > 0       # 35 cells = 70 µm radius: 15,400 µm²
+    dim = _disc(shape, 300, 120, 30) > 0       # sparser but still dense
+    small = _disc(shape, 100, 300, 10) > 0     # 1,250 µm²: below TLS size
+    loose = _disc(shape, 300, 300, 60) > 0     # a loose infiltrate
+    fraction = (_dotted(big, rng, 0.45) + _dotted(dim, rng, 0.3) + _dotted(small, rng, 0.5)
+                + _dotted(loose, rng, 0.05))
+    labels, info = _detect(fraction)
+    assert labels.max() == 2
+    for truth in (big, dim):
+        found = np.unique(labels[truth])
+        found = found[found > 0]
+        assert len(found) == 1
+        assert (labels == found[0]).sum() == pytest.approx(truth.sum(), rel=0.1)
+    assert not labels[small].any() and not labels[loose].any()
+    assert info["rejected_small"] >= 1
+
+
+def test_debris_and_missing_t_zone_reject_aggregates(rng):
+    shape = (200, 200)
+    blob = _disc(shape, 100, 100, 35) > 0
+    fraction = _dotted(blob, rng, 0.45)
+    debris = _disc(shape, 100, 100, 30) > 0
+    labels, info = _detect(fraction, debris=debris)
+    assert labels.max() == 0 and info["rejected_debris"] == 1
+    no_t = np.zeros(shape)
+    labels, info = _detect(fraction, t_fraction=no_t, min_t_fraction=0.05)
+    assert labels.max() == 0 and info["rejected_no_t_zone"] == 1
+    ring = (_disc(shape, 100, 100, 48) > 0) & ~blob
+    labels, _ = _detect(fraction, t_fraction=_dotted(ring, rng, 0.4), min_t_fraction=0.05)
+    assert labels.max() == 1
+
+
+def test_network_needs_connected_area_not_scattered_cells(rng):
+    region = _disc((120, 120), 60, 60, 50) > 0
+    network = np.zeros((120, 120), bool)
+    network[40:80:3, 30:90] = True  # a web of lines
+    network[40:80, 30:90:3] = True
+    scattered = np.zeros((120, 120), bool)
+    scattered[rng.integers(15, 105, 30), rng.integers(15, 105, 30)] = True
+    assert largest_network_um2(network, region, cell_um=2.0, closing_um=4.0) > 2000
+    assert largest_network_um2(scattered, region, cell_um=2.0, closing_um=4.0) < 100
+    assert largest_network_um2(np.zeros_like(region), region, cell_um=2.0, closing_um=4.0) == 0.0
+
+
+@pytest.mark.parametrize("gc, fdc, scheme, expected", [
+    (900, 900, "binary", "mature"), (100, 900, "binary", "primary"), (0, 0, "binary", "primary"),
+    (900, 900, "silina", "secondary_follicle"), (100, 900, "silina", "primary_follicle"),
+    (100, 100, "silina", "early"),
+])
+def test_stage_rules(gc, fdc, scheme, expected):
+    assert stage(gc, fdc, scheme=scheme, min_network_area_um2=600) == expected
+
+
+def test_location_and_signed_distance():
+    tumour = np.zeros((100, 100), bool)
+    tumour[20:60, 20:60] = True
+    distance = signed_tumour_distance(tumour, cell_um=(10.0, 10.0))
+    assert distance[40, 40] < 0 and distance[40, 80] == pytest.approx(210.0)
+    assert locate(-30.0, margin_um=500) == "intratumoral"
+    assert locate(400.0, margin_um=500) == "peritumoral"
+    assert locate(700.0, margin_um=500) == "distal"
+    assert signed_tumour_distance(np.zeros((5, 5), bool), cell_um=(1.0, 1.0)) is None
+
+
+def test_metrics_without_tumour_or_tls_are_null_not_inf():
+    table = empty_tls_table()
+    assert list(table.columns) == TLS_COLUMNS
+    metrics = slide_metrics(table, tissue_area_mm2=3.0, tumour_area_mm2=0.0, stages=("primary", "mature"),
+                            locations=("intratumoral", "peritumoral", "distal"))
+    assert metrics["tls_count"] == 0 and metrics["tls_density_per_mm2"] is None and metrics["tls_area_pct"] is None
+    metrics = slide_metrics(table, tissue_area_mm2=3.0, tumour_area_mm2=2.0, stages=("primary", "mature"),
+                            locations=("intratumoral", "peritumoral", "distal"))
+    assert metrics["tls_density_per_mm2"] == 0.0 and metrics["tls_area_pct"] == 0.0
