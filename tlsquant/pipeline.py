@@ -103,10 +103,15 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     role_names = tuple(roles)
     arrays = [slide.channel(roles[role]) for role in role_names]
 
-    # 1. global thresholds from a deterministic sample of level-0 windows
-    boxes = sample_windows(slide.shape[1:], windows=config.thresholds.sample_windows,
-                           window_px=config.thresholds.window_px)
-    samples = sample_pixels(arrays, boxes, scheduler=scheduler)
+    # 1. global thresholds from a deterministic sample of level-0 windows; read through
+    #    tile-sized chunks so each window decodes only its own tiles
+    tile = max(slide.tile_shape or (1, 1)) if slide.tile_shape and slide.tile_shape[1] < slide.shape[2] else 1
+    window_px = max(tile, -(-config.thresholds.window_px // tile) * tile) if tile > 1 else config.thresholds.window_px
+    # windows grown to whole tiles are fewer, so the sample keeps the configured size
+    windows = max(1, config.thresholds.sample_windows * config.thresholds.window_px**2 // window_px**2)
+    boxes = sample_windows(slide.shape[1:], windows=windows, window_px=window_px, align=tile)
+    sparse = slide.with_chunks(window_px)
+    samples = sample_pixels([sparse.channel(roles[role]) for role in role_names], boxes, scheduler=scheduler)
     thresholds = {}
     for role, values in zip(role_names, samples):
         rule = config.thresholds.rule(role)
@@ -129,8 +134,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     fine_pixels = evidence.fine_pixels.astype(np.float32)
     coarse_pixels = evidence.coarse_pixels.astype(np.float32)
 
-    def fine_fraction(name):
-        return evidence.fine[name] / fine_pixels
+    def fine_fraction(name, box=(slice(None), slice(None))):
+        return evidence.fine[name][box] / fine_pixels[box]
 
     # 3. tissue and tumour bed on the coarse grid
     tissue, tissue_info = tissue_mask(
@@ -198,10 +203,10 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             "location": location,
             "distance_to_tumour_um": None if dist_um is None else round(dist_um, 1),
             "counted": bool(dist_um is not None and location in config.location.counted),
-            "b_cell_fraction": round(float(fine_fraction("b_cells")[box][region].mean()), 4),
+            "b_cell_fraction": round(float(fine_fraction("b_cells", box)[region].mean()), 4),
             "t_cell_fraction": None if t_fraction is None else round(float(t_fraction[box][region].mean()), 4),
-            "fdc_fraction": round(float(fine_fraction("fdc")[box][region].mean()), 4),
-            "germinal_centre_fraction": round(float(fine_fraction("germinal_centre")[box][region].mean()), 4),
+            "fdc_fraction": round(float(fine_fraction("fdc", box)[region].mean()), 4),
+            "germinal_centre_fraction": round(float(fine_fraction("germinal_centre", box)[region].mean()), 4),
             "debris_fraction": round(float(debris[box][region].mean()), 4),
             "fdc_network_um2": round(fdc_um2, 1),
             "germinal_centre_network_um2": round(gc_um2, 1),

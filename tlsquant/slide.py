@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
@@ -61,6 +61,8 @@ class Slide:
     tile_shape: tuple[int, int] | None = None
     compression: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # re-opens the same file with another chunk size (set by open_slide)
+    reopen: Callable[..., Slide] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = str(self.path)
@@ -158,6 +160,18 @@ class Slide:
                 f"{self.path}: level {level} does not exist; the slide has levels 0-{len(self.levels) - 1}"
             )
         return self.levels[level].data[self.channel_index(name)]
+
+    def with_chunks(self, chunk_px: int) -> Slide:
+        """The same slide with dask chunks of about ``chunk_px`` (whole tiles), read lazily anew.
+
+        Small chunks let a sparse read (a few windows) decode only the tiles it needs.
+        """
+        if self.reopen is not None:
+            return self.reopen(chunk_size=chunk_px)
+        chunks = (1, chunk_px, chunk_px)
+        levels = tuple(Level(lvl.data.rechunk(chunks), lvl.downsample_y, lvl.downsample_x) for lvl in self.levels)
+        return Slide(self.path, self.format, self.channel_names, self.pixel_size_x_um, self.pixel_size_y_um,
+                     levels, self.tile_shape, self.compression, self.metadata)
 
     def info(self) -> dict[str, Any]:
         """Plain-JSON description of the slide (what ``tlsquant info --json`` prints)."""

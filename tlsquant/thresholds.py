@@ -12,16 +12,20 @@ import math
 import dask
 import dask.array as da
 import numpy as np
+from skimage import filters
 
 from .config import ThresholdRule
 
 MAD_TO_SIGMA = 1.4826
 
 
-def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int) -> list[tuple[slice, slice]]:
+def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int,
+                   align: int = 1) -> list[tuple[slice, slice]]:
     """A lattice of about ``windows`` square windows covering the slide evenly.
 
-    The whole image is one window when it is no larger than the windows together.
+    Window corners snap to multiples of ``align`` (the storage tile), so a window
+    decodes only its own tiles. The whole image is one window when it is no larger
+    than the windows together.
     """
     height, width = shape_yx
     if height * width <= windows * window_px * window_px:
@@ -33,17 +37,17 @@ def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int) -
         for j in range(cols):
             cy = int((i + 0.5) * height / rows)
             cx = int((j + 0.5) * width / cols)
-            y0 = min(max(0, cy - window_px // 2), max(0, height - window_px))
-            x0 = min(max(0, cx - window_px // 2), max(0, width - window_px))
+            y0 = min(max(0, cy - window_px // 2), max(0, height - window_px)) // align * align
+            x0 = min(max(0, cx - window_px // 2), max(0, width - window_px)) // align * align
             boxes.append((slice(y0, y0 + window_px), slice(x0, x0 + window_px)))
     return boxes
 
 
 def sample_pixels(channels: list[da.Array], boxes, *, scheduler=None) -> list[np.ndarray]:
-    """Pixels of each lazy (Y, X) channel inside ``boxes``, one flat float64 array per channel."""
+    """Pixels of each lazy (Y, X) channel inside ``boxes``, one flat float32 array per channel."""
     pieces = [[channel[box] for box in boxes] for channel in channels]
     computed = dask.compute(*[da.concatenate([p.ravel() for p in ch]) for ch in pieces], scheduler=scheduler)
-    return [np.asarray(values, dtype=np.float64) for values in computed]
+    return [np.asarray(values, dtype=np.float32) for values in computed]
 
 
 def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
@@ -53,8 +57,9 @@ def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
     background; robust when positives are a minority. The MAD is floored at one
     intensity unit for integer data, whose MAD can be 0 on flat backgrounds.
     """
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
     if values.size == 0:
         raise ValueError("cannot estimate a threshold from an empty sample")
     method = rule.method
@@ -71,8 +76,6 @@ def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
         return median + rule.k * MAD_TO_SIGMA * max(mad, 1e-12)
     if values.min() == values.max():
         return float(values[0])
-    from skimage import filters
-
     function = {"otsu": filters.threshold_otsu, "triangle": filters.threshold_triangle, "li": filters.threshold_li}[method]
     if method == "li":
         return float(function(values, tolerance=max(np.ptp(values) * 1e-4, 1e-12)))

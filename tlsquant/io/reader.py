@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +43,12 @@ def open_slide(
     Slide
     """
     path = Path(path)
+    slide = _open(path, pixel_size_um, channel_names, chunk_size)
+    reopen = functools.partial(open_slide, path, pixel_size_um=pixel_size_um, channel_names=channel_names)
+    return dataclasses.replace(slide, reopen=reopen)
+
+
+def _open(path: Path, pixel_size_um, channel_names, chunk_size) -> Slide:
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file or directory")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -49,7 +57,7 @@ def open_slide(
         from .omezarr import read_zarr
 
         parts = read_zarr(path, chunk_px=chunk_size)
-        return _assemble(path, parts, None, pixel_size_um, channel_names)
+        return _assemble(path, parts, pixel_size_um, channel_names)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic not in _TIFF_MAGIC:
@@ -72,7 +80,7 @@ def open_slide(
     )
 
 
-def _assemble(path, parts, _unused, pixel_size_um, channel_names) -> Slide:
+def _assemble(path, parts, pixel_size_um, channel_names) -> Slide:
     parts = {**parts, "n_channels": parts["levels"][0].shape[0]}
     names, size, metadata = _resolve(path, parts, pixel_size_um, channel_names)
     return Slide(

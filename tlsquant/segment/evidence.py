@@ -47,15 +47,29 @@ class EvidenceMaps:
     coarse_factor: int
 
 
-def _cell_edges(start: int, length: int, factor: int) -> np.ndarray:
-    """Offsets within a block where a new grid cell begins (for np.add.reduceat)."""
-    first = -(-start // factor) * factor  # first cell boundary at or after start
-    edges = np.arange(first, start + length, factor) - start
-    return edges if edges.size and edges[0] == 0 else np.r_[0, edges]
+def _bin(mask: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
+    """Sum a boolean block into the grid cells it touches (cells anchored at the slide origin).
 
-
-def _bin(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(np.add.reduceat(mask.astype(np.uint32), rows, axis=0), cols, axis=1)
+    Strided additions on a uint8 view: about one pass over the block, several times
+    faster than reshape-sum or reduceat on the bool array.
+    """
+    height, width = mask.shape
+    top, left = y0 % factor, x0 % factor
+    padded_h = -(-(top + height) // factor) * factor
+    padded_w = -(-(left + width) // factor) * factor
+    if top or left or padded_h != height or padded_w != width:
+        padded = np.zeros((padded_h, padded_w), np.uint8)
+        padded[top : top + height, left : left + width] = mask
+    else:
+        padded = mask.view(np.uint8)
+    dtype = count_dtype(factor)
+    rows = padded[0::factor].astype(dtype)
+    for k in range(1, factor):
+        rows += padded[k::factor]
+    cells = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        cells += rows[:, k::factor]
+    return cells
 
 
 def count_block(plan: EvidencePlan, y0: int, x0: int, *blocks: np.ndarray):
@@ -65,24 +79,24 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, *blocks: np.ndarray):
         debris = positive["autofluorescence"]
     else:
         voters = [positive[r] for r in VOTING_ROLES if r in positive]
-        votes = np.sum(voters, axis=0, dtype=np.uint8)
+        votes = voters[0].view(np.uint8).copy()
+        for voter in voters[1:]:
+            votes += voter.view(np.uint8)
         debris = votes >= min(plan.min_votes, len(voters))
     clean = ~debris
-    height, width = blocks[0].shape
+    masks = {name: positive[name] & clean for name in set(FINE_MAPS + COARSE_MAPS) - {"debris"} if name in positive}
+    masks["debris"] = debris
     out = []
     for names, factor in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
-        rows = _cell_edges(y0, height, factor)
-        cols = _cell_edges(x0, width, factor)
         stack = []
         for name in names:
-            if name == "debris":
-                stack.append(_bin(debris, rows, cols))
-            elif name in positive:
-                stack.append(_bin(positive[name] & clean, rows, cols))
+            if name in masks:
+                stack.append(_bin(masks[name], y0, x0, factor))
             else:
-                stack.append(np.zeros((rows.size, cols.size), np.uint32))
+                shape = (-(-(y0 % factor + blocks[0].shape[0]) // factor), -(-(x0 % factor + blocks[0].shape[1]) // factor))
+                stack.append(np.zeros(shape, count_dtype(factor)))
         # partial sums never exceed factor², so the small dtype holds them and their total
-        out.append(((y0 // factor, x0 // factor), np.stack(stack).astype(count_dtype(factor))))
+        out.append(((y0 // factor, x0 // factor), np.stack(stack)))
     return out[0][0], out[0][1], out[1][0], out[1][1]
 
 
