@@ -177,32 +177,147 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    import json
+def _batch_logging(outdir: Path) -> logging.Handler:
+    outdir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(outdir / "batch.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tlsquant").addHandler(handler)
+    return handler
 
+
+def _progress_line(slide_id: str, status: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {slide_id}: {status}".ljust(90),
+          end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def cmd_batch(args) -> int:
+    from .batch import parse_shard, read_manifest, run_batch
+
+    config = _load_config(args)
+    manifest = read_manifest(args.manifest)
+    outdir = Path(args.output)
+    handler = _batch_logging(outdir)
+    log.info("tlsquant %s batch: %d slides in %s (%d rejected up front)", __version__,
+             len(manifest.jobs) + len(manifest.problems), args.manifest, len(manifest.problems))
+    for problem in manifest.problems:
+        print(f"manifest: {problem['slide_id']}: {problem['error']}", file=sys.stderr)
+    client = cluster = None
+    try:
+        if args.scheduler:
+            from .cluster import connect
+
+            client = connect(args.scheduler)
+        elif args.cluster == "slurm":
+            from distributed import Client
+
+            from .cluster import slurm_cluster
+
+            cluster = slurm_cluster(config.cluster, log_directory=str(outdir / "slurm-logs"))
+            cluster.scale(jobs=config.cluster.jobs)
+            client = Client(cluster)
+        result = run_batch(manifest, outdir, config, client=client, workers=args.workers,
+                           shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite,
+                           fail_fast=args.fail_fast, progress=None if args.quiet else _progress_line)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        logging.getLogger("tlsquant").removeHandler(handler)
+        handler.close()
+    print(f"{len(result.processed)} analysed, {len(result.skipped)} already complete, "
+          f"{len(result.failures)} failed; cohort: {result.cohort_path}")
+    if len(result.failures):
+        print(f"failures: {result.failures_path}", file=sys.stderr)
+        for row in result.failures.itertuples(index=False):
+            print(f"  {row.slide_id}: {row.error_type}: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from .batch import collect
+
+    cohort, failures = collect(args.manifest, args.output)
+    print(f"cohort: {len(cohort)} slides -> {Path(args.output) / 'cohort.csv'}; {len(failures)} failed")
+    return 1 if len(failures) else 0
+
+
+def cmd_compare(args) -> int:
+    import pandas as pd
+
+    from .report import write_report
+    from .stats import compare_groups
+
+    cohort_path = Path(args.cohort)
+    if not cohort_path.is_file():
+        raise TLSQuantError(f"{cohort_path}: cohort table not found")
+    table = pd.read_csv(cohort_path)
+    groups = args.groups.split(",") if args.groups else None
+    if groups is not None and len(groups) != 2:
+        raise TLSQuantError(f"--groups expects two labels A,B, got {args.groups!r}")
+    metrics = args.metrics.split(",") if args.metrics else None
+    stats = compare_groups(table, args.group, metrics=metrics, groups=groups)
+    slides_dir = cohort_path.parent / "slides"
+    written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None)
+    shown = stats[["metric", "n_a", "n_b", "median_a", "median_b", "u", "p", "q", "method"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"report: {written['html']}  (also {written['markdown'].name}, stats.csv, figures/)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The whole flow on the bundled slides: manifest -> batch -> cohort -> comparison -> report."""
+    import json
+    import os
+
+    import pandas as pd
+
+    from .batch import run_batch
     from .config import load_config
+    from .report import write_report
+    from .stats import compare_groups
 
     images = Path(__file__).resolve().parents[1] / "test_images"
     if not images.is_dir():
         raise TLSQuantError(f"{images}: the bundled test images are missing (run from a source checkout)")
     slides = sorted(p for p in images.iterdir() if ".truth." not in p.name and not p.name.startswith("."))
-    config = load_config()
     outroot = Path(args.output)
-    header = f"{'slide':<14}{'format':<10}{'tumour mm²':>11}{'TLS':>5}{'mature':>7}{'density/mm²':>13}{'area %':>8}   truth (density, area %)"
+    outroot.mkdir(parents=True, exist_ok=True)
+    groups = ["good", "poor"]
+    manifest = pd.DataFrame({
+        "slide_id": [p.name.split(".")[0] for p in slides],
+        "path": [os.path.relpath(p, outroot) for p in slides],
+        "response": [groups[i % 2] for i in range(len(slides))],
+    })
+    manifest_path = outroot / "manifest.csv"
+    manifest.to_csv(manifest_path, index=False)
+    result = run_batch(manifest_path, outroot, load_config(), workers=args.workers,
+                       progress=None if args.quiet else _progress_line)
+    cohort = result.cohort
+    header = (f"{'slide':<14}{'group':<7}{'tumour mm²':>11}{'TLS':>5}{'mature':>7}{'density/mm²':>13}"
+              f"{'area %':>8}   truth (density, area %)")
     print(header)
     print("-" * len(header))
-    for path in slides:
-        result = _analyze_one(path, outroot / path.name.split(".")[0], config)
-        s = result.summary
-        truth_file = images / f"{path.name.split('.')[0]}.truth.json"
+    for row in cohort.itertuples(index=False):
+        truth_file = images / f"{row.slide_id}.truth.json"
         truth = ""
         if truth_file.exists():
             t = json.loads(truth_file.read_text())
             truth = f"   {t['tls_density_per_mm2']:.3f}, {t['tls_area_pct']:.3f}"
-        print(f"{s['slide_id']:<14}{s['source']['format']:<10}{s['tumour_area_mm2']:>11.3f}{s['tls_count']:>5}"
-              f"{s['tls_mature_count']:>7}{_fmt(s['tls_density_per_mm2'], '.3f'):>13}{_fmt(s['tls_area_pct'], '.3f'):>8}{truth}")
-    print(f"\noutputs (summary.json, tls.csv, tls.geojson, qc.png) in {outroot}/<slide>/")
-    return 0
+        print(f"{row.slide_id:<14}{row.response:<7}{row.tumour_area_mm2:>11.3f}{row.tls_count:>5}"
+              f"{row.tls_mature_count:>7}{_fmt(row.tls_density_per_mm2, '.3f'):>13}{_fmt(row.tls_area_pct, '.3f'):>8}{truth}")
+    stats = compare_groups(cohort, "response", groups=groups)
+    written = write_report(cohort, stats, "response", outroot / "comparison", slides_dir=outroot / "slides",
+                           title="tlsquant demo: good vs poor (synthetic slides)")
+    print()
+    print(stats[["metric", "n_a", "n_b", "median_a", "median_b", "p", "method"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, qc.png)")
+    print(f"cohort: {result.cohort_path}\nreport: {written['html']}")
+    return 1 if len(result.failures) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +331,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="analyse the bundled test_images/ and print a summary table")
     demo.add_argument("-o", "--output", default="tlsquant-demo", help="output folder (default tlsquant-demo)")
+    demo.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
+
+    batch = sub.add_parser("batch", help="analyse every slide of a manifest CSV (resumable, parallel)")
+    batch.add_argument("manifest", help="CSV with slide_id, path (relative to it), optional pixel_size_um, clinical columns")
+    batch.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    batch.add_argument("--config", metavar="TOML")
+    batch.add_argument("--set", action="append", metavar="KEY=VALUE")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://node:8786")
+    where.add_argument("--cluster", choices=["slurm"], help="start SLURM workers with dask-jobqueue ([cluster] config)")
+    batch.add_argument("--shard", metavar="I/N", help="process only rows with index %% N == I (SLURM array jobs)")
+    batch.add_argument("--overwrite", action="store_true", help="re-analyse slides whose outputs are complete")
+    batch.add_argument("--fail-fast", action="store_true", help="stop at the first failed slide")
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(func=cmd_batch)
+
+    collect = sub.add_parser("collect", help="merge the outputs of sharded batch runs into cohort.csv")
+    collect.add_argument("manifest")
+    collect.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    collect.set_defaults(func=cmd_collect)
+
+    compare = sub.add_parser("compare", help="Mann-Whitney comparison of two groups, with figures and a report")
+    compare.add_argument("cohort", help="cohort.csv from tlsquant batch")
+    compare.add_argument("--group", required=True, help="column holding the group labels")
+    compare.add_argument("--groups", metavar="A,B", help="the two labels to compare (default: the two present)")
+    compare.add_argument("--metrics", metavar="M1,M2", help="columns to test (default: TLS density, area %%, ...)")
+    compare.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    compare.set_defaults(func=cmd_compare)
 
     analyze = sub.add_parser("analyze", help="find, stage and measure the TLS of one slide")
     analyze.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")
@@ -257,11 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("tlsquant").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # dask.distributed narrates every worker start and stop at INFO
+    for name in ("distributed", "dask_jobqueue"):
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except TLSQuantError as exc:

@@ -130,6 +130,23 @@ class Compute:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """SLURM workers for ``tlsquant batch --cluster slurm`` (dask-jobqueue)."""
+
+    queue: str = ""  # SLURM partition ("" = the cluster's default)
+    account: str = ""
+    cores: int = 4  # cores per job
+    memory: str = "16GB"  # memory per job
+    processes: int = 1  # dask worker processes per job
+    walltime: str = "04:00:00"
+    jobs: int = 4  # jobs to start
+    interface: str = ""  # network interface of the workers, e.g. "ib0" ("" = default)
+    local_directory: str = ""  # node-local scratch for worker spill files
+    job_extra_directives: tuple[str, ...] = ()  # extra "#SBATCH" lines, e.g. ["--qos=normal"]
+    job_script_prologue: tuple[str, ...] = ()  # shell lines before the worker starts (module load ...)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole analysis configuration."""
 
@@ -144,6 +161,7 @@ class Config:
     debris: Debris = Debris()
     outputs: Outputs = Outputs()
     compute: Compute = Compute()
+    cluster: Cluster = Cluster()
 
     def to_dict(self) -> dict[str, Any]:
         return _as_plain(dataclasses.asdict(self))
@@ -261,6 +279,8 @@ def _validate(config: Config, source: str) -> Config:
         raise ConfigError(f"{source}: compute.scheduler must be threads, sync, processes or distributed, got {config.compute.scheduler!r}")
     if config.compute.chunk_px < 0 or config.compute.workers < 0:
         raise ConfigError(f"{source}: compute.chunk_px and compute.workers must be >= 0")
+    if config.cluster.cores < 1 or config.cluster.processes < 1 or config.cluster.jobs < 1:
+        raise ConfigError(f"{source}: cluster.cores, cluster.processes and cluster.jobs must be >= 1")
     for role in Channels.REQUIRED:
         if not getattr(config.channels, role).strip():
             raise ConfigError(f"{source}: channels.{role} needs a marker name")

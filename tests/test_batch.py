@@ -1,0 +1,166 @@
+"""Cohort batch runs: manifest validation, failures, resume, workers, shards, SLURM job script."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from tlsquant import synthetic
+from tlsquant.batch import ManifestError, collect, read_manifest, run_batch
+from tlsquant.cli import main
+from tlsquant.config import load_config
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    """Seven small slides, good responders with more TLS than poor ones, plus a corrupt file."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "slides").mkdir()
+    rows = []
+    for k in range(7):
+        good = k < 3
+        scene = synthetic.make_scene(seed=200 + k, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8",
+                                     tls_counts=(3, 1, 0) if good else (0, 1, 0), tls_radius_um=(55, 75), noise=0.7)
+        path, _ = synthetic.write_slide(scene, root / "slides" / f"case{k}.ome.tiff")
+        rows.append({"slide_id": f"case{k}", "path": f"slides/{path.name}", "response": "good" if good else "poor",
+                     "patient": f"P{k:02d}"})
+    (root / "slides" / "broken.ome.tiff").write_bytes(b"II*\x00" + b"\x00" * 64)
+    rows.append({"slide_id": "broken", "path": "slides/broken.ome.tiff", "response": "poor", "patient": "P07"})
+    rows.append({"slide_id": "lost", "path": "slides/lost.ome.tiff", "response": "good", "patient": "P08"})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_manifest_structural_problems_are_reported_together(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide_id,path\na,x.tif\na,y.tif\n,z.tif\nb/c,w.tif\n")
+    with pytest.raises(ManifestError) as error:
+        read_manifest(bad)
+    message = str(error.value)
+    assert "3 problem(s)" in message and "'a' appears on lines 2, 3" in message
+    assert "line 4: empty slide_id" in message and "'b/c' must be letters" in message
+    (tmp_path / "cols.csv").write_text("id,file\n1,a.tif\n")
+    with pytest.raises(ManifestError, match="missing slide_id, path"):
+        read_manifest(tmp_path / "cols.csv")
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")
+
+
+def test_row_problems_do_not_stop_the_manifest(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("slide_id,path,pixel_size_um,arm\na,a.tif,0.5,x\nb,missing.tif,,y\nc,a.tif,-1,y\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert [job.slide_id for job in manifest.jobs] == ["a"]
+    assert manifest.jobs[0].pixel_size_um == 0.5 and manifest.jobs[0].clinical == {"arm": "x"}
+    problems = {p["slide_id"]: p["error"] for p in manifest.problems}
+    assert "missing.tif: no such file" in problems["b"] and "pixel_size_um must be a positive number" in problems["c"]
+
+
+def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), "--workers", "2", "-q"])
+    assert code == 1  # two slides failed
+    captured = capsys.readouterr()
+    assert "7 analysed, 0 already complete, 2 failed" in captured.out
+    failures = pd.read_csv(out / "failures.csv")
+    assert list(failures["slide_id"]) == ["broken", "lost"]
+    assert failures.loc[0, "error_type"] == "SlideFormatError" and "broken.ome.tiff" in failures.loc[0, "error"]
+    assert failures.loc[1, "error_type"] == "SlideNotFoundError"
+    cohort = pd.read_csv(out / "cohort.csv")
+    assert list(cohort["slide_id"]) == [f"case{k}" for k in range(7)]
+    assert {"response", "patient", "tls_density_per_mm2", "tls_area_pct", "tumour_area_mm2",
+            "tls_count_by_stage_mature", "threshold_b_cells"} <= set(cohort.columns)
+    assert (out / "batch.log").read_text().count("broken") >= 1
+    for k in range(7):
+        assert (out / "slides" / f"case{k}" / "summary.json").is_file()
+    good = cohort[cohort.response == "good"]["tls_density_per_mm2"]
+    poor = cohort[cohort.response == "poor"]["tls_density_per_mm2"]
+    assert good.min() > poor.max()
+
+    stamp = (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns
+    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), "--workers", "2", "-q"])
+    assert "0 analysed, 7 already complete, 2 failed" in capsys.readouterr().out
+    assert (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(out / "cohort.csv"), cohort)
+
+    assert main(["compare", str(out / "cohort.csv"), "--group", "response", "--groups", "good,poor",
+                 "-o", str(out / "stats")]) == 0
+    stats = pd.read_csv(out / "stats" / "stats.csv")
+    row = stats.set_index("metric").loc["tls_density_per_mm2"]
+    assert (row.n_a, row.n_b) == (3, 4) and row.method == "exact"
+    assert row.p == pytest.approx(2 / 35)  # complete separation, as in the reference study
+    for name in ("tls_density_per_mm2.png", "tls_density_per_mm2.svg", "tls_area_pct.png"):
+        assert (out / "stats" / "figures" / name).is_file()
+    html = (out / "stats" / "report.html").read_text()
+    assert "thumbnails/case0.png" in html and "0.057" in html
+    assert "| tls_density_per_mm2 |" in (out / "stats" / "report.md").read_text()
+
+
+def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path):
+    config = load_config()
+    one = run_batch(cohort_dir / "manifest.csv", tmp_path / "one", config, workers=1)
+    two = run_batch(cohort_dir / "manifest.csv", tmp_path / "two", config, workers=2)
+    assert (tmp_path / "one" / "cohort.csv").read_text() == (tmp_path / "two" / "cohort.csv").read_text()
+    assert len(one.cohort) == 7 and len(two.failures) == 2
+    shared = tmp_path / "sharded"
+    for index in range(3):
+        part = run_batch(cohort_dir / "manifest.csv", shared, config, workers=1, shard=(index, 3))
+        assert (shared / f"cohort.shard-{index}-of-3.csv").is_file()
+        assert len(part.cohort) + len(part.failures) == len(range(index, 9, 3))
+    cohort, failures = collect(cohort_dir / "manifest.csv", shared)
+    assert (shared / "cohort.csv").read_text() == (tmp_path / "one" / "cohort.csv").read_text()
+    assert sorted(failures["slide_id"]) == ["broken", "lost"]
+
+
+def test_overwrite_and_fail_fast(cohort_dir, tmp_path):
+    subset = tmp_path / "m.csv"
+    table = pd.read_csv(cohort_dir / "manifest.csv")
+    table["path"] = [str(cohort_dir / p) for p in table["path"]]
+    table.iloc[[7, 0, 1]].to_csv(subset, index=False)
+    result = run_batch(subset, tmp_path / "ff", load_config(), workers=1, fail_fast=True)
+    assert list(result.failures["slide_id"]) == ["broken"]
+    assert len(result.processed) < 2
+    again = run_batch(subset, tmp_path / "ff", load_config(), workers=1, overwrite=True)
+    assert sorted(again.processed) == ["case0", "case1"] and again.skipped == []
+
+
+def test_slurm_job_script_follows_the_config():
+    pytest.importorskip("dask_jobqueue")
+    from tlsquant.cluster import slurm_cluster
+
+    config = load_config(None, ["cluster.queue=compute", "cluster.cores=8", "cluster.memory='32GB'",
+                                "cluster.walltime='02:00:00'", "cluster.job_extra_directives=['--qos=long']",
+                                "cluster.job_script_prologue=['module load python/3.11']"])
+    cluster = slurm_cluster(config.cluster)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p compute" in script and "#SBATCH --cpus-per-task=8" in script
+    assert "#SBATCH -t 02:00:00" in script and "#SBATCH --qos=long" in script
+    assert "module load python/3.11" in script and "--nthreads 8" in script
+
+
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="no SLURM on this machine (sinfo not found)")
+def test_batch_on_a_real_slurm_cluster(cohort_dir, tmp_path):
+    from distributed import Client
+
+    from tlsquant.cluster import slurm_cluster
+
+    config = load_config(None, ["cluster.cores=1", "cluster.memory='2GB'", "cluster.jobs=1",
+                                "cluster.interface='lo'", "cluster.walltime='00:10:00'"])
+    subset = tmp_path / "m.csv"
+    table = pd.read_csv(cohort_dir / "manifest.csv")
+    table["path"] = [str(cohort_dir / p) for p in table["path"]]
+    table.iloc[:2].to_csv(subset, index=False)
+    cluster = slurm_cluster(config.cluster, log_directory=str(tmp_path / "logs"))
+    cluster.scale(jobs=1)
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=120)
+            result = run_batch(subset, tmp_path / "out", config, client=client)
+    finally:
+        cluster.close()
+    assert result.processed and len(result.cohort) == 2
