@@ -143,7 +143,20 @@ def test_slurm_job_script_follows_the_config():
     assert "module load python/3.11" in script and "--nthreads 8" in script
 
 
-@pytest.mark.skipif(shutil.which("sinfo") is None, reason="no SLURM on this machine (sinfo not found)")
+def _slurm_is_up() -> bool:
+    """A SLURM controller answers and a node is idle (tests/slurm/start_single_node.sh starts one)."""
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "idle" in states or "mix" in states
+
+
+@pytest.mark.skipif(not _slurm_is_up(), reason="no running SLURM here (see tests/slurm/start_single_node.sh)")
 def test_batch_on_a_real_slurm_cluster(cohort_dir, tmp_path):
     from distributed import Client
 

@@ -13,12 +13,14 @@ from .config import Config, load_config
 from .io import open_slide
 from .pipeline import SlideResult, analyze_slide
 from .slide import Level, Slide
+from .stats import compare_groups
 
 __all__ = [
     "ChannelError",
     "Config",
     "SlideResult",
     "analyze_slide",
+    "compare_groups",
     "load_config",
     "ConfigError",
     "Level",
