@@ -105,10 +105,10 @@ def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_pat
     assert (tmp_path / "one" / "cohort.csv").read_text() == (tmp_path / "two" / "cohort.csv").read_text()
     assert len(one.cohort) == 7 and len(two.failures) == 2
     shared = tmp_path / "sharded"
-    for index in range(3):
-        part = run_batch(cohort_dir / "manifest.csv", shared, config, workers=1, shard=(index, 3))
-        assert (shared / f"cohort.shard-{index}-of-3.csv").is_file()
-        assert len(part.cohort) + len(part.failures) == len(range(index, 9, 3))
+    for index in range(2):
+        part = run_batch(cohort_dir / "manifest.csv", shared, config, workers=1, shard=(index, 2))
+        assert (shared / f"cohort.shard-{index}-of-2.csv").is_file()
+        assert len(part.cohort) + len(part.failures) == len(range(index, 9, 2))
     cohort, failures = collect(cohort_dir / "manifest.csv", shared)
     assert (shared / "cohort.csv").read_text() == (tmp_path / "one" / "cohort.csv").read_text()
     assert sorted(failures["slide_id"]) == ["broken", "lost"]

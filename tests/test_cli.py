@@ -78,12 +78,14 @@ def test_analyze_errors_exit_2(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_demo_matches_the_truth_of_the_bundled_images(capsys, tmp_path):
-    assert main(["demo", "-o", str(tmp_path)]) == 0
+def test_demo_runs_the_whole_flow_and_matches_the_truth(capsys, tmp_path):
+    assert main(["demo", "-o", str(tmp_path), "--workers", "2", "-q"]) == 0
     out = capsys.readouterr().out
+    assert "report:" in out and (tmp_path / "comparison" / "report.html").is_file()
+    assert (tmp_path / "cohort.csv").is_file() and (tmp_path / "comparison" / "stats.csv").is_file()
     for stem in ("synthetic-a", "synthetic-b", "synthetic-c"):
         truth = json.loads((TEST_IMAGES / f"{stem}.truth.json").read_text())
-        summary = json.loads((tmp_path / stem / "summary.json").read_text())
+        summary = json.loads((tmp_path / "slides" / stem / "summary.json").read_text())
         assert summary["tls_count"] == truth["tls_count"]
         assert summary["tls_density_per_mm2"] == pytest.approx(truth["tls_density_per_mm2"], rel=0.1)
         assert stem in out

@@ -65,7 +65,9 @@ def test_debris_never_counts_or_matures(analysed):
     result, truth = analysed
     for blob in truth["decoys"]["debris"] + truth["decoys"]["small_aggregates"]:
         distances = np.hypot(result.tls["centroid_x_um"] - blob["x_um"], result.tls["centroid_y_um"] - blob["y_um"])
-        inside_tls = [t for t in truth["tls"] if np.hypot(t["centroid_x_um"] - blob["x_um"], t["centroid_y_um"] - blob["y_um"]) < np.sqrt(t["area_um2"] / np.pi)]
+        inside_tls = [t for t in truth["tls"]
+                      if np.hypot(t["centroid_x_um"] - blob["x_um"], t["centroid_y_um"] - blob["y_um"])
+                      < np.sqrt(t["area_um2"] / np.pi)]
         if not inside_tls:
             assert (distances > 60).all()
     # primary TLS carry a debris particle inside: they must stay primary
@@ -196,7 +198,7 @@ def test_a_failed_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path, 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    import tlsquant.io.qc as qc
+    from tlsquant.io import qc
 
     monkeypatch.setattr(qc, "write_qc_picture", broken)
     with pytest.raises(OSError, match="disk full"):

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from tlsquant.classify import largest_network_um2, stage
-from tlsquant.measure import locate, signed_tumour_distance, slide_metrics, empty_tls_table, TLS_COLUMNS
+from tlsquant.measure import (
+    TLS_COLUMNS,
+    empty_tls_table,
+    locate,
+    signed_tumour_distance,
+    slide_metrics,
+)
 from tlsquant.segment.aggregates import detect_aggregates
 from tlsquant.segment.regions import tumour_mask
 

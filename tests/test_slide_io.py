@@ -12,7 +12,13 @@ import tifffile
 import tlsquant
 from tlsquant import open_slide
 from tlsquant.errors import ChannelError, PixelSizeError, SlideFormatError, SlideNotFoundError
-from tlsquant.io.writers import build_pyramid, downsample_mean, write_ome_tiff, write_ome_zarr, write_qptiff
+from tlsquant.io.writers import (
+    build_pyramid,
+    downsample_mean,
+    write_ome_tiff,
+    write_ome_zarr,
+    write_qptiff,
+)
 
 NAMES = ["DAPI", "CD20", "TFE3"]
 
@@ -201,7 +207,8 @@ def test_missing_pixel_size_says_how_to_pass_it(tmp_path, rng):
 def test_non_physical_and_implausible_pixel_sizes_are_refused(tmp_path, rng):
     data = rng.integers(0, 255, (1, 64, 64), dtype=np.uint8)
     ome_pixel = tmp_path / "pixelunit.ome.tif"
-    tifffile.imwrite(ome_pixel, data, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 1.0, "PhysicalSizeXUnit": "pixel", "PhysicalSizeY": 1.0, "PhysicalSizeYUnit": "pixel"})
+    tifffile.imwrite(ome_pixel, data, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 1.0, "PhysicalSizeXUnit": "pixel",
+                                                          "PhysicalSizeY": 1.0, "PhysicalSizeYUnit": "pixel"})
     with pytest.raises(PixelSizeError, match="'pixel', which is not a physical unit"):
         open_slide(ome_pixel)
     bogus = tmp_path / "bogus.ome.tif"

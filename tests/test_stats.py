@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from tlsquant.stats import benjamini_hochberg, compare_groups, hodges_lehmann, mann_whitney, u_distribution
+from tlsquant.stats import (
+    benjamini_hochberg,
+    compare_groups,
+    hodges_lehmann,
+    mann_whitney,
+    u_distribution,
+)
 
 
 def _enumerated_p(a, b):

@@ -1,6 +1,7 @@
 """tlsquant: quantify tertiary lymphoid structures in multiplex immunofluorescence slides."""
 
 from ._version import __version__
+from .config import Config, load_config
 from .errors import (
     ChannelError,
     ConfigError,
@@ -9,7 +10,6 @@ from .errors import (
     SlideNotFoundError,
     TLSQuantError,
 )
-from .config import Config, load_config
 from .io import open_slide
 from .pipeline import SlideResult, analyze_slide
 from .slide import Level, Slide
@@ -18,17 +18,17 @@ from .stats import compare_groups
 __all__ = [
     "ChannelError",
     "Config",
-    "SlideResult",
-    "analyze_slide",
-    "compare_groups",
-    "load_config",
     "ConfigError",
     "Level",
     "PixelSizeError",
     "Slide",
     "SlideFormatError",
     "SlideNotFoundError",
+    "SlideResult",
     "TLSQuantError",
     "__version__",
+    "analyze_slide",
+    "compare_groups",
+    "load_config",
     "open_slide",
 ]

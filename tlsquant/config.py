@@ -326,4 +326,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _validate(_build(Config, values, source), source)
 
 
-__all__ = ["Config", "THRESHOLD_METHODS", "ThresholdRule", "load_config"]
+__all__ = ["THRESHOLD_METHODS", "Config", "ThresholdRule", "load_config"]

@@ -45,8 +45,8 @@ def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2:
     metrics = {
         "tissue_area_mm2": tissue_area_mm2,
         "tumour_area_mm2": tumour_area_mm2,
-        "tls_count": int(len(tls)),
-        "tls_counted": int(len(counted)),
+        "tls_count": len(tls),
+        "tls_counted": len(counted),
         "tls_mature_count": int(sum(is_mature(s) for s in tls["stage"])) if len(tls) else 0,
         "tls_primary_count": int(sum(not is_mature(s) for s in tls["stage"])) if len(tls) else 0,
         "tls_counted_mature_count": int(sum(is_mature(s) for s in counted["stage"])) if len(counted) else 0,

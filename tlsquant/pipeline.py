@@ -13,7 +13,7 @@ import pandas as pd
 
 from ._version import __version__
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
-from .config import Channels, Config, LOCATIONS, load_config
+from .config import LOCATIONS, Channels, Config, load_config
 from .errors import ChannelError
 from .measure import TLS_COLUMNS, empty_tls_table, locate, signed_tumour_distance, slide_metrics
 from .segment.aggregates import debris_zone, detect_aggregates

@@ -716,6 +716,17 @@ def write_slide(
 
 
 __all__ = [
-    "Blob", "Cells", "DEFAULT_PANEL", "EXTRA_CHANNELS", "Scene", "SyntheticTLS", "all_cells",
-    "make_scene", "render", "render_block", "truth", "truth_path", "write_slide",
+    "DEFAULT_PANEL",
+    "EXTRA_CHANNELS",
+    "Blob",
+    "Cells",
+    "Scene",
+    "SyntheticTLS",
+    "all_cells",
+    "make_scene",
+    "render",
+    "render_block",
+    "truth",
+    "truth_path",
+    "write_slide",
 ]

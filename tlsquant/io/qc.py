@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .outputs import STAGE_COLOURS, TUMOUR_COLOUR, outline_polygons
+from .outputs import STAGE_COLOURS, outline_polygons
 
 # composite colours per channel role: B cells red, T cells green, nuclei blue, tumour grey
 ROLE_COLOURS = {"b_cells": (1.0, 0.2, 0.2), "t_cells": (0.1, 0.85, 0.2), "nuclei": (0.15, 0.25, 0.8),

@@ -158,4 +158,4 @@ def read_channel_names(path: str | Path) -> list[str]:
     return [row[column].strip() for row in rows]
 
 
-__all__ = ["open_slide", "read_channel_names", "SlideFormatError"]
+__all__ = ["SlideFormatError", "open_slide", "read_channel_names"]

@@ -7,13 +7,14 @@ Used by :mod:`tlsquant.synthetic` and the tests. Level arrays may be numpy or da
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import dask.array as da
 import numpy as np
+
+from .atomic import atomic_path
 
 ArrayLike = np.ndarray | da.Array
 
@@ -65,10 +66,6 @@ def _tiles(level: ArrayLike, tile: int) -> Iterator[np.ndarray]:
                     yield piece
 
 
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
-
-
 def _resolution_per_cm(pixel_size_um: tuple[float, float]) -> tuple[float, float]:
     return 1e4 / pixel_size_um[0], 1e4 / pixel_size_um[1]
 
@@ -94,9 +91,8 @@ def write_ome_tiff(
 
     path = Path(path)
     scale = {"µm": 1.0, "nm": 1e3, "mm": 1e-3}[physical_unit]
-    target = _atomic_target(path)
     base = levels[0]
-    with tifffile.TiffWriter(target, bigtiff=True, ome=True) as tw:
+    with atomic_path(path) as target, tifffile.TiffWriter(target, bigtiff=True, ome=True) as tw:
         for index, level in enumerate(levels):
             factor_y = base.shape[1] / level.shape[1]
             factor_x = base.shape[2] / level.shape[2]
@@ -127,7 +123,6 @@ def write_ome_tiff(
                 tw.write(_tiles(level, tile), metadata=metadata, **options)
             else:
                 raise ValueError(f"pyramid must be 'subifds' or 'series', got {pyramid!r}")
-    os.replace(target, path)
     return path
 
 
@@ -183,7 +178,6 @@ def write_qptiff(
     path = Path(path)
     names = list(channel_names)
     fluors = list(fluorophores) if fluorophores is not None else [f"Opal {480 + 40 * k}" for k in range(len(names))]
-    target = _atomic_target(path)
     base = levels[0]
 
     def page_options(level, level_index):
@@ -217,7 +211,7 @@ def write_qptiff(
         tw.write(rgb, photometric="rgb", description=_qpi_description(image_type),
                  metadata=None, compression=compression)
 
-    with tifffile.TiffWriter(target, bigtiff=True) as tw:
+    with atomic_path(path) as target, tifffile.TiffWriter(target, bigtiff=True) as tw:
         write_level(tw, levels[0], 0)
         rgb_preview(levels[-1], "Thumbnail", 256)
         for level_index, level in enumerate(levels[1:], start=1):
@@ -225,7 +219,6 @@ def write_qptiff(
         rgb_preview(levels[-1], "Overview", 128)
         tw.write(np.full((64, 128, 3), 200, np.uint8), photometric="rgb",
                  description=_qpi_description("Label"), metadata=None)
-    os.replace(target, path)
     return path
 
 
@@ -239,15 +232,16 @@ def write_ome_zarr(
     version: str = "0.5",
 ) -> Path:
     """Write an NGFF multiscale image (0.5 on zarr v3, or 0.4 on zarr v2) with omero channel labels."""
-    import shutil
-
-    import zarr
-
     path = Path(path)
     zarr_format = 3 if version == "0.5" else 2
-    target = _atomic_target(path)
-    if target.exists():
-        shutil.rmtree(target)
+    with atomic_path(path) as target:
+        _write_ngff(target, levels, channel_names, pixel_size_um, chunk, version, zarr_format, path.name)
+    return path
+
+
+def _write_ngff(target, levels, channel_names, pixel_size_um, chunk, version, zarr_format, name) -> None:
+    import zarr
+
     group = zarr.open_group(str(target), mode="w", zarr_format=zarr_format)
     base = levels[0]
     datasets = []
@@ -268,7 +262,7 @@ def write_ome_zarr(
             ],
         })
     multiscale = {
-        "name": path.name,
+        "name": name,
         "axes": [
             {"name": "c", "type": "channel"},
             {"name": "y", "type": "space", "unit": "micrometer"},
@@ -281,7 +275,3 @@ def write_ome_zarr(
         group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale], "omero": omero}
     else:
         group.attrs.update({"multiscales": [{**multiscale, "version": "0.4"}], "omero": omero})
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(target, path)
-    return path
