@@ -55,7 +55,11 @@ def test_chunked_counts_equal_whole_array(images, chunk):
     for name in COARSE_MAPS:
         np.testing.assert_array_equal(maps.coarse[name], oracle["coarse"][name])
     assert maps.fine["debris"].sum() > 0 and maps.fine["b_cells"].sum() > 0
-    assert maps.fine_pixels.sum() == images[0].size and maps.coarse_pixels[-1, -1] == (517 % 9) * (631 % 9)
+    assert maps.pixels("fine").sum() == images[0].size and maps.pixels("coarse")[-1, -1] == (517 % 9) * (631 % 9)
+    np.testing.assert_allclose(maps.fraction("fine", "b_cells"), maps.fine["b_cells"] / maps.pixels("fine"), rtol=1e-6)
+    box = (slice(100, 173), slice(150, 211))
+    np.testing.assert_allclose(maps.fraction("fine", "b_cells", box),
+                               maps.fine["b_cells"][box] / maps.pixels("fine", box), rtol=1e-6)
 
 
 def test_autofluorescence_channel_decides_debris(images):

@@ -131,34 +131,35 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     coarse_cell = (coarse_factor * py, coarse_factor * px)
     fine_um = math.sqrt(fine_cell[0] * fine_cell[1])
     coarse_um = math.sqrt(coarse_cell[0] * coarse_cell[1])
-    fine_pixels = evidence.fine_pixels.astype(np.float32)
-    coarse_pixels = evidence.coarse_pixels.astype(np.float32)
 
     def fine_fraction(name, box=(slice(None), slice(None))):
-        return evidence.fine[name][box] / fine_pixels[box]
+        return evidence.fraction("fine", name, box)
 
     # 3. tissue and tumour bed on the coarse grid
     tissue, tissue_info = tissue_mask(
-        evidence.coarse["nuclei"] / coarse_pixels, cell_um=coarse_um, sigma_um=config.tissue.sigma_um,
+        evidence.fraction("coarse", "nuclei"), cell_um=coarse_um, sigma_um=config.tissue.sigma_um,
         min_fraction=config.tissue.min_fraction, min_area_mm2=config.tissue.min_area_mm2,
     )
     tumour, tumour_info = tumour_mask(
-        evidence.coarse["tumour"] / coarse_pixels, cell_um=coarse_um, sigma_um=config.tumour.sigma_um,
+        evidence.fraction("coarse", "tumour"), cell_um=coarse_um, sigma_um=config.tumour.sigma_um,
         level_fraction=config.tumour.level_fraction, min_positive_fraction=config.tumour.min_positive_fraction,
         closing_um=config.tumour.closing_um, min_area_mm2=config.tumour.min_area_mm2, tissue=tissue,
     )
-    coarse_area_um2 = coarse_pixels * px * py
-    tissue_area_mm2 = float(coarse_area_um2[tissue].sum() / 1e6)
-    tumour_area_mm2 = float(coarse_area_um2[tumour].sum() / 1e6)
+    coarse_pixels = evidence.pixels("coarse")
+    tissue_area_mm2 = float(coarse_pixels[tissue].sum(dtype=np.float64) * px * py / 1e6)
+    tumour_area_mm2 = float(coarse_pixels[tumour].sum(dtype=np.float64) * px * py / 1e6)
+    del coarse_pixels
     if tumour_area_mm2 == 0:
         warnings.append(f"no tumour found in channel {roles['tumour']!r}: density and area % are undefined")
 
     # 4. TLS: dense B-cell aggregates, debris excluded
-    debris = debris_zone(fine_fraction("debris"), cell_um=fine_um, dilate_um=config.debris.dilate_um)
-    b_fraction = np.where(debris, 0.0, fine_fraction("b_cells"))
-    t_fraction = fine_fraction("t_cells") if "t_cells" in roles else None
-    if config.tls.require_t_cell_zone and t_fraction is None:
+    debris = debris_zone(evidence.fine["debris"], cell_um=fine_um, dilate_um=config.debris.dilate_um)
+    b_fraction = fine_fraction("b_cells")
+    b_fraction[debris] = 0.0
+    has_t_cells = "t_cells" in roles
+    if config.tls.require_t_cell_zone and not has_t_cells:
         warnings.append("tls.require_t_cell_zone is set but the slide has no T-cell channel: not applied")
+    t_fraction = fine_fraction("t_cells") if has_t_cells and config.tls.require_t_cell_zone else None
     labels, tls_info = detect_aggregates(
         b_fraction, cell_um=fine_um, sigma_um=config.tls.sigma_um, min_b_fraction=config.tls.min_b_fraction,
         min_b_plateau=config.tls.min_b_plateau,
@@ -167,12 +168,12 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         t_zone_width_um=config.tls.t_zone_width_um,
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
     )
+    del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
 
     # 5. stage, location and per-TLS measurements
     distance = signed_tumour_distance(tumour, cell_um=coarse_cell)
     gc_positive = (fine_fraction("germinal_centre") >= config.maturation.min_cell_fraction) & ~debris
     fdc_positive = (fine_fraction("fdc") >= config.maturation.min_cell_fraction) & ~debris
-    fine_area_um2 = fine_pixels * px * py
     rows = []
     from scipy import ndimage as ndi
 
@@ -180,7 +181,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         if box is None:
             continue
         region = labels[box] == tls_id
-        area_um2 = float(fine_area_um2[box][region].sum())
+        area_um2 = float(evidence.pixels("fine", box)[region].sum(dtype=np.float64) * px * py)
         ys, xs = np.nonzero(region)
         cy = (ys.mean() + box[0].start + 0.5) * fine_factor  # level-0 px
         cx = (xs.mean() + box[1].start + 0.5) * fine_factor
@@ -204,7 +205,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             "distance_to_tumour_um": None if dist_um is None else round(dist_um, 1),
             "counted": bool(dist_um is not None and location in config.location.counted),
             "b_cell_fraction": round(float(fine_fraction("b_cells", box)[region].mean()), 4),
-            "t_cell_fraction": None if t_fraction is None else round(float(t_fraction[box][region].mean()), 4),
+            "t_cell_fraction": round(float(fine_fraction("t_cells", box)[region].mean()), 4) if has_t_cells else None,
             "fdc_fraction": round(float(fine_fraction("fdc", box)[region].mean()), 4),
             "germinal_centre_fraction": round(float(fine_fraction("germinal_centre", box)[region].mean()), 4),
             "debris_fraction": round(float(debris[box][region].mean()), 4),

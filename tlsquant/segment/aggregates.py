@@ -64,7 +64,9 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
                                       level_fraction=level_fraction,
                                       reach=int(np.ceil(cells(3 * sigma_um + 20.0, cell_um))))
+    del density
     labels, count = ndi.label(mask)
+    del mask
     info = {"b_density_seed": float(min_b_fraction),
             "b_density_level_median": float(np.median(levels)) if levels else 0.0,
             "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_t_zone": 0}

@@ -41,10 +41,34 @@ class EvidenceMaps:
 
     fine: dict[str, np.ndarray]
     coarse: dict[str, np.ndarray]
-    fine_pixels: np.ndarray  # level-0 pixels per fine cell (edge cells hold fewer)
-    coarse_pixels: np.ndarray
+    # level-0 pixel rows / columns per grid row / column (the last ones may hold fewer);
+    # kept as vectors: a whole-slide float map per grid would cost hundreds of MB
+    fine_rows: np.ndarray
+    fine_cols: np.ndarray
+    coarse_rows: np.ndarray
+    coarse_cols: np.ndarray
     fine_factor: int
     coarse_factor: int
+
+    def pixels(self, grid: str, box=(slice(None), slice(None))) -> np.ndarray:
+        """Level-0 pixels per cell of ``grid`` ("fine" or "coarse") within ``box``, float32."""
+        rows, cols = (self.fine_rows, self.fine_cols) if grid == "fine" else (self.coarse_rows, self.coarse_cols)
+        return np.outer(rows[box[0]], cols[box[1]]).astype(np.float32)
+
+    def fraction(self, grid: str, name: str, box=(slice(None), slice(None))) -> np.ndarray:
+        """Share of positive pixels per cell of map ``name`` (float32), optionally within ``box``."""
+        counts = (self.fine if grid == "fine" else self.coarse)[name][box]
+        factor = self.fine_factor if grid == "fine" else self.coarse_factor
+        out = counts.astype(np.float32)
+        out *= np.float32(1.0 / (factor * factor))
+        # only the last row and column can hold partial cells: correct them in place
+        rows, cols = (self.fine_rows, self.fine_cols) if grid == "fine" else (self.coarse_rows, self.coarse_cols)
+        rows, cols = rows[box[0]], cols[box[1]]
+        if rows.size and rows[-1] != factor:
+            out[-1] = counts[-1] / (rows[-1] * cols).astype(np.float32)
+        if cols.size and cols[-1] != factor:
+            out[:, -1] = counts[:, -1] / (rows * cols[-1]).astype(np.float32)
+        return out
 
 
 def _bin(mask: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
@@ -147,8 +171,10 @@ def compute_evidence(channels, plan: EvidencePlan, *, scheduler=None, num_worker
     return EvidenceMaps(
         fine=fine,
         coarse=coarse,
-        fine_pixels=np.outer(_grid_pixels(height, f), _grid_pixels(width, f)),
-        coarse_pixels=np.outer(_grid_pixels(height, c), _grid_pixels(width, c)),
+        fine_rows=_grid_pixels(height, f),
+        fine_cols=_grid_pixels(width, f),
+        coarse_rows=_grid_pixels(height, c),
+        coarse_cols=_grid_pixels(width, c),
         fine_factor=f,
         coarse_factor=c,
     )

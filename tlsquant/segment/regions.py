@@ -20,8 +20,9 @@ def disk(radius_um: float, cell_um: float) -> np.ndarray:
 def smooth(fraction: np.ndarray, *, sigma_um: float, cell_um: float) -> np.ndarray:
     """Gaussian smoothing in µm; ``mode='constant'`` so the slide edge reads as empty."""
     sigma = cells(sigma_um, cell_um)
-    data = fraction.astype(np.float32)
-    return ndi.gaussian_filter(data, sigma, mode="constant") if sigma > 0 else data
+    if sigma <= 0:
+        return fraction.astype(np.float32)
+    return ndi.gaussian_filter(fraction, sigma, mode="constant", output=np.float32)
 
 
 def half_level_mask(smoothed: np.ndarray, *, floor: float, level_fraction: float):
