@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from ._version import __version__
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
@@ -175,8 +176,6 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     gc_positive = (fine_fraction("germinal_centre") >= config.maturation.min_cell_fraction) & ~debris
     fdc_positive = (fine_fraction("fdc") >= config.maturation.min_cell_fraction) & ~debris
     rows = []
-    from scipy import ndimage as ndi
-
     for tls_id, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue

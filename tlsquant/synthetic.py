@@ -321,12 +321,8 @@ class Cells:
         return Cells(**{name: getattr(self, name)[keep] for name in self.__dataclass_fields__})
 
 
-def _cell_block(scene: Scene, block_y: int, block_x: int) -> Cells:
-    return _cell_block_cached(scene, block_y, block_x)
-
-
 @functools.lru_cache(maxsize=512)
-def _cell_block_cached(scene: Scene, block_y: int, block_x: int) -> Cells:
+def _cell_block(scene: Scene, block_y: int, block_x: int) -> Cells:
     """All cells of one block of the nucleus lattice; deterministic per (seed, block)."""
     rng = np.random.default_rng([scene.seed, 101, block_y, block_x])
     n = CELL_BLOCK
