@@ -185,6 +185,15 @@ def _batch_logging(outdir: Path) -> logging.Handler:
     return handler
 
 
+def _quiet_dask(verbose: bool) -> None:
+    """dask.distributed gives its loggers their own levels on import: turn them down to warnings."""
+    import distributed  # noqa: F401  (configures its loggers)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("distributed", "dask_jobqueue")):
+            logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _progress_line(slide_id: str, status: str, done: int, total: int) -> None:
     width = 30
     filled = int(width * done / max(total, 1))
@@ -198,6 +207,7 @@ def cmd_batch(args) -> int:
     config = _load_config(args)
     manifest = read_manifest(args.manifest)
     outdir = Path(args.output)
+    _quiet_dask(args.verbose)
     handler = _batch_logging(outdir)
     log.info("tlsquant %s batch: %d slides in %s (%d rejected up front)", __version__,
              len(manifest.jobs) + len(manifest.problems), args.manifest, len(manifest.problems))
@@ -294,6 +304,7 @@ def cmd_demo(args) -> int:
     })
     manifest_path = outroot / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
+    _quiet_dask(args.verbose)
     result = run_batch(manifest_path, outroot, load_config(), workers=args.workers,
                        progress=None if args.quiet else _progress_line)
     cohort = result.cohort
@@ -404,9 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("tlsquant").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    # dask.distributed narrates every worker start and stop at INFO
-    for name in ("distributed", "dask_jobqueue"):
-        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for handler in logging.root.handlers:  # the console shows warnings; batch.log keeps everything
+        handler.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except TLSQuantError as exc:
