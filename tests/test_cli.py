@@ -83,6 +83,7 @@ def test_demo_runs_the_whole_flow_and_matches_the_truth(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "report:" in out and (tmp_path / "comparison" / "report.html").is_file()
     assert (tmp_path / "cohort.csv").is_file() and (tmp_path / "comparison" / "stats.csv").is_file()
+    assert "synthetic-a: done" in (tmp_path / "batch.log").read_text()
     for stem in ("synthetic-a", "synthetic-b", "synthetic-c"):
         truth = json.loads((TEST_IMAGES / f"{stem}.truth.json").read_text())
         summary = json.loads((tmp_path / "slides" / stem / "summary.json").read_text())

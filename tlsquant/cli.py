@@ -305,8 +305,13 @@ def cmd_demo(args) -> int:
     manifest_path = outroot / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
     _quiet_dask(args.verbose)
-    result = run_batch(manifest_path, outroot, load_config(), workers=args.workers,
-                       progress=None if args.quiet else _progress_line)
+    handler = _batch_logging(outroot)
+    try:
+        result = run_batch(manifest_path, outroot, load_config(), workers=args.workers,
+                           progress=None if args.quiet else _progress_line)
+    finally:
+        logging.getLogger("tlsquant").removeHandler(handler)
+        handler.close()
     cohort = result.cohort
     header = (f"{'slide':<14}{'group':<7}{'tumour mm²':>11}{'TLS':>5}{'mature':>7}{'density/mm²':>13}"
               f"{'area %':>8}   truth (density, area %)")
