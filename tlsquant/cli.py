@@ -97,8 +97,9 @@ def cmd_synth(args) -> int:
 
     out = Path(args.out)
     try:
-        targets = [out] if synthetic.format_for(out) else []
-    except ValueError:
+        synthetic.format_for(out)
+        targets = [out]
+    except ValueError:  # not a slide name: a directory to fill
         out.mkdir(parents=True, exist_ok=True)
         ext = {"ome-tiff": ".ome.tiff", "qptiff": ".qptiff", "ome-zarr": ".ome.zarr"}
         formats = args.format.split(",")
@@ -288,6 +289,7 @@ def cmd_demo(args) -> int:
     from .batch import run_batch
     from .config import load_config
     from .report import write_report
+    from .slide import slide_id_from_name
     from .stats import compare_groups
 
     images = Path(__file__).resolve().parents[1] / "test_images"
@@ -298,7 +300,7 @@ def cmd_demo(args) -> int:
     outroot.mkdir(parents=True, exist_ok=True)
     groups = ["good", "poor"]
     manifest = pd.DataFrame({
-        "slide_id": [p.name.split(".")[0] for p in slides],
+        "slide_id": [slide_id_from_name(p.name) for p in slides],
         "path": [os.path.relpath(p, outroot) for p in slides],
         "response": [groups[i % 2] for i in range(len(slides))],
     })

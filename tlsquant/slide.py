@@ -13,6 +13,15 @@ import numpy as np
 from .errors import ChannelError, SlideFormatError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".qptiff", ".tiff", ".tif", ".zarr")
+
+
+def slide_id_from_name(name: str) -> str:
+    """A file name without its slide extension(s): ``case-7.ome.tiff`` -> ``case-7``."""
+    for suffix in SLIDE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass(frozen=True)
@@ -120,11 +129,7 @@ class Slide:
     @property
     def name(self) -> str:
         """The slide id derived from the file name (extensions such as .ome.tiff dropped)."""
-        stem = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".qptiff", ".tiff", ".tif", ".zarr"):
-            if stem.lower().endswith(suffix):
-                return stem[: -len(suffix)]
-        return stem
+        return slide_id_from_name(self.path.name)
 
     def level_pixel_size_um(self, level: int) -> tuple[float, float]:
         """Pixel size (y, x) in µm/px at ``level``."""

@@ -649,13 +649,10 @@ def format_for(path: str | Path) -> str:
 
 def truth_path(path: str | Path) -> Path:
     """Where the truth JSON of a written slide lives: beside it, ``<slide id>.truth.json``."""
+    from .slide import slide_id_from_name
+
     path = Path(path)
-    name = path.name
-    for suffix in FORMAT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(f"{name}.truth.json")
+    return path.with_name(f"{slide_id_from_name(path.name)}.truth.json")
 
 
 def write_slide(

@@ -118,16 +118,10 @@ def file_stamp(path: str) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def aligned_chunks(
-    size: int, tile: int, target: int, *, full_extent_strips: bool = False
-) -> tuple[int, ...]:
+def aligned_chunks(size: int, tile: int, target: int) -> tuple[int, ...]:
     """Chunk lengths along one axis: whole multiples of ``tile`` close to ``target``."""
     tile = max(1, min(tile, size))
-    if full_extent_strips:
-        step = size
-    else:
-        step = max(1, round(target / tile)) * tile
-    step = min(step, size)
+    step = min(max(1, round(target / tile)) * tile, size)
     count = math.ceil(size / step)
     return tuple(min(step, size - i * step) for i in range(count))
 
