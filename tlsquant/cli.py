@@ -129,7 +129,10 @@ def cmd_synth(args) -> int:
 def _load_config(args):
     from .config import load_config
 
-    return load_config(args.config, args.set or ())
+    overrides = list(args.set or ())
+    if getattr(args, "cells_table", False):
+        overrides.append("outputs.cells_table=true")
+    return load_config(args.config, overrides)
 
 
 def _progress(enabled: bool):
@@ -174,6 +177,11 @@ def cmd_analyze(args) -> int:
     print(f"{s['slide_id']}: tumour {s['tumour_area_mm2']:.3f} mm², {s['tls_count']} TLS "
           f"({s['tls_mature_count']} mature, {s['tls_primary_count']} primary; {s['tls_counted']} counted), "
           f"density {_fmt(s['tls_density_per_mm2'], '.3f')} /mm², area {_fmt(s['tls_area_pct'], '.3f')} %")
+    if "cells" in s:
+        b_key = s["segmentation"]["cells"]["markers"].get(s["segmentation"]["channel_roles"]["b_cells"], {}).get("key")
+        b_pct = s.get(f"{b_key}_pct") if b_key else None
+        print(f"{s['slide_id']}: {s['cells']['total']} cells ({s['cells']['in_tumour']} in tumour, "
+              f"{s['cells']['in_tls']} in TLS), {b_key or 'B-cell marker'}+ {_fmt(b_pct, '.2f')} %")
     print(f"outputs in {outdir}")
     return 0
 
@@ -365,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--shard", metavar="I/N", help="process only rows with index %% N == I (SLURM array jobs)")
     batch.add_argument("--overwrite", action="store_true", help="re-analyse slides whose outputs are complete")
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first failed slide")
+    batch.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz per slide (one row per cell)")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(func=cmd_batch)
 
@@ -387,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", metavar="TOML", help="configuration file (default: built-in defaults)")
     analyze.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override one setting, e.g. --set tls.min_area_um2=8000 (repeatable)")
-    analyze.add_argument("--workers", type=int, help="threads for the full-resolution pass (default: cores)")
+    analyze.add_argument("--workers", type=int, help="threads for the full-resolution passes (default: cores)")
+    analyze.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz (one row per cell)")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_slide_options(analyze)
     analyze.set_defaults(func=cmd_analyze)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -55,9 +55,18 @@ class Thresholds:
     germinal_centre: ThresholdRule = ThresholdRule()
     t_cells: ThresholdRule = ThresholdRule()
     autofluorescence: ThresholdRule = ThresholdRule()
+    # per channel name (any marker, e.g. "CD68"); wins over the role's rule and the default
+    markers: dict[str, ThresholdRule] = field(default_factory=dict)
 
     def rule(self, role: str) -> ThresholdRule:
         return getattr(self, role, self.default)
+
+    def marker_rule(self, channel: str, role: str | None = None) -> ThresholdRule:
+        """The rule for slide channel ``channel``: by name, else by its role, else the default."""
+        for name, rule in self.markers.items():
+            if name.strip().casefold() == channel.strip().casefold():
+                return rule
+        return self.rule(role) if role else self.default
 
 
 @dataclass(frozen=True)
@@ -116,10 +125,28 @@ class Debris:
 
 
 @dataclass(frozen=True)
+class Cells:
+    """Nuclear segmentation and marker-positive cells."""
+
+    enabled: bool = True
+    max_pixel_size_um: float = 1.0  # coarser slides cannot resolve nuclei: cells are skipped with a warning
+    markers: tuple[str, ...] = ()  # channels scored per cell; () = all but the nuclear stain and autofluorescence
+    nuclear_markers: tuple[str, ...] = ("TFE3", "FoxP3", "MUM1", "MUM-1", "IRF4", "Ki67", "PAX5", "BCL6", "TCF1",
+                                        "TOX", "SOX10")
+    whole_cell_markers: tuple[str, ...] = ()
+    sigma_um: float = 0.3
+    min_distance_um: float = 2.0
+    min_area_um2: float = 8.0
+    max_area_um2: float = 250.0
+    ring_um: float = 2.0
+
+
+@dataclass(frozen=True)
 class Outputs:
     qc_png: bool = True
     qc_max_px: int = 1200
     masks_zarr: bool = False
+    cells_table: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,7 @@ class Config:
     maturation: Maturation = Maturation()
     location: Location = Location()
     debris: Debris = Debris()
+    cells: Cells = Cells()
     outputs: Outputs = Outputs()
     compute: Compute = Compute()
     cluster: Cluster = Cluster()
@@ -180,6 +208,11 @@ def _as_plain(value):
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = get_origin(annotation)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        (_, item_type) = get_args(annotation)
+        return {str(k): _coerce(v, item_type, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -224,7 +257,7 @@ def _build(cls, values: Any, where: str):
     for name in names:
         if name in values:
             current = getattr(base, name)
-            if dataclasses.is_dataclass(current) and isinstance(values[name], dict):
+            if dataclasses.is_dataclass(current) and not isinstance(current, type) and isinstance(values[name], dict):
                 merged = {**dataclasses.asdict(current), **values[name]}
                 kwargs[name] = _build(type(current), merged, f"{where}.{name}")
             else:
@@ -246,9 +279,13 @@ def _validate(config: Config, source: str) -> Config:
         "maturation": ["closing_um", "min_network_area_um2"],
         "location": ["margin_um"],
         "debris": ["dilate_um"],
+        "cells": ["max_pixel_size_um", "min_distance_um", "min_area_um2", "max_area_um2", "sigma_um", "ring_um"],
     }.items():
         for name in names:
-            positive(section, name, allow_zero=name in ("closing_um", "dilate_um", "sigma_um"))
+            positive(section, name, allow_zero=name in ("closing_um", "dilate_um", "sigma_um", "ring_um"))
+    if config.cells.min_area_um2 >= config.cells.max_area_um2:
+        raise ConfigError(f"{source}: cells.min_area_um2 ({config.cells.min_area_um2}) must be below "
+                          f"cells.max_area_um2 ({config.cells.max_area_um2})")
     for section, name in [("tissue", "min_fraction"), ("tumour", "level_fraction"),
                           ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
                           ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
@@ -256,10 +293,11 @@ def _validate(config: Config, source: str) -> Config:
         value = getattr(getattr(config, section), name)
         if not 0 <= value <= 1:
             raise ConfigError(f"{source}: {section}.{name} is a fraction between 0 and 1, got {value}")
-    for field_ in dataclasses.fields(Thresholds):
-        rule = getattr(config.thresholds, field_.name)
+    rules = {f"thresholds.{f.name}": getattr(config.thresholds, f.name) for f in dataclasses.fields(Thresholds)}
+    rules.update({f"thresholds.markers.{name}": rule for name, rule in config.thresholds.markers.items()})
+    for key, rule in rules.items():
         if isinstance(rule, ThresholdRule):
-            where = f"{source}: thresholds.{field_.name}"
+            where = f"{source}: {key}"
             if rule.method not in THRESHOLD_METHODS:
                 raise ConfigError(f"{where}.method must be one of {', '.join(THRESHOLD_METHODS)}, got {rule.method!r}")
             if not 0 < rule.percentile < 100:

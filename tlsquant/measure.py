@@ -12,7 +12,7 @@ TLS_COLUMNS = [
     "tls_id", "centroid_x_um", "centroid_y_um", "area_um2", "stage", "location",
     "distance_to_tumour_um", "counted", "b_cell_fraction", "t_cell_fraction", "fdc_fraction",
     "germinal_centre_fraction", "debris_fraction", "fdc_network_um2", "germinal_centre_network_um2",
-    "bbox_x0_px", "bbox_y0_px", "bbox_x1_px", "bbox_y1_px",
+    "bbox_x0_px", "bbox_y0_px", "bbox_x1_px", "bbox_y1_px", "cell_count", "b_cell_pct", "t_cell_pct",
 ]
 
 
@@ -63,4 +63,31 @@ def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2:
         metrics["tls_density_per_mm2"] = None
         metrics["tls_mature_density_per_mm2"] = None
         metrics["tls_area_pct"] = None
+    return metrics
+
+
+def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float) -> dict:
+    """Cell counts and, per marker key, percent positive cells overall, in the tumour bed and in TLS.
+
+    ``cells`` is a :class:`tlsquant.cells.CellCounts`; ``keys`` name its markers in order.
+    Percentages of an empty region are None.
+    """
+    from .cells import REGIONS
+
+    total = cells.total
+    metrics = {
+        "cells": {
+            "total": total,
+            "in_tumour": int(cells.counts[REGIONS.index("tumour"), 0]),
+            "in_tls": int(cells.counts[REGIONS.index("tls"), 0]),
+            "per_mm2_tissue": float(total / tissue_area_mm2) if tissue_area_mm2 > 0 else None,
+            "mean_nucleus_area_um2": float(cells.nucleus_area_um2 / total) if total else None,
+            "excluded_outside_tissue": cells.excluded_outside_tissue,
+            "excluded_debris": cells.excluded_debris,
+        }
+    }
+    for k, key in enumerate(keys):
+        for region, suffix in zip(REGIONS, ("", "_tumour", "_tls")):
+            row = cells.counts[REGIONS.index(region)]
+            metrics[f"{key}_pct{suffix}"] = float(100.0 * row[1 + k] / row[0]) if row[0] else None
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,11 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ._version import __version__
+from .cells import CellCounts, CellPlan, compute_cells
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
 from .config import LOCATIONS, Channels, Config, load_config
 from .errors import ChannelError
-from .measure import TLS_COLUMNS, empty_tls_table, locate, signed_tumour_distance, slide_metrics
+from .measure import TLS_COLUMNS, cell_metrics, empty_tls_table, locate, signed_tumour_distance, slide_metrics
 from .segment.aggregates import debris_zone, detect_aggregates
 from .segment.evidence import EvidencePlan, compute_evidence
 from .segment.regions import tissue_mask, tumour_mask
@@ -45,6 +47,7 @@ class SlideResult:
     pixel_size_um: tuple[float, float]  # (x, y) at level 0
     config: Config
     warnings: list[str] = field(default_factory=list)
+    cells: pd.DataFrame | None = None  # one row per cell, when ``outputs.cells_table`` is set
 
 
 def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], list[str]]:
@@ -65,6 +68,48 @@ def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], 
         elif role == "t_cells":
             warnings.append(f"no T-cell channel {marker!r}: T-cell fractions are not measured")
     return found, warnings
+
+
+@dataclass(frozen=True)
+class CellMarker:
+    """A channel scored per cell: where it is measured and its column key (``cd20`` -> ``cd20_pct``)."""
+
+    channel: str
+    compartment: str  # nucleus | ring | cell
+    key: str
+
+
+def marker_key(channel: str) -> str:
+    """Column-safe lower-case key of a marker name: ``MUM-1`` -> ``mum1``, ``PD-L1`` -> ``pdl1``."""
+    return re.sub(r"[^0-9a-z]+", "", channel.casefold()) or "marker"
+
+
+def resolve_cell_markers(slide: Slide, config: Config, roles: dict[str, str]) -> list[CellMarker]:
+    """The channels scored per cell, each with its compartment; unknown names are an error."""
+    cells = config.cells
+    if cells.markers:
+        missing = [m for m in cells.markers if not slide.has_channel(m)]
+        if missing:
+            raise ChannelError(
+                f"{slide.path}: config cells.markers names {', '.join(map(repr, missing))} but the slide has no "
+                f"such channel; channels present: {', '.join(slide.channel_names)}"
+            )
+        names = [slide.channel_names[slide.channel_index(m)] for m in cells.markers]
+    else:
+        skip = {roles[r].casefold() for r in ("nuclei", "autofluorescence") if r in roles}
+        names = [name for name in slide.channel_names if name.casefold() not in skip]
+    nuclear = {m.casefold() for m in cells.nuclear_markers}
+    whole = {m.casefold() for m in cells.whole_cell_markers}
+    markers, keys = [], set()
+    for name in dict.fromkeys(names):
+        key = base = marker_key(name)
+        suffix = 2
+        while key in keys:  # "MUM1" and "MUM-1" on one slide stay apart
+            key, suffix = f"{base}_{suffix}", suffix + 1
+        keys.add(key)
+        compartment = "nucleus" if name.casefold() in nuclear else "cell" if name.casefold() in whole else "ring"
+        markers.append(CellMarker(name, compartment, key))
+    return markers
 
 
 def _grid_factors(slide: Slide, config: Config) -> tuple[int, int]:
@@ -103,21 +148,31 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     roles, warnings = resolve_channels(slide, config.channels)
     role_names = tuple(roles)
     arrays = [slide.channel(roles[role]) for role in role_names]
+    pixel_um = max(slide.pixel_size_x_um, slide.pixel_size_y_um)
+    measure_cells = config.cells.enabled and pixel_um <= config.cells.max_pixel_size_um
+    cell_markers = resolve_cell_markers(slide, config, roles) if measure_cells else []
+    if config.cells.enabled and not measure_cells:
+        warnings.append(f"cells not measured: pixel size {pixel_um:g} µm is coarser than cells.max_pixel_size_um "
+                        f"({config.cells.max_pixel_size_um:g} µm), too coarse to separate nuclei")
 
-    # 1. global thresholds from a deterministic sample of level-0 windows; read through
-    #    tile-sized chunks so each window decodes only its own tiles
+    # 1. global thresholds, one per channel, from a deterministic sample of level-0 windows;
+    #    read through tile-sized chunks so each window decodes only its own tiles
+    role_of = {}
+    for role in role_names:
+        role_of.setdefault(roles[role], role)
+    channels = list(dict.fromkeys([roles[r] for r in role_names] + [m.channel for m in cell_markers]))
     tile = max(slide.tile_shape or (1, 1)) if slide.tile_shape and slide.tile_shape[1] < slide.shape[2] else 1
     window_px = max(tile, -(-config.thresholds.window_px // tile) * tile) if tile > 1 else config.thresholds.window_px
     # windows grown to whole tiles are fewer, so the sample keeps the configured size
     windows = max(1, config.thresholds.sample_windows * config.thresholds.window_px**2 // window_px**2)
     boxes = sample_windows(slide.shape[1:], windows=windows, window_px=window_px, align=tile)
     sparse = slide.with_chunks(window_px)
-    samples = sample_pixels([sparse.channel(roles[role]) for role in role_names], boxes, scheduler=scheduler)
-    thresholds = {}
-    for role, values in zip(role_names, samples):
-        rule = config.thresholds.rule(role)
-        thresholds[role] = {"channel": roles[role], "method": rule.method,
-                            "value": estimate_threshold(values, rule)}
+    samples = sample_pixels([sparse.channel(name) for name in channels], boxes, scheduler=scheduler)
+    channel_thresholds = {}
+    for name, values in zip(channels, samples):
+        rule = config.thresholds.marker_rule(name, role_of.get(name))
+        channel_thresholds[name] = {"method": rule.method, "value": estimate_threshold(values, rule)}
+    thresholds = {role: {"channel": roles[role], **channel_thresholds[roles[role]]} for role in role_names}
     t_thresholds = time.perf_counter()
 
     # 2. the one full-resolution pass: positive pixels into coarse evidence maps
@@ -170,8 +225,28 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
     )
     del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
+    t_tls = time.perf_counter()
 
-    # 5. stage, location and per-TLS measurements
+    # 5. cells: a second full-resolution pass, blocks with overlap, counted into the masks above
+    cells = None
+    if measure_cells:
+        plan = CellPlan(
+            markers=tuple(m.channel for m in cell_markers),
+            compartments=tuple(m.compartment for m in cell_markers),
+            thresholds=tuple(channel_thresholds[m.channel]["value"] for m in cell_markers),
+            nuclear_threshold=thresholds["nuclei"]["value"],
+            pixel_size_um=(slide.pixel_size_y_um, slide.pixel_size_x_um),
+            sigma_um=config.cells.sigma_um, min_distance_um=config.cells.min_distance_um,
+            min_area_um2=config.cells.min_area_um2, max_area_um2=config.cells.max_area_um2,
+            ring_um=config.cells.ring_um, fine_factor=fine_factor, coarse_factor=coarse_factor,
+            n_tls=int(labels.max()), keep_table=config.outputs.cells_table,
+        )
+        cells = compute_cells(slide.channel(roles["nuclei"]), [slide.channel(m.channel) for m in cell_markers], plan,
+                              tissue=tissue, tumour=tumour, debris=debris, tls_labels=labels,
+                              scheduler=scheduler, num_workers=num_workers)
+    t_cells = time.perf_counter()
+
+    # 6. stage, location and per-TLS measurements
     distance = signed_tumour_distance(tumour, cell_um=coarse_cell)
     gc_positive = (fine_fraction("germinal_centre") >= config.maturation.min_cell_fraction) & ~debris
     fdc_positive = (fine_fraction("fdc") >= config.maturation.min_cell_fraction) & ~debris
@@ -214,11 +289,20 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             "bbox_y0_px": box[0].start * fine_factor,
             "bbox_x1_px": min(box[1].stop * fine_factor, slide.shape[2]),
             "bbox_y1_px": min(box[0].stop * fine_factor, slide.shape[1]),
+            **_tls_cell_columns(cells, cell_markers, roles, tls_id),
         })
     tls = pd.DataFrame(rows, columns=TLS_COLUMNS) if rows else empty_tls_table()
     stages = BINARY_STAGES if config.maturation.scheme == "binary" else SILINA_STAGES
     metrics = slide_metrics(tls, tissue_area_mm2=tissue_area_mm2, tumour_area_mm2=tumour_area_mm2,
                             stages=stages, locations=LOCATIONS)
+    if cells is not None:
+        metrics.update(cell_metrics(cells, keys=[m.key for m in cell_markers], tissue_area_mm2=tissue_area_mm2))
+        marker_info = {m.channel: {"key": m.key, "compartment": m.compartment, **channel_thresholds[m.channel]}
+                       for m in cell_markers}
+        cell_info = {"measured": True, "markers": marker_info, "halo_px": plan.halo_px}
+    else:
+        reason = "cells.enabled is false" if not config.cells.enabled else warnings[-1] if warnings else ""
+        cell_info = {"measured": False, "reason": reason}
     finished = time.perf_counter()
     summary = {
         "slide_id": slide.name,
@@ -230,16 +314,32 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         **metrics,
         "thresholds": thresholds,
         "segmentation": {"fine_grid_um": fine_um, "coarse_grid_um": coarse_um, **tissue_info, **tumour_info,
-                         **tls_info, "channel_roles": roles},
+                         **tls_info, "channel_roles": roles, "cells": cell_info},
         "config": config.to_dict(),
         "warnings": warnings,
         "timing_seconds": {"thresholds": round(t_thresholds - started, 3),
                            "evidence": round(t_evidence - t_thresholds, 3),
-                           "segmentation": round(finished - t_evidence, 3),
+                           "segmentation": round(t_tls - t_evidence + finished - t_cells, 3),
+                           "cells": round(t_cells - t_tls, 3),
                            "total": round(finished - started, 3)},
     }
     return SlideResult(
         slide_id=slide.name, summary=summary, tls=tls, tls_labels=labels, tissue_mask=tissue,
         tumour_mask=tumour, fine_factor=fine_factor, coarse_factor=coarse_factor, pixel_size_um=(px, py),
-        config=config, warnings=warnings,
+        config=config, warnings=warnings, cells=cells.table if cells is not None else None,
     )
+
+
+def _tls_cell_columns(cells: CellCounts | None, markers: list[CellMarker], roles: dict[str, str], tls_id: int) -> dict:
+    """Cells whose centre lies in TLS ``tls_id``, and the B- and T-cell shares among them (%)."""
+    if cells is None:
+        return {"cell_count": None, "b_cell_pct": None, "t_cell_pct": None}
+    row = cells.tls_counts[tls_id]
+    channels = [m.channel for m in markers]
+
+    def share(role):
+        if role not in roles or roles[role] not in channels or row[0] == 0:
+            return None
+        return round(100.0 * row[1 + channels.index(roles[role])] / row[0], 2)
+
+    return {"cell_count": int(row[0]), "b_cell_pct": share("b_cells"), "t_cell_pct": share("t_cells")}

@@ -17,6 +17,7 @@ TLS_TABLE = "tls.csv"
 GEOJSON = "tls.geojson"
 QC_PICTURE = "qc.png"
 MASKS = "masks.ome.zarr"
+CELLS_TABLE = "cells.csv.gz"
 
 # QuPath-style classes (name, RGB)
 STAGE_COLOURS = {
@@ -121,6 +122,14 @@ def write_tls_table(result, path: Path) -> Path:
     return path
 
 
+def write_cells_table(cells, path: Path) -> Path:
+    """One row per cell, gzip-compressed CSV (millions of rows on a whole slide)."""
+    with atomic_path(path) as temporary:
+        # 7 significant digits: 0.01 µm positions up to 10 cm, float32 intensities in full
+        cells.to_csv(temporary, index=False, float_format="%.7g", compression={"method": "gzip", "compresslevel": 6})
+    return path
+
+
 def write_masks(result, path: Path) -> Path:
     """Tumour, tissue and TLS label masks as a small OME-Zarr (one dataset per grid)."""
     import zarr
@@ -157,6 +166,8 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
         written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, max_px=config.outputs.qc_max_px)
     if config.outputs.masks_zarr:
         written["masks"] = write_masks(result, outdir / MASKS)
+    if result.cells is not None:
+        written["cells"] = write_cells_table(result.cells, outdir / CELLS_TABLE)
     summary = dict(result.summary)
     summary["outputs"] = sorted(p.name for p in written.values())
     written["summary"] = write_text_atomic(outdir / SUMMARY, json.dumps(summary, indent=2, default=_json_default))

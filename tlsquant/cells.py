@@ -1,0 +1,428 @@
+"""Nuclei from the nuclear stain and per-cell marker intensities, tile by tile.
+
+Pure array functions (:func:`segment_nuclei`, :func:`cell_bodies`, :func:`measure_cells`)
+plus the block pass (:func:`compute_cells`) that runs them over a whole slide. Each
+block is read with a halo of ``halo_px`` on every side that is not a slide edge, and
+keeps only the cells whose centroid lies in its core: every cell is counted once,
+by exactly one block. With a halo wider than any nucleus and its ring, a cell is
+segmented and measured from the same pixels whatever the chunking, so the cell
+table is identical for any chunk size or worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+COMPARTMENTS = ("nucleus", "ring", "cell")
+
+
+def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
+    return um / pixel_size_um[0], um / pixel_size_um[1]
+
+
+def _ellipse(radius_px: tuple[float, float]) -> np.ndarray:
+    ry, rx = (max(1, int(np.floor(r))) for r in radius_px)
+    y, x = np.ogrid[-ry : ry + 1, -rx : rx + 1]
+    return (y / max(radius_px[0], 1e-9)) ** 2 + (x / max(radius_px[1], 1e-9)) ** 2 <= 1.0
+
+
+def segment_nuclei(
+    nuclear_stain: np.ndarray,
+    *,
+    pixel_size_um: tuple[float, float],
+    threshold: float,
+    sigma_um: float = 0.5,
+    min_distance_um: float = 2.5,
+    min_area_um2: float = 8.0,
+    max_area_um2: float = 250.0,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Label nuclei: smooth, global threshold, distance-transform watershed.
+
+    Parameters
+    ----------
+    nuclear_stain : (Y, X) array
+        DAPI (or another nuclear counterstain) intensities.
+    pixel_size_um : (y, x)
+        Pixel size in µm/px.
+    threshold : float
+        The slide's global nuclear threshold, in the image's intensity units.
+    sigma_um : float
+        Gaussian smoothing before thresholding (0: none).
+    min_distance_um : float
+        Two nuclear centres closer than this are not split.
+    min_area_um2, max_area_um2 : float
+        Objects outside this area range are not nuclei (noise specks, debris, clumps).
+    origin : (int, int)
+        Level-0 position of ``nuclear_stain[0, 0]`` when it is a window of a slide.
+
+    Returns
+    -------
+    labels : (Y, X) int32
+        0 background, 1..n nuclei in raster order of their first pixel.
+    """
+    image = np.asarray(nuclear_stain, dtype=np.float32)
+    if sigma_um > 0:
+        image = ndi.gaussian_filter(image, _px(sigma_um, pixel_size_um), truncate=3.0)
+    foreground = image > threshold
+    if not foreground.any():
+        return np.zeros(image.shape, np.int32)
+    distance = ndi.distance_transform_edt(foreground, sampling=pixel_size_um).astype(np.float32)
+    # Every step below looks no further than about one nucleus, so a window that holds a
+    # nucleus with a margin segments it exactly as the whole slide would (no flooding,
+    # whose outcome can hinge on pixels far away).
+    # Foreground thicker than the largest accepted nucleus is a clump or debris, never a nucleus.
+    max_radius_um = float(np.sqrt(max_area_um2 / np.pi))
+    thick = distance >= max_radius_um
+    mask = foreground & ~thick
+    # centres: maxima of the distance to the background over a min_distance neighbourhood;
+    # touching nuclei meet at a neck, where the distance dips between two maxima
+    footprint = _ellipse(_px(min_distance_um, pixel_size_um))
+    peaks = (distance == ndi.maximum_filter(distance, footprint=footprint, mode="constant", cval=np.inf)) & mask
+    labels = _nearest_centre(peaks, distance, mask, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
+                             origin=origin)
+    if thick.any():  # fragments around a cut-out clump are not nuclei either
+        labels[np.isin(labels, np.unique(labels[ndi.binary_dilation(thick, np.ones((3, 3), bool))]))] = 0
+    areas = np.bincount(labels.ravel())
+    pixel_area = pixel_size_um[0] * pixel_size_um[1]
+    bad = (areas * pixel_area < min_area_um2) | (areas * pixel_area > max_area_um2)
+    bad[0] = True
+    keep = np.cumsum(~bad).astype(np.int32)
+    keep[bad] = 0
+    return keep[labels]
+
+
+def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *, pixel_size_um, reach_um: float,
+                    origin: tuple[int, int]) -> np.ndarray:
+    """Give each mask pixel to the centre whose inscribed disc it is nearest to.
+
+    A centre at ``m`` with distance-to-background ``r`` claims pixel ``p`` with score
+    ``|p - m| - r`` (an additively weighted Voronoi split): two touching round nuclei
+    part where their outlines meet, whatever their sizes. Equal scores go to the centre
+    first in slide raster order, so the split is the same in every window.
+    """
+    plateaus, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    flat = np.flatnonzero(plateaus)
+    # one centre per plateau of equal maxima: its first pixel in raster order
+    _, first = np.unique(plateaus.ravel()[flat], return_index=True)
+    centres = flat[first]
+    height, width = mask.shape
+    cy, cx = centres // width, centres % width
+    radius = distance.ravel()[centres].astype(np.float64)
+    slide_order = (cy + origin[0]).astype(np.int64) * (1 << 32) + (cx + origin[1])
+    best = np.full(mask.shape, np.inf)
+    owner = np.zeros(mask.shape, np.int64)  # index into centres + 1
+    owner_order = np.zeros(mask.shape, np.int64)
+    py, px = pixel_size_um
+    ry, rx = int(np.ceil(reach_um / py)), int(np.ceil(reach_um / px))
+    index = np.arange(1, centres.size + 1)
+    for dy in range(-ry, ry + 1):
+        for dx in range(-rx, rx + 1):
+            step = float(np.hypot(dy * py, dx * px))
+            if step > reach_um:
+                continue
+            y, x = cy + dy, cx + dx
+            inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+            y, x = y[inside], x[inside]
+            score = step - radius[inside]
+            order = slide_order[inside]
+            current, current_order = best[y, x], owner_order[y, x]
+            # distinct centres never land on one pixel with the same offset: plain writes are safe
+            better = (score < current) | ((score == current) & (order < current_order))
+            best[y[better], x[better]] = score[better]
+            owner[y[better], x[better]] = index[inside][better]
+            owner_order[y[better], x[better]] = order[better]
+    owner[~mask] = 0
+    return owner.astype(np.int32)
+
+
+def cell_bodies(nuclei: np.ndarray, *, pixel_size_um: tuple[float, float], ring_um: float) -> np.ndarray:
+    """Grow each nucleus by ``ring_um``; a pixel joins the nearest nucleus (no overlaps)."""
+    if ring_um <= 0 or not nuclei.any():
+        return nuclei.copy()
+    distance, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, sampling=pixel_size_um, return_indices=True)
+    grown = nuclei[iy, ix]
+    grown[distance > ring_um] = 0
+    return grown
+
+
+def nucleus_extent_um(max_area_um2: float) -> float:
+    """Diameter of a round nucleus of the largest accepted area."""
+    return 2.0 * float(np.sqrt(max_area_um2 / np.pi))
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What the block pass segments, measures and counts; small and picklable."""
+
+    markers: tuple[str, ...]  # measured channels, in the order their blocks follow the nuclear stain
+    compartments: tuple[str, ...]  # per marker: nucleus | ring | cell
+    thresholds: tuple[float, ...]  # per marker: a cell is positive when its compartment mean is above
+    nuclear_threshold: float
+    pixel_size_um: tuple[float, float]  # (y, x)
+    sigma_um: float
+    min_distance_um: float
+    min_area_um2: float
+    max_area_um2: float
+    ring_um: float
+    fine_factor: int  # level-0 px per fine grid cell (TLS labels, debris)
+    coarse_factor: int  # level-0 px per coarse grid cell (tissue, tumour)
+    n_tls: int
+    keep_table: bool = False
+
+    @property
+    def halo_px(self) -> int:
+        """Overlap read on each inner block side: the widest nucleus 1.5 times over, its ring and filter reach."""
+        reach_um = 1.5 * nucleus_extent_um(self.max_area_um2) + self.ring_um + 3 * self.sigma_um + self.min_distance_um
+        return int(np.ceil(reach_um / min(self.pixel_size_um)))
+
+
+@dataclass(frozen=True)
+class RegionContext:
+    """The slide masks around one block core, cut from the whole-slide grids.
+
+    ``tls`` and ``debris`` (fine grid) are None where the block has none, which keeps
+    the graph small: most blocks hold neither.
+    """
+
+    fine_origin: tuple[int, int]  # grid row, column of element [0, 0]
+    coarse_origin: tuple[int, int]
+    tissue: np.ndarray  # coarse, bool
+    tumour: np.ndarray  # coarse, bool
+    debris: np.ndarray | None  # fine, bool
+    tls: np.ndarray | None  # fine, TLS ids (0 = none)
+
+
+def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, tumour, debris, tls_labels) -> RegionContext:
+    """Cut the masks covering level-0 box ``core`` = (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = core
+    f, c = plan.fine_factor, plan.coarse_factor
+    fine = (slice(y0 // f, -(-y1 // f)), slice(x0 // f, -(-x1 // f)))
+    coarse = (slice(y0 // c, -(-y1 // c)), slice(x0 // c, -(-x1 // c)))
+    tls = tls_labels[fine]
+    debris_part = debris[fine]
+    return RegionContext(
+        fine_origin=(fine[0].start, fine[1].start),
+        coarse_origin=(coarse[0].start, coarse[1].start),
+        tissue=tissue[coarse].copy(),
+        tumour=tumour[coarse].copy(),
+        debris=debris_part.copy() if debris_part.any() else None,
+        tls=tls.astype(np.min_scalar_type(max(plan.n_tls, 1))) if tls.any() else None,
+    )
+
+
+# regions cells are counted in (rows of BlockCells.counts)
+REGIONS = ("all", "tumour", "tls")
+TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_um2", "in_tumour", "tls_id")
+
+
+@dataclass
+class BlockCells:
+    """What one block contributes: integer counts, and its cells' rows when a table is kept."""
+
+    counts: np.ndarray  # (len(REGIONS), 1 + markers): cells, then positive cells per marker
+    tls_counts: np.ndarray  # (n_tls + 1, 1 + markers), row = TLS id
+    excluded: np.ndarray  # (outside tissue, in debris)
+    nucleus_px: int  # summed over counted cells (an integer: sums agree for any block order)
+    table: dict[str, np.ndarray] | None = None
+
+
+def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, y_px, x_px, fill=0):
+    if grid is None:
+        return np.full(y_px.shape, fill, dtype=np.int64 if fill == 0 else bool)
+    rows = np.clip((y_px // factor).astype(np.int64) - origin[0], 0, grid.shape[0] - 1)
+    cols = np.clip((x_px // factor).astype(np.int64) - origin[1], 0, grid.shape[1] - 1)
+    return grid[rows, cols]
+
+
+def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: tuple[int, int],
+                inner_edges: tuple[bool, bool, bool, bool], context: RegionContext,
+                nuclear_stain: np.ndarray, *markers: np.ndarray) -> BlockCells:
+    """Segment one window, keep the cells centred in its core, classify and count them.
+
+    ``core`` is (y0, y1, x0, x1) in level-0 px; the window starts at ``window_origin``;
+    ``inner_edges`` (top, bottom, left, right) marks window sides cut from a larger image,
+    where an object touching the side may continue beyond it and is never kept.
+    """
+    pixel_size = plan.pixel_size_um
+    nuclei = segment_nuclei(nuclear_stain, pixel_size_um=pixel_size, threshold=plan.nuclear_threshold,
+                            sigma_um=plan.sigma_um, min_distance_um=plan.min_distance_um,
+                            min_area_um2=plan.min_area_um2, max_area_um2=plan.max_area_um2, origin=window_origin)
+    n = int(nuclei.max())
+    n_markers = len(plan.markers)
+    empty = BlockCells(np.zeros((len(REGIONS), 1 + n_markers), np.int64),
+                       np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(2, np.int64), 0,
+                       {name: np.empty(0, dtype) for name, dtype in table_dtypes(plan).items()} if plan.keep_table else None)
+    if n == 0:
+        return empty
+    bodies = cell_bodies(nuclei, pixel_size_um=pixel_size, ring_um=plan.ring_um)
+    height, width = nuclei.shape
+    flat_nuclei = nuclei.ravel()
+    in_nucleus = np.flatnonzero(flat_nuclei)
+    ring = np.flatnonzero((flat_nuclei == 0) & (bodies.ravel() > 0))
+    nucleus_ids = flat_nuclei[in_nucleus]
+    ring_ids = bodies.ravel()[ring]
+    nucleus_px = np.bincount(nucleus_ids, minlength=n + 1)
+    ring_px = np.bincount(ring_ids, minlength=n + 1)
+    # centroids from exact integer sums of level-0 indices: identical in every window
+    sum_y = np.bincount(nucleus_ids, weights=in_nucleus // width + window_origin[0], minlength=n + 1)
+    sum_x = np.bincount(nucleus_ids, weights=in_nucleus % width + window_origin[1], minlength=n + 1)
+    centre_y = sum_y[1:] / nucleus_px[1:] + 0.5  # level-0 px, pixel centres at .5
+    centre_x = sum_x[1:] / nucleus_px[1:] + 0.5
+    y0, y1, x0, x1 = core
+    owned = (centre_y >= y0) & (centre_y < y1) & (centre_x >= x0) & (centre_x < x1)
+    cut = _touching_cut_sides(bodies, inner_edges, n)
+    owned &= ~cut[1:]
+    if not owned.any():
+        return empty
+    ids = np.flatnonzero(owned) + 1
+    centre_y, centre_x = centre_y[owned], centre_x[owned]
+
+    in_tissue = _grid_lookup(context.tissue, context.coarse_origin, plan.coarse_factor, centre_y, centre_x)
+    in_debris = _grid_lookup(context.debris, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(bool)
+    counted = in_tissue & ~in_debris
+    excluded = np.array([np.count_nonzero(~in_tissue), np.count_nonzero(in_tissue & in_debris)], np.int64)
+    ids, centre_y, centre_x = ids[counted], centre_y[counted], centre_x[counted]
+    in_tumour = _grid_lookup(context.tumour, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
+    tls_id = _grid_lookup(context.tls, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(np.int64)
+
+    positive = np.zeros((ids.size, n_markers), bool)
+    columns: dict[str, np.ndarray] = {}
+    for k, (marker, compartment, threshold, block) in enumerate(zip(plan.markers, plan.compartments, plan.thresholds, markers)):
+        values = block.ravel()
+        nucleus_sum = np.bincount(nucleus_ids, weights=values[in_nucleus], minlength=n + 1)[ids]
+        ring_sum = np.bincount(ring_ids, weights=values[ring], minlength=n + 1)[ids]
+        nucleus_mean = nucleus_sum / nucleus_px[ids]
+        ring_mean = np.divide(ring_sum, ring_px[ids], out=np.zeros(ids.size), where=ring_px[ids] > 0)
+        if compartment == "nucleus":
+            mean = nucleus_mean
+        elif compartment == "ring":
+            mean = np.where(ring_px[ids] > 0, ring_mean, nucleus_mean)  # a cell with no free ring: its nucleus
+        else:
+            mean = (nucleus_sum + ring_sum) / (nucleus_px[ids] + ring_px[ids])
+        positive[:, k] = mean > threshold
+        if plan.keep_table:
+            columns[f"{marker}_nucleus"] = nucleus_mean.astype(np.float32)
+            columns[f"{marker}_ring"] = ring_mean.astype(np.float32)
+            columns[f"{marker}_positive"] = positive[:, k]
+
+    present = np.ones((ids.size, 1), np.int64)
+    tally = np.concatenate([present, positive.astype(np.int64)], axis=1)
+    counts = np.stack([tally.sum(0), tally[in_tumour].sum(0), tally[tls_id > 0].sum(0)])
+    tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
+    np.add.at(tls_counts, tls_id, tally)
+    pixel_area = pixel_size[0] * pixel_size[1]
+    table = None
+    if plan.keep_table:
+        table = {
+            "centroid_x_um": centre_x * pixel_size[1],
+            "centroid_y_um": centre_y * pixel_size[0],
+            "nucleus_area_um2": (nucleus_px[ids] * pixel_area).astype(np.float32),
+            "cell_area_um2": ((nucleus_px[ids] + ring_px[ids]) * pixel_area).astype(np.float32),
+            "in_tumour": in_tumour,
+            "tls_id": tls_id.astype(np.int32),
+            **columns,
+        }
+    return BlockCells(counts, tls_counts, excluded, int(nucleus_px[ids].sum()), table)
+
+
+def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
+    """Per label (index 0 = background): whether it touches a window side cut from a larger image."""
+    touching = np.zeros(n + 1, bool)
+    top, bottom, left, right = inner_edges
+    for flag, line in ((top, labels[0]), (bottom, labels[-1]), (left, labels[:, 0]), (right, labels[:, -1])):
+        if flag:
+            touching[line] = True
+    touching[0] = False
+    return touching
+
+
+def table_dtypes(plan: CellPlan) -> dict[str, np.dtype]:
+    """Columns of the per-cell table as a block returns them (``cell_id`` is added at the end)."""
+    dtypes = dict(zip(TABLE_BASE, map(np.dtype, ("float64", "float64", "float32", "float32", "bool", "int32"))))
+    for marker in plan.markers:
+        dtypes.update({f"{marker}_nucleus": np.dtype("float32"), f"{marker}_ring": np.dtype("float32"),
+                       f"{marker}_positive": np.dtype("bool")})
+    return dtypes
+
+
+@dataclass
+class CellCounts:
+    """The whole slide's cells: counts per region and marker, per TLS, and optionally every cell."""
+
+    markers: tuple[str, ...]
+    counts: np.ndarray  # (len(REGIONS), 1 + markers)
+    tls_counts: np.ndarray  # (n_tls + 1, 1 + markers)
+    excluded_outside_tissue: int
+    excluded_debris: int
+    nucleus_area_um2: float  # summed over the counted cells
+    table: pd.DataFrame | None
+
+    @property
+    def total(self) -> int:
+        return int(self.counts[0, 0])
+
+
+def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
+    if len(chunks) > 1 and chunks[-1] < minimum:
+        return chunks[:-2] + (chunks[-2] + chunks[-1],)
+    return chunks
+
+
+def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels,
+                  scheduler=None, num_workers=None) -> CellCounts:
+    """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
+
+    ``tissue`` / ``tumour`` (coarse grid) and ``debris`` / ``tls_labels`` (fine grid) are the
+    slide's masks; each block receives only the part around its core.
+    """
+    import dask.array as da
+
+    halo = plan.halo_px
+    height, width = nuclear_stain.shape
+    y_chunks, x_chunks = (_merge_small_last(c, halo + 1) for c in nuclear_stain.chunks)
+    channels = [channel.rechunk((y_chunks, x_chunks)) for channel in (nuclear_stain, *markers)]
+    # halo only on inner sides: along a slide edge every chunking sees the same pixels
+    windows = [da.overlap.overlap(channel, depth={0: halo, 1: halo}, boundary="none").to_delayed()
+               for channel in channels]
+    tasks = []
+    y0 = 0
+    for i, ch_y in enumerate(y_chunks):
+        x0 = 0
+        for j, ch_x in enumerate(x_chunks):
+            core = (y0, y0 + ch_y, x0, x0 + ch_x)
+            inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
+            origin = (y0 - (halo if inner[0] else 0), x0 - (halo if inner[2] else 0))
+            context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
+            blocks = [grid[i, j] for grid in windows]
+            tasks.append(dask.delayed(cells_block, pure=True)(plan, core, origin, inner, context, *blocks))
+            x0 += ch_x
+        y0 += ch_y
+    options = {}
+    if scheduler is not None:
+        options["scheduler"] = scheduler
+    if num_workers:
+        options["num_workers"] = num_workers
+    results = dask.compute(*tasks, **options)
+    table = None
+    if plan.keep_table:
+        table = pd.DataFrame({name: np.concatenate([r.table[name] for r in results]).astype(dtype)
+                              for name, dtype in table_dtypes(plan).items()})
+        # block order depends on the chunking; position does not
+        table = table.sort_values(["centroid_y_um", "centroid_x_um"], kind="stable", ignore_index=True)
+        table.insert(0, "cell_id", np.arange(1, len(table) + 1, dtype=np.int64))
+    excluded = sum(r.excluded for r in results)
+    return CellCounts(
+        markers=plan.markers,
+        counts=sum(r.counts for r in results),
+        tls_counts=sum(r.tls_counts for r in results),
+        excluded_outside_tissue=int(excluded[0]),
+        excluded_debris=int(excluded[1]),
+        nucleus_area_um2=sum(r.nucleus_px for r in results) * plan.pixel_size_um[0] * plan.pixel_size_um[1],
+        table=table,
+    )
