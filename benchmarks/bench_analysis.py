@@ -5,7 +5,8 @@ For synthetic slides of 10,000 x 7,500, 20,000 x 15,000 and 40,000 x 30,000 px a
 in one run and each in a fresh process (peak RSS is per measurement):
 
 - decode:   decode only the channels the analysis reads, at level 0, same chunks and threads
-- analysis: tlsquant.analyze_slide (thresholds, evidence pass, segmentation, measurements)
+- analysis: tlsquant.analyze_slide (thresholds, evidence pass, segmentation, measurements) with
+            cells off: the TLS analysis (the cell pass is measured by bench_cells.py)
 - naive:    the same steps on numpy arrays loaded whole (one count over the whole image,
             then the same coarse-map steps); skipped where the arrays would not fit in memory
 
@@ -65,7 +66,7 @@ import numpy as np
 import tlsquant
 from tlsquant.pipeline import resolve_channels
 mode, path, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-config = tlsquant.load_config()
+config = tlsquant.load_config(None, ["cells.enabled=false"])
 slide = tlsquant.open_slide(path)
 roles, _ = resolve_channels(slide, config.channels)
 arrays = [slide.channel(roles[r]) for r in roles]

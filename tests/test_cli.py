@@ -67,6 +67,17 @@ def test_analyze_writes_outputs_and_reports(capsys, tmp_path):
     assert set(summary["tls_count_by_stage"]) == {"early", "primary_follicle", "secondary_follicle"}
 
 
+def test_analyze_counts_cells_and_writes_the_cell_table(capsys, tmp_path):
+    assert main(["synth", str(tmp_path / "fine.ome.tiff"), "--seed", "5", "--size", "1.0x0.75", "--pixel-size", "0.5",
+                 "--tls", "1,0,0"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "fine.ome.tiff"), "-o", str(tmp_path / "out"), "--cells-table", "-q"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert f"fine: {summary['cells']['total']} cells" in text and "cd20+" in text
+    assert (tmp_path / "out" / "cells.csv.gz").is_file() and summary["config"]["outputs"]["cells_table"] is True
+
+
 def test_analyze_errors_exit_2(capsys, tmp_path):
     slide = str(TEST_IMAGES / "synthetic-a.ome.tiff")
     assert main(["analyze", slide, "-o", str(tmp_path), "--set", "tls.min_area_um2=-1"]) == 2
@@ -84,6 +95,7 @@ def test_demo_runs_the_whole_flow_and_matches_the_truth(capsys, tmp_path):
     assert "report:" in out and (tmp_path / "comparison" / "report.html").is_file()
     assert (tmp_path / "cohort.csv").is_file() and (tmp_path / "comparison" / "stats.csv").is_file()
     assert "synthetic-a: done" in (tmp_path / "batch.log").read_text()
+    assert "cells: not measured" in out  # 2.5 µm/px cannot resolve nuclei, and the demo says so
     for stem in ("synthetic-a", "synthetic-b", "synthetic-c"):
         truth = json.loads((TEST_IMAGES / f"{stem}.truth.json").read_text())
         summary = json.loads((tmp_path / "slides" / stem / "summary.json").read_text())

@@ -368,6 +368,29 @@ class CellCounts:
         return int(self.counts[0, 0])
 
 
+def _halo_strips(core, window) -> tuple[tuple[int, int, int, int], ...]:
+    """The window minus the core as up to four boxes (y0, y1, x0, x1): top and bottom full width, then sides."""
+    y0, y1, x0, x1 = core
+    wy0, wy1, wx0, wx1 = window
+    boxes = ((wy0, y0, wx0, wx1), (y1, wy1, wx0, wx1), (y0, y1, wx0, x0), (y0, y1, x1, wx1))
+    return tuple(box for box in boxes if box[1] > box[0] and box[3] > box[2])
+
+
+def _cells_from_pieces(plan: CellPlan, core, inner, context: RegionContext, window, strips, *pieces):
+    """Assemble each channel's window from its core chunk and halo strips, then run :func:`cells_block`."""
+    n_channels = 1 + len(plan.markers)
+    wy0, wy1, wx0, wx1 = window
+    windows = []
+    for k in range(n_channels):
+        centre = pieces[k]
+        out = np.empty((wy1 - wy0, wx1 - wx0), centre.dtype)
+        out[core[0] - wy0 : core[1] - wy0, core[2] - wx0 : core[3] - wx0] = centre
+        for s, (y0, y1, x0, x1) in enumerate(strips):
+            out[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = pieces[n_channels + k * len(strips) + s]
+        windows.append(out)
+    return cells_block(plan, core, (wy0, wx0), inner, context, *windows)
+
+
 def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     if len(chunks) > 1 and chunks[-1] < minimum:
         return chunks[:-2] + (chunks[-2] + chunks[-1],)
@@ -375,32 +398,42 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
 
 
 def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels,
-                  scheduler=None, num_workers=None) -> CellCounts:
+                  halo_source=None, scheduler=None, num_workers=None) -> CellCounts:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
-    ``tissue`` / ``tumour`` (coarse grid) and ``debris`` / ``tls_labels`` (fine grid) are the
-    slide's masks; each block receives only the part around its core.
+    Each chunk of the arrays is one block core. Its halo is read separately, strip by strip,
+    from ``halo_source`` (the same channels chunked about one storage tile; default: the
+    arrays themselves), privately for each block: no chunk is kept for a later block, so
+    memory holds the blocks being worked on, whatever the slide size, for the price of
+    decoding the halo tiles twice. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
+    ``tls_labels`` (fine grid) are the slide's masks; each block receives only the part
+    around its core.
     """
-    import dask.array as da
-
     halo = plan.halo_px
+    channels = (nuclear_stain, *markers)
     height, width = nuclear_stain.shape
     y_chunks, x_chunks = (_merge_small_last(c, halo + 1) for c in nuclear_stain.chunks)
-    channels = [channel.rechunk((y_chunks, x_chunks)) for channel in (nuclear_stain, *markers)]
-    # halo only on inner sides: along a slide edge every chunking sees the same pixels
-    windows = [da.overlap.overlap(channel, depth={0: halo, 1: halo}, boundary="none").to_delayed()
-               for channel in channels]
+    if (y_chunks, x_chunks) != nuclear_stain.chunks:
+        channels = tuple(c.rechunk((y_chunks, x_chunks)) for c in channels)
+    halo_source = tuple(halo_source) if halo_source is not None else channels
+    cores = [channel.to_delayed() for channel in channels]
     tasks = []
     y0 = 0
     for i, ch_y in enumerate(y_chunks):
         x0 = 0
         for j, ch_x in enumerate(x_chunks):
             core = (y0, y0 + ch_y, x0, x0 + ch_x)
+            # halo only on inner sides: along a slide edge every chunking sees the same pixels
             inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
-            origin = (y0 - (halo if inner[0] else 0), x0 - (halo if inner[2] else 0))
+            window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
+                      x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
+            strips = _halo_strips(core, window)
             context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
-            blocks = [grid[i, j] for grid in windows]
-            tasks.append(dask.delayed(cells_block, pure=True)(plan, core, origin, inner, context, *blocks))
+            pieces = [grid[i, j] for grid in cores]
+            # a dask array handed to a task is read for that task alone: shared tiles are not held
+            pieces += [source[box[0]:box[1], box[2]:box[3]] for source in halo_source for box in strips]
+            tasks.append(dask.delayed(_cells_from_pieces, pure=True)(plan, core, inner, context, window, strips,
+                                                                      *pieces))
             x0 += ch_x
         y0 += ch_y
     options = {}

@@ -25,6 +25,7 @@ from .segment.regions import tissue_mask, tumour_mask
 from .slide import Slide
 from .thresholds import estimate_threshold, sample_pixels, sample_windows
 
+HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
 ROLE_ORDER = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
 
 
@@ -241,9 +242,14 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             ring_um=config.cells.ring_um, fine_factor=fine_factor, coarse_factor=coarse_factor,
             n_tls=int(labels.max()), keep_table=config.outputs.cells_table,
         )
-        cells = compute_cells(slide.channel(roles["nuclei"]), [slide.channel(m.channel) for m in cell_markers], plan,
+        # block cores are the slide's chunks; halos are read through tile-sized chunks
+        tiled = bool(slide.tile_shape) and slide.tile_shape[1] < slide.shape[2]
+        reader = slide.with_chunks(HALO_READ_PX) if tiled else slide
+        names = [roles["nuclei"], *(m.channel for m in cell_markers)]
+        cells = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], plan,
                               tissue=tissue, tumour=tumour, debris=debris, tls_labels=labels,
-                              scheduler=scheduler, num_workers=num_workers)
+                              halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
+                              num_workers=num_workers)
     t_cells = time.perf_counter()
 
     # 6. stage, location and per-TLS measurements

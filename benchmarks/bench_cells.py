@@ -1,0 +1,108 @@
+"""Benchmark: cell-level quantification (nuclei + marker-positive cells) on whole synthetic slides.
+
+The same slides as bench_analysis.py (10,000 x 7,500, 20,000 x 15,000 and 40,000 x 30,000 px at
+0.5 µm/px, 9 channels, uint16, 512 px zstd tiles, pyramidal OME-TIFF), analysed with cells on,
+with 1 and 2 worker threads, each measurement in a fresh process (peak RSS is per measurement).
+Reported: time of the cell pass and of the whole analysis, cells per second, level-0 megapixels
+per second of the cell pass, peak RSS, and the cell count and CD20+ % against the truth.
+
+Slides are rendered once into benchmarks/_data/ (ignored by git) and reused.
+Results: benchmarks/results/cells.{json,md}.
+
+    python benchmarks/bench_cells.py [--sizes S,M,L] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from bench_analysis import PIXEL_SIZE_UM, RESULTS, ensure_slide  # noqa: E402
+
+MEASURE = r"""
+import json, resource, sys, time
+import tlsquant
+path, workers = sys.argv[1], int(sys.argv[2])
+slide = tlsquant.open_slide(path)
+started = time.perf_counter()
+result = tlsquant.analyze_slide(slide, tlsquant.load_config(), scheduler="threads", num_workers=workers)
+elapsed = time.perf_counter() - started
+s = result.summary
+print(json.dumps({"seconds": elapsed, "cells_seconds": s["timing_seconds"]["cells"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cells": s["cells"]["total"], "cd20_pct": s["cd20_pct"], "tls_count": s["tls_count"]}))
+"""
+
+
+def measure(path: Path, workers: int) -> dict:
+    output = subprocess.check_output([sys.executable, "-c", MEASURE, str(path), str(workers)])
+    return json.loads(output.decode().strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="S,M,L")
+    parser.add_argument("--workers", default="1,2")
+    args = parser.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    rows = []
+    for size in args.sizes.split(","):
+        path = ensure_slide(size)
+        import tlsquant
+
+        shape = tlsquant.open_slide(path).shape
+        truth = json.loads(path.with_name(f"bench-{size}.truth.json").read_text())["cells"]
+        megapixels = shape[1] * shape[2] / 1e6
+        for count in workers:
+            run = measure(path, count)
+            row = {"size": size, "shape": list(shape), "megapixels": round(megapixels, 1), "workers": count, **run,
+                   "cells_per_second": run["cells"] / run["cells_seconds"],
+                   "megapixels_per_second": megapixels / run["cells_seconds"],
+                   "truth_cells": truth["total"], "truth_cd20_pct": truth["cd20_pct"]}
+            print(size, count, row, file=sys.stderr)
+            rows.append(row)
+    result = {"machine": platform.platform(), "python": platform.python_version(), "pixel_size_um": PIXEL_SIZE_UM,
+              "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cells.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        "# Cells: nuclei and marker-positive cells on whole slides", "",
+        f"Machine: {result['machine']}, Python {result['python']}. Each row is one fresh process running the "
+        "whole analysis (thresholds, TLS pass, cell pass) with cells on; *cell pass* is its cell part.", "",
+        "| slide (px) | Mpx | workers | cell pass s | whole analysis s | cells | cells / s | Mpx / s | peak RSS MB "
+        "| cells vs truth | CD20+ % (truth) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape'][2]} x {r['shape'][1]} | {r['megapixels']} | {r['workers']} | {r['cells_seconds']:.0f} | "
+            f"{r['seconds']:.0f} | {r['cells']:,} | {r['cells_per_second']:,.0f} | {r['megapixels_per_second']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {100 * (r['cells'] / r['truth_cells'] - 1):+.1f} % | "
+            f"{r['cd20_pct']:.2f} ({r['truth_cd20_pct']:.2f}) |"
+        )
+    by = {(r["size"], r["workers"]): r for r in rows}
+    notes = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        if (size, 1) in by and (size, 2) in by:
+            notes.append(f"{size}: 2 workers {by[(size, 1)]['cells_seconds'] / by[(size, 2)]['cells_seconds']:.2f}x "
+                         "faster than 1 on the cell pass.")
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    if len(sizes) > 1:
+        w = max(workers)
+        first, last = by[(sizes[0], w)], by[(sizes[-1], w)]
+        notes.append(f"From {first['megapixels']} to {last['megapixels']} Mpx ({last['megapixels'] / first['megapixels']:.0f}x "
+                     f"the area), {w} workers: peak RSS x{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}, "
+                     f"cell-pass time per pixel x{(last['cells_seconds'] / last['megapixels']) / (first['cells_seconds'] / first['megapixels']):.2f}.")
+    lines += [""] + notes
+    (RESULTS / "cells.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Cells: nuclear segmentation on hand-made images, chunked vs whole-array oracle, accuracy on synthetic slides."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+
+from tlsquant import analyze_slide, load_config, open_slide, synthetic
+from tlsquant.batch import flatten_summary
+from tlsquant.cells import CellPlan, cell_bodies, compute_cells, segment_nuclei
+from tlsquant.errors import ChannelError, ConfigError
+from tlsquant.io.outputs import write_slide_outputs
+from tlsquant.pipeline import marker_key
+
+PIXEL = (0.5, 0.5)
+
+
+def _discs(shape, centres_um, radii_um, pixel=PIXEL, value=1000.0, background=50.0):
+    y = (np.arange(shape[0]) + 0.5)[:, None] * pixel[0]
+    x = (np.arange(shape[1]) + 0.5)[None, :] * pixel[1]
+    image = np.full(shape, background, np.float32)
+    owner = np.full(shape, -1)
+    best = np.full(shape, np.inf)
+    for k, ((cy, cx), r) in enumerate(zip(centres_um, radii_um)):
+        d = np.hypot(y - cy, x - cx)
+        inside = (d <= r) & (d < best)
+        owner[inside], best[inside] = k, d[inside]
+    image[owner >= 0] = value
+    return image
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_separate_nuclei_are_found_with_their_area_and_centre(dtype):
+    centres = [(10.0, 10.0), (10.0, 30.0), (30.0, 12.0), (28.0, 33.0)]
+    radii = [3.0, 2.6, 3.4, 4.0]
+    image = _discs((90, 90), centres, radii, value=200).astype(dtype)
+    original = image.copy()
+    labels = segment_nuclei(image, pixel_size_um=PIXEL, threshold=120, sigma_um=0)
+    np.testing.assert_array_equal(image, original)  # input untouched
+    assert labels.dtype == np.int32 and labels.max() == 4
+    for (cy, cx), r in zip(centres, radii):
+        label = labels[int(cy / 0.5), int(cx / 0.5)]
+        ys, xs = np.nonzero(labels == label)
+        assert ys.size * 0.25 == pytest.approx(np.pi * r * r, rel=0.1)
+        assert ((ys.mean() + 0.5) * 0.5, (xs.mean() + 0.5) * 0.5) == pytest.approx((cy, cx), abs=0.3)
+
+
+def test_touching_nuclei_are_split_at_their_contact():
+    image = _discs((60, 80), [(15.0, 12.0), (15.0, 17.5), (15.0, 24.0)], [3.0, 3.0, 3.5])
+    labels = segment_nuclei(image, pixel_size_um=PIXEL, threshold=500, sigma_um=0)
+    assert labels.max() == 3
+    assert len({labels[30, int(x / 0.5)] for x in (12.0, 17.5, 24.0)}) == 3
+
+
+def test_anisotropic_pixels_are_handled_in_micrometres():
+    pixel = (0.4, 0.6)
+    centres = [(8.0, 8.0), (8.0, 20.0), (20.0, 14.0)]
+    image = _discs((80, 60), centres, [3.0, 3.0, 3.0], pixel=pixel)
+    labels = segment_nuclei(image, pixel_size_um=pixel, threshold=500, sigma_um=0.3)
+    assert labels.max() == 3
+    areas = np.bincount(labels.ravel())[1:] * pixel[0] * pixel[1]
+    np.testing.assert_allclose(areas, np.pi * 9, rtol=0.12)
+
+
+def test_specks_clumps_and_empty_images_give_no_nuclei():
+    speck = _discs((40, 40), [(10.0, 10.0)], [1.0])  # ~3 µm²: below min_area_um2
+    assert segment_nuclei(speck, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
+    # a solid 40 µm blob is debris or a clump: thicker than any accepted nucleus, and its rim goes too
+    clump = _discs((200, 200), [(50.0, 50.0)], [20.0])
+    assert segment_nuclei(clump, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
+    assert segment_nuclei(np.zeros((30, 30), np.uint16), pixel_size_um=PIXEL, threshold=10).max() == 0
+
+
+def test_cell_bodies_are_rings_that_never_overlap():
+    image = _discs((60, 80), [(15.0, 12.0), (15.0, 22.0)], [3.0, 3.0])
+    nuclei = segment_nuclei(image, pixel_size_um=PIXEL, threshold=500, sigma_um=0)
+    bodies = cell_bodies(nuclei, pixel_size_um=PIXEL, ring_um=2.0)
+    np.testing.assert_array_equal(bodies[nuclei > 0], nuclei[nuclei > 0])  # nuclei keep their pixels
+    for label in (1, 2):
+        ring_area = ((bodies == label) & (nuclei == 0)).sum() * 0.25
+        # a free 2 µm ring around a 3 µm nucleus is pi*(5²-3²) = 50 µm²; the neighbour takes a share
+        assert 30 < ring_area < 52
+    assert cell_bodies(nuclei, pixel_size_um=PIXEL, ring_um=0).max() == 2
+
+
+# -- chunked vs whole-array oracle -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cell_scene():
+    """A 0.5 µm slide region through a TLS, a tumour edge and debris, rendered in memory."""
+    scene = synthetic.make_scene(seed=61, width_um=1000, height_um=760, pixel_size_um=0.5, tls_counts=(1, 1, 0),
+                                 tls_radius_um=(60, 75), extra_channels=("CD8",))
+    return scene, synthetic.render(scene).compute()
+
+
+def _plan(scene, image, n_tls=2, keep_table=True, **overrides):
+    names = list(scene.channel_names)
+    dapi = image[names.index("DAPI")]
+    from skimage.filters import threshold_otsu
+
+    values = dict(markers=("CD20", "CD3", "TFE3", "CD8"), compartments=("ring", "ring", "nucleus", "cell"),
+                  thresholds=(800.0, 800.0, 800.0, 800.0), nuclear_threshold=float(threshold_otsu(dapi[::3, ::3])),
+                  pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=2.0, min_area_um2=8.0, max_area_um2=250.0,
+                  ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=n_tls, keep_table=keep_table)
+    values.update(overrides)
+    return CellPlan(**values)
+
+
+def _masks(shape, plan):
+    f, c = plan.fine_factor, plan.coarse_factor
+    fine = (-(-shape[0] // f), -(-shape[1] // f))
+    coarse = (-(-shape[0] // c), -(-shape[1] // c))
+    tissue = np.ones(coarse, bool)
+    tumour = np.zeros(coarse, bool)
+    tumour[: coarse[0] // 2] = True
+    tls = np.zeros(fine, np.int32)
+    tls[100:180, 100:200] = 1
+    tls[250:300, 300:420] = 2
+    debris = np.zeros(fine, bool)
+    debris[185:200, 220:250] = True  # mid-tissue, clear of the TLS boxes
+    return dict(tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls)
+
+
+def _run(scene, image, chunks, plan, **kwargs):
+    names = list(scene.channel_names)
+    lazy = da.from_array(image, chunks=(1, *chunks))
+    masks = _masks(image.shape[1:], plan)
+    return compute_cells(lazy[names.index("DAPI")], [lazy[names.index(m)] for m in plan.markers], plan, **masks,
+                         **kwargs)
+
+
+def test_chunked_cells_equal_the_whole_array(cell_scene):
+    scene, image = cell_scene
+    plan = _plan(scene, image)
+    whole = _run(scene, image, image.shape[1:], plan, scheduler="sync")
+    table = whole.table
+    assert whole.total == len(table) > 3000
+    # cells cut by the chunk edges below: their nuclei straddle a boundary
+    radius_px = np.sqrt(table["nucleus_area_um2"] / np.pi) / 0.5
+    for step in (256, 300, 512):
+        x_px = table["centroid_x_um"] / 0.5
+        offset = np.abs(x_px - np.round(x_px / step) * step)
+        assert ((offset < radius_px) & (x_px > step / 2)).sum() > 20
+    for chunks, options in (((256, 256), {"scheduler": "threads", "num_workers": 2}),
+                            ((300, 410), {"scheduler": "sync"}),
+                            ((512, 512), {"scheduler": "processes", "num_workers": 2})):
+        chunked = _run(scene, image, chunks, plan, **options)
+        pd.testing.assert_frame_equal(chunked.table, table, check_exact=True)
+        np.testing.assert_array_equal(chunked.counts, whole.counts)
+        np.testing.assert_array_equal(chunked.tls_counts, whole.tls_counts)
+        assert (chunked.excluded_debris, chunked.excluded_outside_tissue) == (whole.excluded_debris, 0)
+        assert chunked.nucleus_area_um2 == whole.nucleus_area_um2
+
+
+def test_block_counts_agree_with_the_cell_table(cell_scene):
+    scene, image = cell_scene
+    plan = _plan(scene, image)
+    cells = _run(scene, image, (384, 384), plan, scheduler="sync")
+    table = cells.table
+    positive = table[[f"{m}_positive" for m in plan.markers]].to_numpy()
+    np.testing.assert_array_equal(cells.counts[0], [len(table), *positive.sum(0)])
+    np.testing.assert_array_equal(cells.counts[1], [table["in_tumour"].sum(), *positive[table["in_tumour"]].sum(0)])
+    in_tls = table["tls_id"].to_numpy() > 0
+    np.testing.assert_array_equal(cells.counts[2], [in_tls.sum(), *positive[in_tls].sum(0)])
+    for tls_id in (1, 2):
+        assert cells.tls_counts[tls_id, 0] == (table["tls_id"] == tls_id).sum()
+    assert cells.excluded_debris > 0
+    # compartments: nucleus for TFE3, ring for CD20, nucleus + ring for CD8
+    assert table["TFE3_positive"].equals(table["TFE3_nucleus"] > 800)
+    assert (table["cell_id"].to_numpy() == np.arange(1, len(table) + 1)).all()
+    assert table["centroid_y_um"].is_monotonic_increasing
+
+
+def test_only_counts_come_back_without_a_table(cell_scene):
+    scene, image = cell_scene
+    with_table = _run(scene, image, (512, 512), _plan(scene, image), scheduler="sync")
+    counts_only = _run(scene, image, (512, 512), _plan(scene, image, keep_table=False), scheduler="sync")
+    assert counts_only.table is None
+    np.testing.assert_array_equal(counts_only.counts, with_table.counts)
+
+
+def test_halo_covers_the_largest_nucleus_and_its_ring():
+    plan = _plan(synthetic.make_scene(seed=1, width_um=400, height_um=300), np.zeros((6, 10, 10), np.uint16),
+                 nuclear_threshold=1.0)
+    assert plan.halo_px * 0.5 >= 2 * np.sqrt(plan.max_area_um2 / np.pi) + plan.ring_um
+
+
+# -- whole slides with known cells ----------------------------------------------------------------
+
+CASES = {
+    "uint16-0.5um-ometiff": (dict(seed=71, pixel_size_um=0.5, dtype="uint16", extra_channels=("CD8", "CD68")), ".ome.tiff"),
+    "float32-1um-qptiff-shuffled": (dict(seed=72, pixel_size_um=1.0, dtype="float32", shuffle_channels=True,
+                                         extra_channels=("CD8", "Autofluorescence"), noise=1.5), ".qptiff"),
+    "uint8-0.65um-zarr": (dict(seed=73, pixel_size_um=0.65, dtype="uint8", noise=0.7), ".ome.zarr"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def slide_with_cells(request, tmp_path_factory):
+    kwargs, suffix = CASES[request.param]
+    scene = synthetic.make_scene(**{"width_um": 2000, "height_um": 1500, "tls_counts": (2, 1, 1),
+                                    "tls_radius_um": (60, 100), **kwargs})
+    folder = tmp_path_factory.mktemp(request.param)
+    path, truth_path = synthetic.write_slide(scene, folder / f"slide{suffix}")
+    config = load_config(None, ["outputs.cells_table=true"])
+    slide = open_slide(path)
+    result = analyze_slide(slide, config)
+    write_slide_outputs(result, folder / "out", slide=slide)
+    return result, json.loads(truth_path.read_text()), folder / "out", scene
+
+
+def test_cell_counts_and_percentages_match_the_truth(slide_with_cells):
+    result, truth, _, _ = slide_with_cells
+    summary, cells = result.summary, truth["cells"]
+    assert summary["cells"]["total"] == pytest.approx(cells["total"], rel=0.10)
+    assert summary["cd20_pct"] == pytest.approx(cells["cd20_pct"], rel=0.15)
+    for marker, key in (("cd3_positive", "cd3_pct"), ("cd8_positive", "cd8_pct"), ("cd68_positive", "cd68_pct")):
+        if key in summary:
+            assert summary[key] == pytest.approx(100 * cells[marker] / cells["total"], rel=0.15)
+    # TFE3 is nuclear: its positive share is the tumour-cell share
+    assert summary["tfe3_pct"] == pytest.approx(100 * cells["tumour_cells"] / cells["total"], rel=0.15)
+    assert summary["cells"]["in_tumour"] == pytest.approx(cells["in_tumour"], rel=0.15)
+    assert summary["tfe3_pct_tumour"] > 60 > summary["tfe3_pct_tls"]
+    assert summary["cd20_pct_tls"] > 70  # follicles are B-cell zones
+    assert 20 < summary["cells"]["mean_nucleus_area_um2"] < 40  # nuclei of 2.6-3.5 µm radius
+
+
+def test_tls_rows_carry_their_cells(slide_with_cells):
+    result, truth, _, _ = slide_with_cells
+    tls = result.tls
+    assert len(tls) == len(truth["tls"]) >= 2
+    for row in tls.itertuples():
+        # about one nucleus per 36 µm² of follicle, 85 % of them B cells
+        assert row.cell_count == pytest.approx(row.area_um2 / 36.0, rel=0.35)
+        assert 70 < row.b_cell_pct <= 100 and row.t_cell_pct < 30
+    assert tls["cell_count"].sum() <= result.summary["cells"]["in_tls"]
+
+
+def test_cell_table_file_matches_the_summary(slide_with_cells):
+    result, _, out, scene = slide_with_cells
+    with gzip.open(out / "cells.csv.gz", "rt") as handle:
+        table = pd.read_csv(handle)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "cells.csv.gz" in summary["outputs"]
+    assert len(table) == summary["cells"]["total"]
+    assert list(table.columns[:7]) == ["cell_id", "centroid_x_um", "centroid_y_um", "nucleus_area_um2",
+                                       "cell_area_um2", "in_tumour", "tls_id"]
+    assert table["CD20_positive"].mean() * 100 == pytest.approx(summary["cd20_pct"], abs=1e-9)
+    assert table["centroid_x_um"].max() <= scene.width_px * scene.pixel_size_x_um
+    np.testing.assert_allclose(table["centroid_x_um"], result.cells["centroid_x_um"], rtol=1e-7, atol=0.01)
+    markers = summary["segmentation"]["cells"]["markers"]
+    assert "DAPI" not in markers and "Autofluorescence" not in markers
+    assert markers["TFE3"]["compartment"] == "nucleus" and markers["CD20"]["compartment"] == "ring"
+    row = flatten_summary(summary)
+    assert {"cells_total", "cells_in_tls", "cd20_pct", "cd20_pct_tumour", "cd20_pct_tls"} <= set(row)
+
+
+def test_chunk_size_does_not_change_cells(tmp_path):
+    scene = synthetic.make_scene(seed=74, width_um=1200, height_um=900, pixel_size_um=0.5, tls_counts=(1, 1, 0),
+                                 tls_radius_um=(55, 70))
+    path, _ = synthetic.write_slide(scene, tmp_path / "inv.ome.tiff", tile=128)
+    config = load_config(None, ["outputs.cells_table=true"])
+    runs = [analyze_slide(open_slide(path, chunk_size=chunk), config, scheduler="threads", num_workers=2)
+            for chunk in (256, 640, 1024)]
+    for run in runs[1:]:
+        pd.testing.assert_frame_equal(run.cells, runs[0].cells, check_exact=True)
+        pd.testing.assert_frame_equal(run.tls, runs[0].tls, check_exact=True)
+        for key in ("cells", "cd20_pct", "cd3_pct_tumour", "tfe3_pct_tls"):
+            assert run.summary[key] == runs[0].summary[key]
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fine_slide(tmp_path_factory):
+    scene = synthetic.make_scene(seed=75, width_um=1000, height_um=750, pixel_size_um=1.0, tls_counts=(1, 0, 0),
+                                 tls_radius_um=(55, 65), extra_channels=("CD8",))
+    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("fine") / "fine.ome.tiff")
+    return path
+
+
+def test_markers_compartments_and_threshold_overrides(fine_slide):
+    config = load_config(None, ['cells.markers=["cd20", "CD8"]', 'cells.whole_cell_markers=["CD8"]',
+                                'thresholds.markers.CD8={method="fixed", value=1e9}'])
+    result = analyze_slide(fine_slide, config)
+    markers = result.summary["segmentation"]["cells"]["markers"]
+    assert list(markers) == ["CD20", "CD8"]
+    assert markers["CD8"] == {"key": "cd8", "compartment": "cell", "method": "fixed", "value": 1e9}
+    assert result.summary["cd8_pct"] == 0.0 and result.summary["cd20_pct"] > 0
+    assert "cd3_pct" not in result.summary and result.tls["t_cell_pct"].isna().all()
+    # a name rule reaches the pixel threshold of the channel's role too: one threshold per channel
+    config = load_config(None, ['thresholds.markers.CD20={method="fixed", value=1e9}'])
+    result = analyze_slide(fine_slide, config)
+    assert result.summary["thresholds"]["b_cells"]["value"] == 1e9 and result.summary["tls_count"] == 0
+
+
+def test_unknown_cell_marker_is_a_clear_error(fine_slide):
+    with pytest.raises(ChannelError, match=r"cells.markers names 'PD-1' but the slide has no such channel; channels present: DAPI"):
+        analyze_slide(fine_slide, load_config(None, ['cells.markers=["CD20", "PD-1"]']))
+    with pytest.raises(ConfigError, match=r"cells.min_area_um2 \(300.0\) must be below cells.max_area_um2"):
+        load_config(None, ["cells.min_area_um2=300"])
+    with pytest.raises(ConfigError, match=r"thresholds.markers.CD8.method must be one of"):
+        load_config(None, ['thresholds.markers.CD8={method="magic"}'])
+
+
+def test_coarse_or_disabled_slides_skip_cells_and_say_why(fine_slide):
+    coarse = analyze_slide(fine_slide, load_config(None, ["cells.max_pixel_size_um=0.5"]))
+    assert coarse.summary["segmentation"]["cells"]["measured"] is False
+    assert any("cells not measured: pixel size 1 µm" in w for w in coarse.warnings)
+    assert "cells" not in coarse.summary and "cd20_pct" not in coarse.summary
+    assert coarse.tls["cell_count"].isna().all()
+    disabled = analyze_slide(fine_slide, load_config(None, ["cells.enabled=false"]))
+    assert disabled.summary["segmentation"]["cells"] == {"measured": False, "reason": "cells.enabled is false"}
+    assert not any("cells not measured" in w for w in disabled.warnings)
+
+
+def test_marker_keys_are_column_safe():
+    assert [marker_key(n) for n in ("CD20", "MUM-1", "PD-L1", "FoxP3", "Opal 570")] == \
+        ["cd20", "mum1", "pdl1", "foxp3", "opal570"]
+
+
+def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path):
+    from tlsquant.cli import main
+
+    rows = []
+    for k in range(4):
+        good = k < 2
+        scene = synthetic.make_scene(seed=80 + k, width_um=1500, height_um=1100, pixel_size_um=1.0,
+                                     tls_counts=(2, 1, 0) if good else (0, 0, 0), tls_radius_um=(60, 80),
+                                     n_infiltrates=0, n_aggregates=0)
+        path, truth_path = synthetic.write_slide(scene, tmp_path / f"case{k}.ome.tiff")
+        assert (json.loads(truth_path.read_text())["tls_count"] > 0) == good
+        rows.append({"slide_id": f"case{k}", "path": path.name, "response": "good" if good else "poor"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    assert main(["batch", str(tmp_path / "manifest.csv"), "-o", str(tmp_path / "out"), "--workers", "2", "-q"]) == 0
+    cohort = pd.read_csv(tmp_path / "out" / "cohort.csv")
+    for row in cohort.itertuples():
+        summary = json.loads((tmp_path / "out" / "slides" / row.slide_id / "summary.json").read_text())
+        assert row.cd20_pct == pytest.approx(summary["cd20_pct"]) and row.cells_total == summary["cells"]["total"]
+    good, poor = cohort[cohort.response == "good"], cohort[cohort.response == "poor"]
+    assert good.cd20_pct.min() > poor.cd20_pct.max()  # follicles full of B cells
+    assert main(["compare", str(tmp_path / "out" / "cohort.csv"), "--group", "response", "--groups", "good,poor",
+                 "--metrics", "cd20_pct,cd20_pct_tumour", "-o", str(tmp_path / "stats")]) == 0
+    stats = pd.read_csv(tmp_path / "stats" / "stats.csv")
+    row = stats.set_index("metric").loc["cd20_pct"]
+    assert row.p == pytest.approx(1 / 3) and row.method == "exact" and row.median_a > row.median_b
