@@ -1,6 +1,6 @@
 """Nuclei from the nuclear stain and per-cell marker intensities, tile by tile.
 
-Pure array functions (:func:`segment_nuclei`, :func:`cell_bodies`, :func:`measure_cells`)
+Pure array functions (:func:`segment_nuclei`, :func:`cell_bodies`, :func:`cells_block`)
 plus the block pass (:func:`compute_cells`) that runs them over a whole slide. Each
 block is read with a halo of ``halo_px`` on every side that is not a slide edge, and
 keeps only the cells whose centroid lies in its core: every cell is counted once,
@@ -18,8 +18,6 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-COMPARTMENTS = ("nucleus", "ring", "cell")
-
 
 def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
     return um / pixel_size_um[0], um / pixel_size_um[1]
@@ -36,13 +34,19 @@ def segment_nuclei(
     *,
     pixel_size_um: tuple[float, float],
     threshold: float,
-    sigma_um: float = 0.5,
-    min_distance_um: float = 2.5,
+    sigma_um: float = 0.3,
+    min_distance_um: float = 2.0,
     min_area_um2: float = 8.0,
     max_area_um2: float = 250.0,
     origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Label nuclei: smooth, global threshold, distance-transform watershed.
+    """Label nuclei: smooth, global threshold, split touching nuclei at distance-map necks.
+
+    Centres are maxima of the distance to the background at least ``min_distance_um``
+    apart; each foreground pixel goes to the centre whose inscribed disc it is nearest
+    to. Foreground thicker than a round nucleus of ``max_area_um2`` (clumps, debris) is
+    dropped with the fragments around it. Every step looks no further than about one
+    nucleus, so a window holding a nucleus with a margin labels it as the whole image would.
 
     Parameters
     ----------
@@ -64,7 +68,7 @@ def segment_nuclei(
     Returns
     -------
     labels : (Y, X) int32
-        0 background, 1..n nuclei in raster order of their first pixel.
+        0 background, 1..n nuclei in raster order of their centres.
     """
     image = np.asarray(nuclear_stain, dtype=np.float32)
     if sigma_um > 0:
@@ -73,9 +77,8 @@ def segment_nuclei(
     if not foreground.any():
         return np.zeros(image.shape, np.int32)
     distance = ndi.distance_transform_edt(foreground, sampling=pixel_size_um).astype(np.float32)
-    # Every step below looks no further than about one nucleus, so a window that holds a
-    # nucleus with a margin segments it exactly as the whole slide would (no flooding,
-    # whose outcome can hinge on pixels far away).
+    # no flooding watershed below: its outcome can hinge on pixels far away, which would make
+    # a nucleus depend on the window it was cut from.
     # Foreground thicker than the largest accepted nucleus is a clump or debris, never a nucleus.
     max_radius_um = float(np.sqrt(max_area_um2 / np.pi))
     thick = distance >= max_radius_um
@@ -114,13 +117,14 @@ def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *
     height, width = mask.shape
     cy, cx = centres // width, centres % width
     radius = distance.ravel()[centres].astype(np.float64)
-    slide_order = (cy + origin[0]).astype(np.int64) * (1 << 32) + (cx + origin[1])
+    # slide raster order of each centre; entry 0 (no owner yet) loses every tie
+    slide_order = np.concatenate([[np.iinfo(np.int64).max],
+                                  (cy + origin[0]).astype(np.int64) * (1 << 32) + (cx + origin[1])])
     best = np.full(mask.shape, np.inf)
-    owner = np.zeros(mask.shape, np.int64)  # index into centres + 1
-    owner_order = np.zeros(mask.shape, np.int64)
+    owner = np.zeros(mask.shape, np.int32)  # index into centres + 1
     py, px = pixel_size_um
     ry, rx = int(np.ceil(reach_um / py)), int(np.ceil(reach_um / px))
-    index = np.arange(1, centres.size + 1)
+    index = np.arange(1, centres.size + 1, dtype=np.int32)
     for dy in range(-ry, ry + 1):
         for dx in range(-rx, rx + 1):
             step = float(np.hypot(dy * py, dx * px))
@@ -128,17 +132,15 @@ def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *
                 continue
             y, x = cy + dy, cx + dx
             inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-            y, x = y[inside], x[inside]
+            y, x, claimant = y[inside], x[inside], index[inside]
             score = step - radius[inside]
-            order = slide_order[inside]
-            current, current_order = best[y, x], owner_order[y, x]
+            current = best[y, x]
             # distinct centres never land on one pixel with the same offset: plain writes are safe
-            better = (score < current) | ((score == current) & (order < current_order))
+            better = (score < current) | ((score == current) & (slide_order[claimant] < slide_order[owner[y, x]]))
             best[y[better], x[better]] = score[better]
-            owner[y[better], x[better]] = index[inside][better]
-            owner_order[y[better], x[better]] = order[better]
+            owner[y[better], x[better]] = claimant[better]
     owner[~mask] = 0
-    return owner.astype(np.int32)
+    return owner
 
 
 def cell_bodies(nuclei: np.ndarray, *, pixel_size_um: tuple[float, float], ring_um: float) -> np.ndarray:
@@ -232,9 +234,10 @@ class BlockCells:
     table: dict[str, np.ndarray] | None = None
 
 
-def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, y_px, x_px, fill=0):
+def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, y_px, x_px) -> np.ndarray:
+    """Values of ``grid`` (cells of ``factor`` level-0 px, element [0, 0] at grid ``origin``) at points; 0 without grid."""
     if grid is None:
-        return np.full(y_px.shape, fill, dtype=np.int64 if fill == 0 else bool)
+        return np.zeros(y_px.shape, np.int64)
     rows = np.clip((y_px // factor).astype(np.int64) - origin[0], 0, grid.shape[0] - 1)
     cols = np.clip((x_px // factor).astype(np.int64) - origin[1], 0, grid.shape[1] - 1)
     return grid[rows, cols]
