@@ -57,3 +57,39 @@ def test_cycif_crop_needs_names_and_pixel_size_from_user():
     unnamed = open_slide(path, pixel_size_um=0.65)
     assert unnamed.channel_names[0] == "Channel 1"
     assert unnamed.metadata["channel_names_source"].startswith("placeholder")
+
+
+@pytest.mark.realdata
+def test_cells_on_real_lymphoid_tissue():
+    """t-CyCIF reactive lymphoid crop: plausible nuclei, and B and T cells as mostly separate populations."""
+    import dask.array as da
+    import numpy as np
+
+    from tlsquant.cells import CellPlan, compute_cells
+    from tlsquant.config import ThresholdRule
+    from tlsquant.thresholds import estimate_threshold
+
+    names = read_channel_names(REALDATA / "cropped_reactive_core.channels.csv")
+    slide = open_slide(REALDATA / "cropped_reactive_core.ome.tiff", pixel_size_um=0.65, channel_names=names)
+    markers = ("CD20", "CD3D")
+    # a 65 µm crop of dense lymphoid tissue is mostly positive pixels: a two-class split, not the
+    # background-margin rule meant for whole slides
+    otsu = ThresholdRule(method="otsu")
+    planes = {name: slide.channel(name).compute() for name in ("DNA1", *markers)}
+    plan = CellPlan(markers=markers, compartments=("ring", "ring"),
+                    thresholds=tuple(estimate_threshold(planes[m].ravel(), otsu) for m in markers),
+                    nuclear_threshold=estimate_threshold(planes["DNA1"].ravel(), otsu), pixel_size_um=(0.65, 0.65),
+                    sigma_um=0.3, min_distance_um=2.0, min_area_um2=8.0, max_area_um2=250.0, ring_um=2.0,
+                    fine_factor=3, coarse_factor=12, n_tls=0, keep_table=True)
+    shape = planes["DNA1"].shape
+    fine, coarse = (-(-shape[0] // 3), -(-shape[1] // 3)), (-(-shape[0] // 12), -(-shape[1] // 12))
+    cells = compute_cells(da.from_array(planes["DNA1"]), [da.from_array(planes[m]) for m in markers], plan,
+                          tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
+                          tls_labels=np.zeros(fine, np.int32), scheduler="sync")
+    table = cells.table
+    area_um2 = shape[0] * shape[1] * 0.65**2
+    assert 30 <= len(table) <= area_um2 / 30  # lymphocyte nuclei: 5-8 µm across, densely packed
+    assert 20 < table["nucleus_area_um2"].mean() < 60
+    b, t = table["CD20_positive"], table["CD3D_positive"]
+    assert 0.1 < b.mean() < 0.6 and 0.1 < t.mean() < 0.6
+    assert (b & t).sum() <= 0.3 * min(b.sum(), t.sum())

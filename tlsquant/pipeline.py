@@ -35,6 +35,8 @@ class SlideResult:
 
     ``tls_labels`` lives on the fine grid (``fine_factor`` level-0 px per cell side);
     ``tissue_mask`` and ``tumour_mask`` on the coarse grid (``coarse_factor`` px).
+    Cell metrics are in ``summary`` (``cells``, ``<marker>_pct``...); ``cells`` holds one
+    row per cell only when ``outputs.cells_table`` is set.
     """
 
     slide_id: str
@@ -122,7 +124,11 @@ def _grid_factors(slide: Slide, config: Config) -> tuple[int, int]:
 
 def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, scheduler=None,
                   num_workers: int | None = None) -> SlideResult:
-    """Find, stage and measure the TLS of one slide.
+    """Find, stage and measure the TLS of one slide, and count its cells by marker.
+
+    Two full-resolution passes: positive pixels into coarse evidence maps (tissue, tumour,
+    TLS, networks), then nuclei and marker-positive cells counted into those masks (slides
+    finer than ``cells.max_pixel_size_um`` with ``cells.enabled``).
 
     Parameters
     ----------
