@@ -70,7 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="S,M,L")
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--report", action="store_true", help="only rewrite cells.md from cells.json")
     args = parser.parse_args()
+    if args.report:
+        write_report(json.loads((RESULTS / "cells.json").read_text()))
+        return
     workers = [int(w) for w in args.workers.split(",")]
     rows = []
     for size in args.sizes.split(","):
@@ -92,6 +96,13 @@ def main() -> None:
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cells.json").write_text(json.dumps(result, indent=2))
+    write_report(result)
+
+
+def write_report(result: dict) -> None:
+    """benchmarks/results/cells.md from the measurements (``--report`` redoes it from cells.json)."""
+    rows = result["rows"]
+    workers = sorted({r["workers"] for r in rows})
     lines = [
         "# Cells: nuclei and marker-positive cells on whole slides", "",
         f"Machine: {result['machine']}, Python {result['python']}. Each row is one fresh process running the "
@@ -118,7 +129,9 @@ def main() -> None:
         w = max(workers)
         first, last = by[(sizes[0], w)], by[(sizes[-1], w)]
         notes.append(f"From {first['megapixels']} to {last['megapixels']} Mpx ({last['megapixels'] / first['megapixels']:.0f}x "
-                     f"the area), {w} workers: peak RSS x{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}, "
+                     f"the area), {w} workers: peak RSS x{last['peak_rss_mb'] / first['peak_rss_mb']:.2f} (the TLS pass's "
+                     "coarse maps, which the cell pass starts from), memory the cell pass adds "
+                     f"x{last['cell_pass_added_mb'] / first['cell_pass_added_mb']:.2f}, "
                      f"cell-pass time per pixel x{(last['cells_seconds'] / last['megapixels']) / (first['cells_seconds'] / first['megapixels']):.2f}.")
     lines += [""] + notes
     (RESULTS / "cells.md").write_text("\n".join(lines) + "\n")
