@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .blocks import block_grid, compute_blocks
+
 
 def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
     return um / pixel_size_um[0], um / pixel_size_um[1]
@@ -421,30 +423,19 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     halo_source = tuple(halo_source) if halo_source is not None else channels
     cores = [channel.to_delayed() for channel in channels]
     tasks = []
-    y0 = 0
-    for i, ch_y in enumerate(y_chunks):
-        x0 = 0
-        for j, ch_x in enumerate(x_chunks):
-            core = (y0, y0 + ch_y, x0, x0 + ch_x)
-            # halo only on inner sides: along a slide edge every chunking sees the same pixels
-            inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
-            window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
-                      x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
-            strips = _halo_strips(core, window)
-            context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
-            pieces = [grid[i, j] for grid in cores]
-            # a dask array handed to a task is read for that task alone: shared tiles are not held
-            pieces += [source[box[0]:box[1], box[2]:box[3]] for source in halo_source for box in strips]
-            tasks.append(dask.delayed(_cells_from_pieces, pure=True)(plan, core, inner, context, window, strips,
-                                                                      *pieces))
-            x0 += ch_x
-        y0 += ch_y
-    options = {}
-    if scheduler is not None:
-        options["scheduler"] = scheduler
-    if num_workers:
-        options["num_workers"] = num_workers
-    results = dask.compute(*tasks, **options)
+    for i, j, y0, x0, ch_y, ch_x in block_grid(y_chunks, x_chunks):
+        core = (y0, y0 + ch_y, x0, x0 + ch_x)
+        # halo only on inner sides: along a slide edge every chunking sees the same pixels
+        inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
+        window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
+                  x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
+        strips = _halo_strips(core, window)
+        context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
+        pieces = [grid[i, j] for grid in cores]
+        # a dask array handed to a task is read for that task alone: shared tiles are not held
+        pieces += [source[box[0]:box[1], box[2]:box[3]] for source in halo_source for box in strips]
+        tasks.append(dask.delayed(_cells_from_pieces, pure=True)(plan, core, inner, context, window, strips, *pieces))
+    results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
     table = None
     if plan.keep_table:
         table = pd.DataFrame({name: np.concatenate([r.table[name] for r in results]).astype(dtype)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
+from ..blocks import block_grid, compute_blocks
+
 # maps counted on the fine (TLS) grid and on the coarse (tissue / tumour) grid
 FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "debris")
 COARSE_MAPS = ("nuclei", "tumour", "debris")
@@ -141,21 +143,9 @@ def compute_evidence(channels, plan: EvidencePlan, *, scheduler=None, num_worker
     height, width = channels[0].shape
     y_chunks, x_chunks = channels[0].chunks
     grids = [channel.to_delayed() for channel in channels]
-    tasks = []
-    y0 = 0
-    for i, ch_y in enumerate(y_chunks):
-        x0 = 0
-        for j, ch_x in enumerate(x_chunks):
-            blocks = [grid[i, j] for grid in grids]
-            tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, *blocks))
-            x0 += ch_x
-        y0 += ch_y
-    options = {}
-    if scheduler is not None:
-        options["scheduler"] = scheduler
-    if num_workers:
-        options["num_workers"] = num_workers
-    results = dask.compute(*tasks, **options)
+    tasks = [dask.delayed(count_block, pure=True)(plan, y0, x0, *[grid[i, j] for grid in grids])
+             for i, j, y0, x0, _, _ in block_grid(y_chunks, x_chunks)]
+    results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
 
     def assemble(factor, names, index):
         shape = (len(names), -(-height // factor), -(-width // factor))
