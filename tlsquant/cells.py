@@ -11,6 +11,7 @@ table is identical for any chunk size or worker count.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import dask
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .background import expand
 from .blocks import block_grid, compute_blocks
 
 
@@ -167,7 +169,7 @@ class CellPlan:
     markers: tuple[str, ...]  # measured channels, in the order their blocks follow the nuclear stain
     compartments: tuple[str, ...]  # per marker: nucleus | ring | cell
     thresholds: tuple[float, ...]  # per marker: a cell is positive when its compartment mean is above
-    nuclear_threshold: float
+    nuclear_threshold: float  # used where no threshold maps are given (see compute_cells)
     pixel_size_um: tuple[float, float]  # (y, x)
     sigma_um: float
     min_distance_um: float
@@ -178,6 +180,7 @@ class CellPlan:
     coarse_factor: int  # level-0 px per coarse grid cell (tissue, tumour)
     n_tls: int
     keep_table: bool = False
+    grid_factor: int = 0  # level-0 px per threshold-map cell (0: no maps, the global thresholds above)
 
     @property
     def halo_px(self) -> int:
@@ -200,6 +203,9 @@ class RegionContext:
     tumour: np.ndarray  # coarse, bool
     debris: np.ndarray | None  # fine, bool
     tls: np.ndarray | None  # fine, TLS ids (0 = none)
+    # threshold maps around the window: (1 + markers, rows, cols) on the threshold grid, row 0 the nuclear stain
+    thresholds: np.ndarray | None = None
+    threshold_origin: tuple[int, int] = (0, 0)
 
 
 def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, tumour, debris, tls_labels) -> RegionContext:
@@ -255,7 +261,13 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     where an object touching the side may continue beyond it and is never kept.
     """
     pixel_size = plan.pixel_size_um
-    nuclei = segment_nuclei(nuclear_stain, pixel_size_um=pixel_size, threshold=plan.nuclear_threshold,
+    nuclear_threshold = plan.nuclear_threshold
+    if context.thresholds is not None:  # the local nuclear threshold, per pixel of the window
+        f = plan.grid_factor
+        gy, gx = context.threshold_origin
+        nuclear_threshold = expand(context.thresholds[0], f, window_origin[0] - gy * f, window_origin[1] - gx * f,
+                                   nuclear_stain.shape)
+    nuclei = segment_nuclei(nuclear_stain, pixel_size_um=pixel_size, threshold=nuclear_threshold,
                             sigma_um=plan.sigma_um, min_distance_um=plan.min_distance_um,
                             min_area_um2=plan.min_area_um2, max_area_um2=plan.max_area_um2, origin=window_origin)
     n = int(nuclei.max())
@@ -310,6 +322,9 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
             mean = np.where(ring_px[ids] > 0, ring_mean, nucleus_mean)  # a cell with no free ring: its nucleus
         else:
             mean = (nucleus_sum + ring_sum) / (nucleus_px[ids] + ring_px[ids])
+        if context.thresholds is not None:
+            threshold = _grid_lookup(context.thresholds[1 + k], context.threshold_origin, plan.grid_factor,
+                                     centre_y, centre_x)
         positive[:, k] = mean > threshold
         if plan.keep_table:
             columns[f"{marker}_nucleus"] = nucleus_mean.astype(np.float32)
@@ -403,7 +418,8 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
 
 
 def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels,
-                  halo_source=None, scheduler=None, num_workers=None) -> CellCounts:
+                  halo_source=None, threshold_maps: np.ndarray | None = None, scheduler=None,
+                  num_workers=None) -> CellCounts:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
     Each chunk of the arrays is one block core. Its halo is read separately, strip by strip,
@@ -412,7 +428,9 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     memory holds the blocks being worked on, whatever the slide size, for the price of
     decoding the halo tiles twice. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
     ``tls_labels`` (fine grid) are the slide's masks; each block receives only the part
-    around its core.
+    around its core. ``threshold_maps`` (1 + markers, rows, cols), on the grid of
+    ``plan.grid_factor`` px, give local thresholds (nuclear stain first) in place of the
+    plan's global ones.
     """
     halo = plan.halo_px
     channels = (nuclear_stain, *markers)
@@ -431,6 +449,12 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
                   x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
         strips = _halo_strips(core, window)
         context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
+        if threshold_maps is not None:
+            f = plan.grid_factor
+            rows = slice(window[0] // f, -(-window[1] // f))
+            cols = slice(window[2] // f, -(-window[3] // f))
+            context = dataclasses.replace(context, thresholds=np.ascontiguousarray(threshold_maps[:, rows, cols]),
+                                          threshold_origin=(rows.start, cols.start))
         pieces = [grid[i, j] for grid in cores]
         # a dask array handed to a task is read for that task alone: shared tiles are not held
         pieces += [source[box[0]:box[1], box[2]:box[3]] for source in halo_source for box in strips]

@@ -14,7 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
-THRESHOLD_METHODS = ("otsu", "triangle", "li", "percentile", "fixed", "mad")
+THRESHOLD_METHODS = ("background", "otsu", "triangle", "li", "percentile", "fixed", "mad")
 LOCATIONS = ("intratumoral", "peritumoral", "distal")
 
 
@@ -35,10 +35,16 @@ class Channels:
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How one channel's positive-pixel threshold is estimated."""
+    """How one channel's positive-pixel threshold is estimated.
 
-    method: str = "mad"
-    k: float = 6.0  # mad: median + k * 1.4826 * MAD
+    ``background`` (default): above the local background (glass, autofluorescence,
+    illumination) by ``max(k * noise, fraction * typical positive signal)``; the other
+    methods give one global threshold from the sampled pixels, glass and tissue together.
+    """
+
+    method: str = "background"
+    k: float = 3.0  # background: noise SDs above the local background; mad: median + k * 1.4826 * MAD
+    fraction: float = 0.2  # background: share of the channel's typical positive signal above background
     percentile: float = 99.0  # percentile method
     value: float = 0.0  # fixed method, in the slide's intensity units
 
@@ -48,7 +54,7 @@ class Thresholds:
     sample_windows: int = 64
     window_px: int = 256
     default: ThresholdRule = ThresholdRule()
-    nuclei: ThresholdRule = ThresholdRule(method="otsu")
+    nuclei: ThresholdRule = ThresholdRule(fraction=0.4)
     tumour: ThresholdRule = ThresholdRule()
     b_cells: ThresholdRule = ThresholdRule()
     fdc: ThresholdRule = ThresholdRule()
@@ -75,6 +81,15 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Signal:
+    """The background model behind the ``background`` threshold method."""
+
+    opening_um: float = 24.0  # bright things narrower than this (RBC strings, debris, edge rim) are not background
+    max_crosstalk: float = 0.25  # a channel ratio above this is co-expression, not crosstalk (0: no compensation)
+    min_crosstalk: float = 0.01  # crosstalk below this is ignored
+
+
+@dataclass(frozen=True)
 class Tissue:
     sigma_um: float = 20.0
     min_fraction: float = 0.03
@@ -95,10 +110,11 @@ class Tumour:
 class TLS:
     sigma_um: float = 8.0
     level_fraction: float = 0.5
-    min_b_fraction: float = 0.15
-    min_b_plateau: float = 0.2
+    min_b_fraction: float = 0.25
+    min_b_plateau: float = 0.35
     min_area_um2: float = 6000.0
     max_debris_fraction: float = 0.3
+    min_nuclear_fraction: float = 0.15
     require_t_cell_zone: bool = False
     t_zone_width_um: float = 30.0
     min_t_fraction: float = 0.05
@@ -120,7 +136,11 @@ class Location:
 
 @dataclass(frozen=True)
 class Debris:
-    min_positive_channels: int = 4
+    """Artefacts (debris, red blood cells, edge rims): excluded from TLS and cells, reported as area."""
+
+    min_positive_channels: int = 3  # positive in this many of tumour, B-cell, T-cell and network (CD21 or CD23) = artefact
+    autofluorescence_ratio: float = 1.0  # with an AF channel: AF above its local background by this share of it = artefact
+    min_fraction: float = 0.25  # a fine grid cell is artefact when this share of its pixels is
     dilate_um: float = 4.0
 
 
@@ -180,6 +200,7 @@ class Config:
     channels: Channels = Channels()
     thresholds: Thresholds = Thresholds()
     evidence: Evidence = Evidence()
+    signal: Signal = Signal()
     tissue: Tissue = Tissue()
     tumour: Tumour = Tumour()
     tls: TLS = TLS()
@@ -278,17 +299,20 @@ def _validate(config: Config, source: str) -> Config:
         "tls": ["sigma_um", "min_area_um2", "t_zone_width_um"],
         "maturation": ["closing_um", "min_network_area_um2"],
         "location": ["margin_um"],
-        "debris": ["dilate_um"],
+        "debris": ["dilate_um", "autofluorescence_ratio"],
+        "signal": ["opening_um", "max_crosstalk", "min_crosstalk"],
         "cells": ["max_pixel_size_um", "min_distance_um", "min_area_um2", "max_area_um2", "sigma_um", "ring_um"],
     }.items():
         for name in names:
-            positive(section, name, allow_zero=name in ("closing_um", "dilate_um", "sigma_um", "ring_um"))
+            positive(section, name, allow_zero=name in ("closing_um", "dilate_um", "sigma_um", "ring_um", "opening_um",
+                                                        "max_crosstalk", "min_crosstalk"))
     if config.cells.min_area_um2 >= config.cells.max_area_um2:
         raise ConfigError(f"{source}: cells.min_area_um2 ({config.cells.min_area_um2}) must be below "
                           f"cells.max_area_um2 ({config.cells.max_area_um2})")
     for section, name in [("tissue", "min_fraction"), ("tumour", "level_fraction"),
                           ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
                           ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
+                          ("tls", "min_nuclear_fraction"), ("debris", "min_fraction"),
                           ("maturation", "min_cell_fraction")]:
         value = getattr(getattr(config, section), name)
         if not 0 <= value <= 1:
@@ -304,6 +328,8 @@ def _validate(config: Config, source: str) -> Config:
                 raise ConfigError(f"{where}.percentile must be between 0 and 100, got {rule.percentile}")
             if rule.k <= 0:
                 raise ConfigError(f"{where}.k must be > 0, got {rule.k}")
+            if not 0 <= rule.fraction <= 1:
+                raise ConfigError(f"{where}.fraction is a share between 0 and 1, got {rule.fraction}")
     if config.thresholds.sample_windows < 1 or config.thresholds.window_px < 16:
         raise ConfigError(f"{source}: thresholds.sample_windows must be >= 1 and window_px >= 16")
     if config.maturation.scheme not in ("binary", "silina"):
@@ -311,8 +337,9 @@ def _validate(config: Config, source: str) -> Config:
     bad = [loc for loc in config.location.counted if loc not in LOCATIONS]
     if bad:
         raise ConfigError(f"{source}: location.counted may hold {', '.join(LOCATIONS)}; got {', '.join(bad)}")
-    if not 1 <= config.debris.min_positive_channels <= 8:
-        raise ConfigError(f"{source}: debris.min_positive_channels must be 1-8, got {config.debris.min_positive_channels}")
+    if not 2 <= config.debris.min_positive_channels <= 4:
+        raise ConfigError(f"{source}: debris.min_positive_channels must be 2-4 (of tumour, B-cell, T-cell, network), "
+                          f"got {config.debris.min_positive_channels}")
     if config.compute.scheduler not in ("threads", "sync", "processes", "distributed"):
         raise ConfigError(f"{source}: compute.scheduler must be threads, sync, processes or distributed, got {config.compute.scheduler!r}")
     if config.compute.chunk_px < 0 or config.compute.workers < 0:

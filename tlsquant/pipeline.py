@@ -23,10 +23,24 @@ from .segment.aggregates import debris_zone, detect_aggregates
 from .segment.evidence import EvidencePlan, compute_evidence
 from .segment.regions import tissue_mask, tumour_mask
 from .slide import Slide
-from .thresholds import estimate_threshold, sample_pixels, sample_windows
+from .background import SignalModel, build_signal_model
+from .thresholds import sample_windows
 
 HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
 ROLE_ORDER = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
+CROSSTALK_ROLES = ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")  # channels whose crosstalk is removed
+
+
+def artefact_threshold(signal: SignalModel, channel: str, *, ratio: float) -> np.ndarray:
+    """Where the AF channel marks an artefact: above its local AF by ``ratio`` of that AF (and by its margin).
+
+    The unmixed AF channel is bright over all tissue; only AF well above the local level
+    (red blood cells, debris) is an artefact.
+    """
+    model = signal.channels[channel]
+    background = signal.background(channel)
+    local_af = np.clip(background - np.float32(model.glass_level), 0, None)
+    return background + np.float32(model.offset) + np.maximum(np.float32(model.margin), np.float32(ratio) * local_af)
 
 
 @dataclass
@@ -51,6 +65,8 @@ class SlideResult:
     config: Config
     warnings: list[str] = field(default_factory=list)
     cells: pd.DataFrame | None = None  # one row per cell, when ``outputs.cells_table`` is set
+    debris_mask: np.ndarray | None = None  # fine grid: artefacts excluded (debris, red blood cells, edge rims)
+    signal_histograms: dict[str, dict] = field(default_factory=dict)  # level-0 sample per channel, for QC
 
 
 def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], list[str]]:
@@ -162,8 +178,9 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         warnings.append(f"cells not measured: pixel size {pixel_um:g} µm is coarser than cells.max_pixel_size_um "
                         f"({config.cells.max_pixel_size_um:g} µm), too coarse to separate nuclei")
 
-    # 1. global thresholds, one per channel, from a deterministic sample of level-0 windows;
-    #    read through tile-sized chunks so each window decodes only its own tiles
+    # 1. the signal model: each channel's background on the coarse grid (glass, autofluorescence,
+    #    illumination) and how far above it stain begins, from a low-resolution level and a
+    #    deterministic sample of level-0 windows read through tile-sized chunks
     role_of = {}
     for role in role_names:
         role_of.setdefault(roles[role], role)
@@ -173,20 +190,37 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     # windows grown to whole tiles are fewer, so the sample keeps the configured size
     windows = max(1, config.thresholds.sample_windows * config.thresholds.window_px**2 // window_px**2)
     boxes = sample_windows(slide.shape[1:], windows=windows, window_px=window_px, align=tile)
-    sparse = slide.with_chunks(window_px)
-    samples = sample_pixels([sparse.channel(name) for name in channels], boxes, scheduler=scheduler)
-    channel_thresholds = {}
-    for name, values in zip(channels, samples):
-        rule = config.thresholds.marker_rule(name, role_of.get(name))
-        channel_thresholds[name] = {"method": rule.method, "value": estimate_threshold(values, rule)}
+    fine_factor, coarse_factor = _grid_factors(slide, config)
+    rules = {name: config.thresholds.marker_rule(name, role_of.get(name)) for name in channels}
+    signal = build_signal_model(
+        slide, channels, rules, factor=coarse_factor, autofluorescence=roles.get("autofluorescence"),
+        nuclei=roles["nuclei"], crosstalk_targets=tuple(roles[r] for r in CROSSTALK_ROLES if r in roles),
+        sample_boxes=boxes, window_px=window_px, tile=tile, opening_um=config.signal.opening_um,
+        max_crosstalk=config.signal.max_crosstalk, min_crosstalk=config.signal.min_crosstalk,
+        scheduler=scheduler, num_workers=num_workers,
+    )
+    channel_thresholds = {name: signal.summary(name) for name in channels}
     thresholds = {role: {"channel": roles[role], **channel_thresholds[roles[role]]} for role in role_names}
     t_thresholds = time.perf_counter()
 
     # 2. the one full-resolution pass: positive pixels into coarse evidence maps
-    fine_factor, coarse_factor = _grid_factors(slide, config)
-    plan = EvidencePlan(role_names, tuple(thresholds[r]["value"] for r in role_names), fine_factor,
-                        coarse_factor, config.debris.min_positive_channels)
-    evidence = compute_evidence(arrays, plan, scheduler=scheduler, num_workers=num_workers)
+    threshold_maps = {role: signal.threshold(roles[role]) for role in role_names}
+    if "autofluorescence" in roles:
+        threshold_maps["autofluorescence"] = artefact_threshold(signal, roles["autofluorescence"],
+                                                                ratio=config.debris.autofluorescence_ratio)
+    crosstalk, backgrounds = [], {}
+    for role in role_names:
+        sources = tuple((role_of[source], kappa) for source, kappa in signal.crosstalk.get(roles[role], ())
+                        if source in role_of)
+        if sources:
+            crosstalk.append((role, sources))
+            for source, _ in sources:
+                backgrounds[source] = signal.background(roles[source]) + np.float32(signal.channels[roles[source]].offset)
+    plan = EvidencePlan(role_names, fine_factor, coarse_factor, coarse_factor, config.debris.min_positive_channels,
+                        tuple(crosstalk))
+    evidence = compute_evidence(arrays, plan, thresholds=threshold_maps, backgrounds=backgrounds,
+                                scheduler=scheduler, num_workers=num_workers)
+    del threshold_maps, backgrounds
     t_evidence = time.perf_counter()
 
     px, py = slide.pixel_size_x_um, slide.pixel_size_y_um
@@ -216,7 +250,12 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         warnings.append(f"no tumour found in channel {roles['tumour']!r}: density and area % are undefined")
 
     # 4. TLS: dense B-cell aggregates, debris excluded
-    debris = debris_zone(evidence.fine["debris"], cell_um=fine_um, dilate_um=config.debris.dilate_um)
+    debris = debris_zone(fine_fraction("debris"), cell_um=fine_um, dilate_um=config.debris.dilate_um,
+                         min_fraction=config.debris.min_fraction)
+    fine_tissue = np.repeat(np.repeat(tissue, coarse_factor // fine_factor, 0), coarse_factor // fine_factor, 1)
+    fine_tissue = fine_tissue[: debris.shape[0], : debris.shape[1]]
+    artefact_area_mm2 = float(evidence.pixels("fine")[debris & fine_tissue].sum(dtype=np.float64) * px * py / 1e6)
+    del fine_tissue
     b_fraction = fine_fraction("b_cells")
     b_fraction[debris] = 0.0
     has_t_cells = "t_cells" in roles
@@ -230,6 +269,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         max_debris_fraction=config.tls.max_debris_fraction, t_fraction=t_fraction,
         t_zone_width_um=config.tls.t_zone_width_um,
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
+        nuclei_fraction=fine_fraction("nuclei"), min_nuclear_fraction=config.tls.min_nuclear_fraction,
     )
     del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
     t_tls = time.perf_counter()
@@ -246,7 +286,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             sigma_um=config.cells.sigma_um, min_distance_um=config.cells.min_distance_um,
             min_area_um2=config.cells.min_area_um2, max_area_um2=config.cells.max_area_um2,
             ring_um=config.cells.ring_um, fine_factor=fine_factor, coarse_factor=coarse_factor,
-            n_tls=int(labels.max()), keep_table=config.outputs.cells_table,
+            n_tls=int(labels.max()), keep_table=config.outputs.cells_table, grid_factor=coarse_factor,
         )
         # block cores are the slide's chunks; halos are read through tile-sized chunks
         tiled = bool(slide.tile_shape) and slide.tile_shape[1] < slide.shape[2]
@@ -255,6 +295,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         cells = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], plan,
                               tissue=tissue, tumour=tumour, debris=debris, tls_labels=labels,
                               halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
+                              threshold_maps=np.stack([signal.threshold(n) for n in names]),
                               num_workers=num_workers)
     t_cells = time.perf_counter()
 
@@ -324,8 +365,12 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         "pixel_size_um": px,
         "pixel_size_y_um": py,
         **metrics,
+        "excluded_artefact_area_mm2": round(artefact_area_mm2, 6),
         "thresholds": thresholds,
-        "segmentation": {"fine_grid_um": fine_um, "coarse_grid_um": coarse_um, **tissue_info, **tumour_info,
+        "segmentation": {"fine_grid_um": fine_um, "coarse_grid_um": coarse_um,
+                         "background": {"source": signal.source, "glass_found": signal.has_glass,
+                                        "grid_um": coarse_um},
+                         **tissue_info, **tumour_info,
                          **tls_info, "channel_roles": roles, "cells": cell_info},
         "config": config.to_dict(),
         "warnings": warnings,
@@ -338,7 +383,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     return SlideResult(
         slide_id=slide.name, summary=summary, tls=tls, tls_labels=labels, tissue_mask=tissue,
         tumour_mask=tumour, fine_factor=fine_factor, coarse_factor=coarse_factor, pixel_size_um=(px, py),
-        config=config, warnings=warnings, cells=cells.table if cells is not None else None,
+        config=config, warnings=warnings, cells=cells.table if cells is not None else None, debris_mask=debris,
+        signal_histograms={role: signal.histograms[roles[role]] for role in role_names},
     )
 
 

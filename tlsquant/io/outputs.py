@@ -16,6 +16,7 @@ SUMMARY = "summary.json"
 TLS_TABLE = "tls.csv"
 GEOJSON = "tls.geojson"
 QC_PICTURE = "qc.png"
+THRESHOLD_PICTURE = "thresholds.png"
 MASKS = "masks.ome.zarr"
 CELLS_TABLE = "cells.csv.gz"
 
@@ -164,6 +165,10 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
         from .qc import write_qc_picture
 
         written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, max_px=config.outputs.qc_max_px)
+    if config.outputs.qc_png and result.signal_histograms:
+        from .qc import write_threshold_picture
+
+        written["thresholds"] = write_threshold_picture(result, outdir / THRESHOLD_PICTURE)
     if config.outputs.masks_zarr:
         written["masks"] = write_masks(result, outdir / MASKS)
     if result.cells is not None:

@@ -11,6 +11,7 @@ from .atomic import atomic_path
 from .outputs import STAGE_COLOURS, outline_polygons
 
 # composite colours per channel role: B cells red, T cells green, nuclei blue, tumour grey
+ARTEFACT_COLOUR = (255, 0, 255)  # debris, red blood cells, edge rims: excluded from TLS and cells
 ROLE_COLOURS = {"b_cells": (1.0, 0.2, 0.2), "t_cells": (0.1, 0.85, 0.2), "nuclei": (0.15, 0.25, 0.8),
                 "tumour": (0.35, 0.35, 0.35)}
 
@@ -73,6 +74,9 @@ def write_qc_picture(result, slide, path: Path, *, max_px: int = 2000) -> Path:
             axes.plot(xy[:, 0], xy[:, 1], color=np.asarray(colour) / 255, linewidth=width_px)
 
     draw(result.tumour_mask, result.coarse_factor, (255, 220, 0), 1.6)
+    has_artefacts = result.debris_mask is not None and result.debris_mask.any()
+    if has_artefacts:
+        draw(result.debris_mask, result.fine_factor, ARTEFACT_COLOUR, 0.8)
     stages_seen = []
     for row in result.tls.itertuples(index=False):
         draw(result.tls_labels == row.tls_id, result.fine_factor, STAGE_COLOURS[row.stage], 1.4)
@@ -87,6 +91,9 @@ def write_qc_picture(result, slide, path: Path, *, max_px: int = 2000) -> Path:
     axes.text(width * 0.03 + bar_px / 2, height * 0.94, f"{bar_um:g} µm", color="white", ha="center",
               va="bottom", fontsize=8)
     handles = [Line2D([], [], color=np.asarray((255, 220, 0)) / 255, label="tumour bed")]
+    if has_artefacts:
+        area = result.summary.get("excluded_artefact_area_mm2", 0.0)
+        handles.append(Line2D([], [], color=np.asarray(ARTEFACT_COLOUR) / 255, label=f"excluded artefacts ({area:.3f} mm²)"))
     handles += [Line2D([], [], color=np.asarray(STAGE_COLOURS[s]) / 255, label=f"TLS {s}")
                 for s in stages_seen]
     handles += [Line2D([], [], color=c, marker="s", linestyle="", label=f"{roles[r]}")
@@ -102,5 +109,54 @@ def write_qc_picture(result, slide, path: Path, *, max_px: int = 2000) -> Path:
                 color="white", bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none"})
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi, facecolor="black")
+    plt.close(figure)
+    return path
+
+
+def write_threshold_picture(result, path: Path) -> Path:
+    """thresholds.png: per channel, the level-0 sample on tissue and on glass with glass level, background and threshold.
+
+    One small panel per channel role: a user can see whether the threshold sits above
+    the tissue's background hump and below its positive tail.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    histograms = result.signal_histograms
+    thresholds = result.summary["thresholds"]
+    roles = [role for role in histograms if role in thresholds]
+    columns = min(4, max(1, len(roles)))
+    rows = max(1, math.ceil(len(roles) / columns))
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for axes in axes_grid.ravel()[len(roles):]:
+        axes.set_axis_off()
+    for axes, role in zip(axes_grid.ravel(), roles):
+        hist, info = histograms[role], thresholds[role]
+        edges = np.asarray(hist["edges"])
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for key, colour in (("glass", "0.55"), ("tissue", "tab:green")):  # sampled pixels
+            counts = np.asarray(hist[key], float)
+            if counts.sum():
+                axes.fill_between(centres, counts / counts.sum(), step="mid", alpha=0.45, color=colour, label=f"{key} pixels")
+        axes.set_yscale("log")
+        lines = [("glass_level", "0.3", "glass level"), ("background_median", "tab:blue", "background"),
+                 ("threshold_median", "tab:red", "threshold")]
+        for key, colour, label in lines:
+            if info.get(key) is not None:
+                axes.axvline(info[key], color=colour, linewidth=1.2, label=label)
+        if info.get("threshold_p05") is not None:
+            axes.axvspan(info["threshold_p05"], info["threshold_p95"], color="tab:red", alpha=0.12)
+        axes.set_title(f"{role}: {info['channel']} ({info['method']})", fontsize=8)
+        axes.tick_params(labelsize=6)
+        axes.set_xlabel("intensity (level-0 sample)", fontsize=6)
+    handles, labels = axes_grid.ravel()[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    figure.suptitle(f"{result.slide_id}: background and thresholds (red band: 5-95 % of the local thresholds on tissue)",
+                    fontsize=8)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
     return path

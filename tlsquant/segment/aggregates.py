@@ -8,9 +8,13 @@ from scipy import ndimage as ndi
 from .regions import cells, disk, smooth
 
 
-def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float) -> np.ndarray:
-    """Cells touched by autofluorescent debris, grown by ``dilate_um`` to cover its dim rim."""
-    zone = debris_fraction > 0
+def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float, min_fraction: float = 0.0) -> np.ndarray:
+    """Grid cells where artefact pixels (debris, red blood cells) exceed ``min_fraction``, grown by ``dilate_um``.
+
+    The floor keeps stray pixels (two touching cells of different lineages) out; the
+    dilation covers an artefact's dim rim.
+    """
+    zone = debris_fraction > min_fraction if min_fraction > 0 else debris_fraction > 0
     if dilate_um > 0 and zone.any():
         zone = ndi.binary_dilation(zone, structure=disk(dilate_um, cell_um))
     return zone
@@ -47,7 +51,8 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
 def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float, min_b_fraction: float,
                       min_b_plateau: float, level_fraction: float, min_area_um2: float, debris: np.ndarray | None = None,
                       max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
-                      t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0) -> tuple[np.ndarray, dict]:
+                      t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0,
+                      nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
@@ -55,8 +60,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     stay low), cells above ``min_b_fraction`` seed aggregates, which grow by hysteresis
     down to ``level_fraction`` of the typical aggregate density: the outline then sits
     where B cells give way to the T-cell zone or stroma. Holes are filled; aggregates
-    smaller than ``min_area_um2``, made mostly of debris, or (when ``min_t_fraction`` > 0)
-    without a T-cell zone around them are dropped.
+    smaller than ``min_area_um2``, made mostly of debris, with fewer nuclei than
+    ``min_nuclear_fraction`` (a share of pixels: lymphoid aggregates are packed with
+    nuclei, red-blood-cell strings and stain precipitate have none) or (when
+    ``min_t_fraction`` > 0) without a T-cell zone around them are dropped.
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
@@ -69,7 +76,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     del mask
     info = {"b_density_seed": float(min_b_fraction),
             "b_density_level_median": float(np.median(levels)) if levels else 0.0,
-            "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_t_zone": 0}
+            "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_nuclei": 0,
+            "rejected_no_t_zone": 0}
     if count == 0:
         return labels.astype(np.int32), info
     kept = []
@@ -84,6 +92,9 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             continue
         if debris is not None and debris[box][region].mean() > max_debris_fraction:
             info["rejected_debris"] += 1
+            continue
+        if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
+            info["rejected_no_nuclei"] += 1
             continue
         if min_t_fraction > 0 and t_fraction is not None:
             rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region

@@ -14,23 +14,32 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
+from ..background import expand
 from ..blocks import block_grid, compute_blocks
 
 # maps counted on the fine (TLS) grid and on the coarse (tissue / tumour) grid
-FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "debris")
+FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "nuclei", "debris")
 COARSE_MAPS = ("nuclei", "tumour", "debris")
-VOTING_ROLES = ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")
+# lineages no real pixel belongs to twice: positive in several at once is an artefact
+# (red blood cells, debris); CD21 and CD23 share the FDC network and vote once
+VOTING_GROUPS = (("tumour",), ("b_cells",), ("t_cells",), ("fdc", "germinal_centre"))
 
 
 @dataclass(frozen=True)
 class EvidencePlan:
-    """What the block pass reads and how it counts; small and picklable."""
+    """What the block pass reads and how it counts; small and picklable.
+
+    Thresholds are maps on the threshold grid (``grid_factor`` level-0 px per cell); each
+    block receives the pieces covering it. ``crosstalk`` lists, per target role, the
+    source roles whose background-subtracted signal is removed first, with their share.
+    """
 
     roles: tuple[str, ...]  # channel roles read, in the order blocks are passed
-    thresholds: tuple[float, ...]
     fine_factor: int  # level-0 px per fine cell side
     coarse_factor: int  # level-0 px per coarse cell side (a multiple of fine_factor)
-    min_votes: int  # debris: positive in at least this many marker channels
+    grid_factor: int  # level-0 px per threshold-map cell
+    min_votes: int  # artefact: positive in at least this many lineage groups
+    crosstalk: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
     @property
     def uses_autofluorescence(self) -> bool:
@@ -98,32 +107,69 @@ def _bin(mask: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
     return cells
 
 
-def count_block(plan: EvidencePlan, y0: int, x0: int, *blocks: np.ndarray):
-    """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts)."""
-    positive = {role: block > t for role, block, t in zip(plan.roles, blocks, plan.thresholds)}
+def _above(values: np.ndarray, threshold: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
+    """values > threshold, where ``threshold`` holds one value per grid cell covering the block."""
+    height, width = values.shape
+    if values.dtype.kind in "ui" and threshold.dtype.kind == "f":
+        # x > t is x > floor(t) for integers: compare in the block's own dtype
+        info = np.iinfo(values.dtype)
+        threshold = np.clip(np.floor(threshold), info.min, info.max).astype(values.dtype)
+    if y0 % factor == 0 and x0 % factor == 0 and height % factor == 0 and width % factor == 0:
+        shaped = values.reshape(height // factor, factor, width // factor, factor)
+        return (shaped > threshold[:, None, :, None]).reshape(height, width)
+    return values > expand(threshold, factor, y0 % factor, x0 % factor, values.shape)
+
+
+def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, *blocks: np.ndarray):
+    """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts).
+
+    ``thresholds`` / ``backgrounds`` map roles to the threshold-grid pieces covering the
+    block (backgrounds only for crosstalk sources).
+    """
+    factor = plan.grid_factor
+    data = dict(zip(plan.roles, blocks))
+    corrected = {}
+    for target, sources in plan.crosstalk:
+        value = data[target].astype(np.float32)
+        for source, kappa in sources:
+            background = expand(backgrounds[source], factor, y0 % factor, x0 % factor, value.shape)
+            value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
+        corrected[target] = value
+    positive = {}
+    for role in plan.roles:
+        threshold = thresholds[role]
+        positive[role] = _above(corrected.get(role, data[role]), threshold, y0, x0, factor)
+    votes = None
+    groups = 0
+    for group in VOTING_GROUPS:
+        members = [positive[r] for r in group if r in positive]
+        if not members:
+            continue
+        groups += 1
+        vote = members[0] if len(members) == 1 else np.logical_or.reduce(members)
+        votes = vote.view(np.uint8).copy() if votes is None else votes + vote.view(np.uint8)
+    debris = votes >= min(plan.min_votes, max(groups, 2)) if votes is not None else np.zeros(blocks[0].shape, bool)
     if plan.uses_autofluorescence:
-        debris = positive["autofluorescence"]
-    else:
-        voters = [positive[r] for r in VOTING_ROLES if r in positive]
-        votes = voters[0].view(np.uint8).copy()
-        for voter in voters[1:]:
-            votes += voter.view(np.uint8)
-        debris = votes >= min(plan.min_votes, len(voters))
+        debris |= positive["autofluorescence"]
     clean = ~debris
     masks = {name: positive[name] & clean for name in set(FINE_MAPS + COARSE_MAPS) - {"debris"} if name in positive}
     masks["debris"] = debris
     out = []
-    for names, factor in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
+    for names, cell in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
         stack = []
         for name in names:
             if name in masks:
-                stack.append(_bin(masks[name], y0, x0, factor))
+                stack.append(_bin(masks[name], y0, x0, cell))
             else:
-                shape = (-(-(y0 % factor + blocks[0].shape[0]) // factor), -(-(x0 % factor + blocks[0].shape[1]) // factor))
-                stack.append(np.zeros(shape, count_dtype(factor)))
-        # partial sums never exceed factor², so the small dtype holds them and their total
-        out.append(((y0 // factor, x0 // factor), np.stack(stack)))
+                shape = (-(-(y0 % cell + blocks[0].shape[0]) // cell), -(-(x0 % cell + blocks[0].shape[1]) // cell))
+                stack.append(np.zeros(shape, count_dtype(cell)))
+        # partial sums never exceed cell², so the small dtype holds them and their total
+        out.append(((y0 // cell, x0 // cell), np.stack(stack)))
     return out[0][0], out[0][1], out[1][0], out[1][1]
+
+
+def _pieces(grid: np.ndarray, factor: int, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    return np.ascontiguousarray(grid[y0 // factor : -(-(y0 + height) // factor), x0 // factor : -(-(x0 + width) // factor)])
 
 
 def count_dtype(factor: int) -> np.dtype:
@@ -138,13 +184,24 @@ def _grid_pixels(size: int, factor: int) -> np.ndarray:
     return counts
 
 
-def compute_evidence(channels, plan: EvidencePlan, *, scheduler=None, num_workers=None) -> EvidenceMaps:
-    """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid."""
+def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.ndarray],
+                     backgrounds: dict[str, np.ndarray] | None = None, scheduler=None, num_workers=None) -> EvidenceMaps:
+    """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
+
+    ``thresholds`` maps each role to its threshold map on the threshold grid (float32);
+    ``backgrounds`` the crosstalk sources' background maps. Each block gets only the
+    pieces covering it, so the task graph stays small.
+    """
     height, width = channels[0].shape
     y_chunks, x_chunks = channels[0].chunks
     grids = [channel.to_delayed() for channel in channels]
-    tasks = [dask.delayed(count_block, pure=True)(plan, y0, x0, *[grid[i, j] for grid in grids])
-             for i, j, y0, x0, _, _ in block_grid(y_chunks, x_chunks)]
+    backgrounds = backgrounds or {}
+    f = plan.grid_factor
+    tasks = []
+    for i, j, y0, x0, h, w in block_grid(y_chunks, x_chunks):
+        pieces = {role: _pieces(thresholds[role], f, y0, x0, h, w) for role in plan.roles}
+        bg = {role: _pieces(grid, f, y0, x0, h, w) for role, grid in backgrounds.items()}
+        tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, pieces, bg, *[grid[i, j] for grid in grids]))
     results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
 
     def assemble(factor, names, index):

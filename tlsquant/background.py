@@ -1,0 +1,471 @@
+"""The signal model: each channel's background everywhere on the slide, and how far above it stain begins.
+
+Real multiplex IF adds to the specific stain a glass level and camera offset, tissue
+autofluorescence (AF) that varies smoothly and by compartment (brighter stroma, a bright
+rim at the tissue edge, folds), illumination fall-off, and a few per cent of each spectral
+neighbour (crosstalk). One global threshold per channel, taken from glass and tissue
+pixels together, lands inside the AF range. The model here, estimated once per slide on
+the coarse grid (about 8 µm), is::
+
+    background_c(x) = glass_c + af_scale_c * template(x)
+    positive_c(x)   = value_c(x) - sum_d kappa_cd * (value_d(x) - background_d(x))
+                      > background_c(x) + offset_c + margin_c
+
+``template`` is the tissue AF pattern shared by all channels: the unmixed AF channel when
+the slide has one; otherwise a low order statistic across the marker channels, each
+normalised by its own tissue level (specific stain lifts one or two channels at a place,
+AF lifts all of them). Narrow bright things (red-blood-cell strings, debris, the edge
+rim) are opened out of it, so they stay above background and can be flagged. ``offset``
+and ``margin`` come from level-0 windows: the mode of the residual on tissue, and
+``max(k * noise, fraction * typical positive signal)``, so the decision scales with each
+channel's own gain. ``kappa_cd`` (crosstalk from channel d into c) is measured at full
+resolution in windows around d's brightest structures.
+
+Everything here is computed from a low-resolution pyramid level (or level-0 block means
+when the file has none) and a few level-0 windows, so it is the same for any chunking or
+worker count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import filters, transform
+
+from .blocks import block_grid, compute_blocks
+from .config import ThresholdRule
+from .thresholds import estimate_threshold
+
+GLOBAL_METHODS = ("otsu", "triangle", "li", "percentile", "fixed", "mad")
+
+
+@dataclass(frozen=True)
+class ChannelModel:
+    """How one channel's positive pixels are decided (intensity units of the slide)."""
+
+    name: str
+    method: str  # "background" or one of GLOBAL_METHODS (one threshold for the whole slide)
+    glass_level: float
+    af_scale: float
+    offset: float  # mode of the level-0 residual on tissue (corrects the coarse model's bias)
+    noise: float  # robust SD of the residual below its mode, on tissue
+    positive_scale: float  # median residual of clearly positive tissue pixels (0: too few seen)
+    margin: float
+    global_threshold: float | None = None  # set for GLOBAL_METHODS
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class SignalModel:
+    """Per-channel background and thresholds on the coarse grid (``factor`` level-0 px per cell)."""
+
+    factor: int
+    template: np.ndarray  # float32, tissue AF pattern (0 on glass)
+    tissue_hint: np.ndarray  # bool, tissue as seen at low resolution
+    channels: dict[str, ChannelModel]
+    crosstalk: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)  # target -> ((source, kappa),)
+    source: str = ""
+    has_glass: bool = True
+    histograms: dict[str, dict] = field(default_factory=dict)  # QC: level-0 sample on tissue / glass
+
+    def background(self, name: str) -> np.ndarray:
+        model = self.channels[name]
+        return (model.glass_level + model.af_scale * self.template).astype(np.float32)
+
+    def threshold(self, name: str) -> np.ndarray:
+        """The positive threshold of channel ``name`` on the coarse grid (float32)."""
+        model = self.channels[name]
+        if model.global_threshold is not None:
+            return np.full(self.template.shape, model.global_threshold, np.float32)
+        return self.background(name) + np.float32(model.offset + model.margin)
+
+    def summary(self, name: str) -> dict:
+        """JSON-ready description of channel ``name``'s model and the thresholds it gives on tissue."""
+        model = self.channels[name]
+        out = model.to_dict()
+        if self.tissue_hint.any():
+            on_tissue = self.threshold(name)[self.tissue_hint]
+            background = self.background(name)[self.tissue_hint]
+            out["background_median"] = round(float(np.median(background)), 6)
+            out["threshold_median"] = round(float(np.median(on_tissue)), 6)
+            out["threshold_p05"], out["threshold_p95"] = (round(float(v), 6) for v in np.percentile(on_tissue, [5, 95]))
+        out["value"] = out.get("threshold_median", float(self.threshold(name).flat[0]))
+        out["crosstalk_from"] = {source: round(k, 4) for source, k in self.crosstalk.get(name, ())}
+        return out
+
+
+# -- low-resolution overview -------------------------------------------------------------------
+
+
+def _cell_sums(factor: int, y0: int, x0: int, block: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
+    """Sum a level-0 block into grid cells anchored at the slide origin (partial cells at its edges)."""
+    height, width = block.shape
+    top, left = y0 % factor, x0 % factor
+    rows, cols = -(-(top + height) // factor), -(-(left + width) // factor)
+    dtype = np.float64 if block.dtype.kind == "f" else np.int64
+    padded = np.zeros((rows * factor, cols * factor), dtype)
+    padded[top : top + height, left : left + width] = block
+    return (y0 // factor, x0 // factor), padded.reshape(rows, factor, cols, factor).sum(axis=(1, 3))
+
+
+def block_means(channel, factor: int, *, scheduler=None, num_workers=None) -> np.ndarray:
+    """Mean of each ``factor`` x ``factor`` cell of a lazy level-0 (Y, X) array, float32 (exact sums for integers)."""
+    height, width = channel.shape
+    grid = channel.to_delayed()
+    tasks = [dask.delayed(_cell_sums, pure=True)(factor, y0, x0, grid[i, j])
+             for i, j, y0, x0, _, _ in block_grid(*channel.chunks)]
+    results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
+    rows, cols = -(-height // factor), -(-width // factor)
+    total = np.zeros((rows, cols), np.float64)
+    for (cy, cx), sums in results:
+        total[cy : cy + sums.shape[0], cx : cx + sums.shape[1]] += sums
+    pixels = np.outer(_cell_pixels(height, factor), _cell_pixels(width, factor))
+    return (total / pixels).astype(np.float32)
+
+
+def _cell_pixels(size: int, factor: int) -> np.ndarray:
+    cells = -(-size // factor)
+    counts = np.full(cells, factor, np.float64)
+    counts[-1] = size - factor * (cells - 1)
+    return counts
+
+
+def overview(slide, names: list[str], factor: int, *, scheduler=None, num_workers=None) -> tuple[dict[str, np.ndarray], str]:
+    """Each channel as a float32 image on the coarse grid (``factor`` level-0 px per cell).
+
+    Taken from the coarsest pyramid level no coarser than the grid, resampled onto it; a
+    slide without such a level is averaged from level 0 (one extra read of those channels).
+    """
+    height, width = slide.shape[1:]
+    shape = (-(-height // factor), -(-width // factor))
+    cell_um = factor * max(slide.pixel_size_x_um, slide.pixel_size_y_um)
+    level = slide.level_for_pixel_size(cell_um)
+    if factor == 1:
+        level = 0
+    if level == 0 and factor > 1:
+        images = {name: block_means(slide.channel(name), factor, scheduler=scheduler, num_workers=num_workers)
+                  for name in names}
+        return images, f"level 0 averaged over {factor} x {factor} px (no pyramid level at <= {cell_um:.3g} µm)"
+    planes = dask.compute(*[slide.channel(name, level) for name in names], scheduler=scheduler or "threads")
+    images = {}
+    for name, plane in zip(names, planes):
+        plane = np.asarray(plane, np.float32)
+        if plane.shape != shape:
+            scale = max(plane.shape[0] / shape[0], plane.shape[1] / shape[1])
+            plane = transform.resize(plane, shape, order=1, preserve_range=True, anti_aliasing=scale > 1.5,
+                                     mode="edge").astype(np.float32)
+        images[name] = plane
+    ds = slide.levels[level].downsample_x
+    return images, f"pyramid level {level} ({ds:g}x downsampled), resampled to the {cell_um:.3g} µm grid"
+
+
+# -- tissue, glass and the AF template -----------------------------------------------------------
+
+
+def tissue_and_glass(images: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float], bool]:
+    """Tissue as seen at low resolution, each channel's glass level, and whether glass was found.
+
+    Tissue lifts every channel over glass (autofluorescence at least), while stain lifts
+    one or two: a low order statistic across the channels, each scaled from its darkest
+    to its typical level, follows tissue and ignores stain. Otsu splits it; glass counts
+    as found only when it is a distinct, compact class.
+    """
+    scaled = []
+    for plane in images.values():
+        lo, mid = np.percentile(plane, [1, 50])
+        scaled.append((plane - lo) / max(mid - lo, 1e-12))
+    stack = np.sort(np.stack(scaled), axis=0)
+    score = stack[1] if len(scaled) >= 4 else stack[0]
+    score = ndi.uniform_filter(score, 3, mode="nearest")
+    glass_found = False
+    tissue = np.ones(score.shape, bool)
+    if np.ptp(score) > 0:
+        # clipped: a few very bright cells (debris) would pull Otsu into the tail
+        cut = filters.threshold_otsu(np.clip(score, *np.percentile(score, [0.5, 99])), nbins=512)
+        glass = score <= cut
+        share = glass.mean()
+        if 0.01 <= share <= 0.97:
+            g = score[glass]
+            spread = 1.4826 * np.median(np.abs(g - np.median(g))) + 1e-6
+            if np.median(score[~glass]) - np.median(g) > 6 * spread:
+                glass_found = True
+                tissue = ~glass
+    levels = {}
+    for name, plane in images.items():
+        levels[name] = float(np.median(plane[~tissue])) if glass_found else 0.0
+    return tissue, levels, glass_found
+
+
+def af_template(images: dict[str, np.ndarray], glass: dict[str, float], tissue: np.ndarray, *,
+                autofluorescence: str | None, exclude: tuple[str, ...], opening_cells: int) -> np.ndarray:
+    """The tissue AF pattern shared by all channels (float32, about 1 on typical tissue, 0 on glass)."""
+    if autofluorescence is not None:
+        excess = images[autofluorescence] - glass[autofluorescence]
+        level = float(np.median(excess[tissue])) if tissue.any() else 1.0
+        template = excess / max(level, 1e-12)
+    else:
+        normalised = []
+        for name, plane in images.items():
+            if name in exclude:
+                continue
+            excess = plane - glass[name]
+            level = float(np.median(excess[tissue])) if tissue.any() else float(np.median(excess))
+            if level > 0:
+                normalised.append(excess / level)
+        if not normalised:
+            return np.zeros(tissue.shape, np.float32)
+        stack = np.sort(np.stack(normalised), axis=0)
+        template = stack[1] if len(normalised) >= 5 else stack[0]
+    if opening_cells > 1:
+        # narrow bright things (RBC strings, debris, the edge rim) are not background
+        template = ndi.grey_opening(template, size=(opening_cells, opening_cells), mode="nearest")
+    return np.clip(template, 0, None).astype(np.float32)
+
+
+def af_scale(plane: np.ndarray, glass_level: float, template: np.ndarray, tissue: np.ndarray) -> float:
+    """How strongly channel AF follows the template: a low quantile of (value - glass) / template on tissue.
+
+    Low, because specific stain only ever adds to the ratio.
+    """
+    usable = tissue & (template > 0.25 * (np.median(template[tissue]) if tissue.any() else 0.0))
+    if usable.sum() < 20:
+        return 0.0
+    ratio = (plane[usable] - glass_level) / template[usable]
+    return float(max(0.0, np.percentile(ratio, 20)))
+
+
+# -- level-0 statistics -------------------------------------------------------------------------
+
+
+def expand(grid: np.ndarray, factor: int, y0: int, x0: int, shape: tuple[int, int]) -> np.ndarray:
+    """Grid cells (anchored at the slide origin) covering the level-0 box at (y0, x0) of ``shape``, per pixel."""
+    height, width = shape
+    piece = grid[y0 // factor : -(-(y0 + height) // factor), x0 // factor : -(-(x0 + width) // factor)]
+    full = np.repeat(np.repeat(piece, factor, axis=0), factor, axis=1)
+    return full[y0 % factor : y0 % factor + height, x0 % factor : x0 % factor + width]
+
+
+def mode(values: np.ndarray) -> float:
+    """Where the bulk of (mostly background) values sits: the peak of a smoothed histogram of their lower 60 %.
+
+    Values piled on the minimum (a clipped floor: zeros of float data, a saturated dark
+    offset) are left out unless they are the majority, as in sparse ion-count images.
+    """
+    floor = values.min()
+    at_floor = values == floor
+    if 0.005 < at_floor.mean() < 0.5:
+        values = values[~at_floor]
+    lo, hi = np.percentile(values, [0.5, 60])
+    if hi <= lo:
+        hi = lo + 1.0
+    counts, edges = np.histogram(values, bins=256, range=(lo, hi))
+    # wide smoothing: a spike of clipped pixels (zeros) must not outweigh the background hump
+    counts = ndi.gaussian_filter1d(counts.astype(float), 8, mode="constant")
+    peak = int(np.argmax(counts))
+    return float(0.5 * (edges[peak] + edges[peak + 1]))
+
+
+def window_af_scale(windows: list[np.ndarray], boxes, *, glass_level: float, template: np.ndarray,
+                    tissue: np.ndarray, factor: int) -> float | None:
+    """AF scale from level-0 windows: median over windows of (background mode - glass) / mean template.
+
+    At full resolution the pixels between positive cells are AF alone, so this holds for
+    stains that cover most of the tissue at low resolution (the nuclear stain), where the
+    low-resolution ratio is lifted by stain. None when too few windows lie on tissue.
+    """
+    ratios = []
+    pieces = []
+    for box, values in zip(boxes, windows):  # a small slide is one big window: look at it in parts
+        for y in range(0, values.shape[0], 256):
+            for x in range(0, values.shape[1], 256):
+                part = values[y : y + 256, x : x + 256]
+                if min(part.shape) >= 32:
+                    pieces.append(((slice(box[0].start + y, None), slice(box[1].start + x, None)), part))
+    for box, values in pieces:
+        hint = expand(tissue, factor, box[0].start, box[1].start, values.shape)
+        if hint.mean() < 0.3:
+            continue
+        level = float(expand(template, factor, box[0].start, box[1].start, values.shape)[hint].mean())
+        if level < 0.2:
+            continue
+        ratios.append((mode(values[hint].astype(np.float32)) - glass_level) / level)
+    return float(max(0.0, np.median(ratios))) if len(ratios) >= 4 else None
+
+
+def residual_stats(residual: np.ndarray, *, k: float, fraction: float, integer: bool) -> tuple[float, float, float, float]:
+    """(offset, noise, positive scale, margin) of level-0 residuals on tissue.
+
+    offset: the mode (where background pixels sit); noise: RMS below the mode (positives
+    only ever add above it); positive scale: median excess of pixels more than ``k`` noise
+    above the mode, when enough of them were seen.
+    """
+    values = residual[np.isfinite(residual)]
+    if values.size == 0:
+        return 0.0, 1.0, 0.0, k
+    offset = mode(values)
+    below = values[values < offset] - offset
+    if below.size >= 50:
+        noise = float(np.sqrt(np.mean(below**2)))
+    else:
+        noise = float(1.4826 * np.median(np.abs(values - np.median(values))))
+    noise = max(noise, 0.5 if integer else 1e-9)
+    excess = values - offset
+    positive = excess[excess > k * noise]
+    scale = float(np.median(positive)) if positive.size >= max(100, 1e-4 * values.size) else 0.0
+    margin = max(k * noise, fraction * scale, 1.0 if integer else 0.0)
+    return offset, noise, scale, margin
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
+    return np.histogram(values, bins=edges)[0].astype(int).tolist()
+
+
+def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule], *, factor: int,
+                       autofluorescence: str | None, nuclei: str | None, crosstalk_targets: tuple[str, ...],
+                       sample_boxes, window_px: int, tile: int, opening_um: float, max_crosstalk: float,
+                       min_crosstalk: float, scheduler=None, num_workers=None) -> SignalModel:
+    """Estimate the signal model of ``names`` (slide channel names) on the coarse grid.
+
+    ``rules`` gives each channel's threshold rule; ``crosstalk_targets`` are the channels
+    checked for crosstalk from the others; ``sample_boxes`` the level-0 windows of the
+    threshold sample.
+    """
+    images, source = overview(slide, names, factor, scheduler=scheduler, num_workers=num_workers)
+    tissue, glass, has_glass = tissue_and_glass(images)
+    cell_um = factor * math.sqrt(slide.pixel_size_x_um * slide.pixel_size_y_um)
+    opening = max(1, int(round(opening_um / cell_um))) | 1
+    template = af_template(images, glass, tissue, autofluorescence=autofluorescence,
+                           exclude=tuple(n for n in (nuclei,) if n), opening_cells=opening)
+    scales = {name: af_scale(images[name], glass[name], template, tissue) for name in names}
+    integer = slide.dtype.kind in "ui"
+
+    # level-0 windows: the regular lattice for noise and positive scale
+    sparse = slide.with_chunks(window_px)
+    lattice = dask.compute(*[[sparse.channel(name)[box] for box in sample_boxes] for name in names],
+                           scheduler=scheduler or "threads")
+    windows = dict(zip(names, lattice))
+    channels: dict[str, ChannelModel] = {}
+    residuals: dict[str, list[np.ndarray]] = {}
+    histograms = {}
+    for name in names:
+        rule = rules[name]
+        refined = window_af_scale(windows[name], sample_boxes, glass_level=glass[name], template=template,
+                                  tissue=tissue, factor=factor)
+        if refined is not None:
+            scales[name] = refined
+        background = glass[name] + scales[name] * template
+        pieces, on_tissue, on_glass = [], [], []
+        for box, values in zip(sample_boxes, windows[name]):
+            shape = values.shape
+            bg = expand(background, factor, box[0].start, box[1].start, shape)
+            hint = expand(tissue, factor, box[0].start, box[1].start, shape)
+            r = values.astype(np.float32) - bg
+            pieces.append(r)
+            on_tissue.append(r[hint])
+            on_glass.append(values[~hint].astype(np.float32))
+        residuals[name] = pieces
+        tissue_residual = np.concatenate(on_tissue) if on_tissue else np.empty(0, np.float32)
+        if tissue_residual.size < 1000:
+            tissue_residual = np.concatenate([p.ravel() for p in pieces])
+        if rule.method == "background":
+            offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
+                                                          integer=integer)
+            channels[name] = ChannelModel(name, "background", glass[name], scales[name], offset, noise, scale, margin)
+        else:
+            everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)
+            value = estimate_threshold(everything, rule)
+            channels[name] = ChannelModel(name, rule.method, glass[name], scales[name], 0.0, 0.0, 0.0, 0.0, value)
+        raw_tissue = tissue_residual + float(np.median(background[tissue])) if tissue.any() else tissue_residual
+        glass_values = np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
+        top = float(np.percentile(raw_tissue, 99.9)) if raw_tissue.size else 1.0
+        low = float(min(np.percentile(glass_values, 0.5) if glass_values.size else top, np.percentile(raw_tissue, 0.5)))
+        edges = np.linspace(low, max(top, low + 1e-6), 97)
+        histograms[name] = {"edges": edges.tolist(), "tissue": _histogram(raw_tissue, edges),
+                            "glass": _histogram(glass_values, edges)}
+    model = SignalModel(factor, template, tissue, channels, source=source, has_glass=has_glass, histograms=histograms)
+    if max_crosstalk > 0:
+        model.crosstalk = estimate_crosstalk(slide, model, images, names, targets=crosstalk_targets,
+                                             window_px=window_px, tile=tile, max_crosstalk=max_crosstalk,
+                                             min_crosstalk=min_crosstalk, scheduler=scheduler)
+    return model
+
+
+# -- crosstalk ---------------------------------------------------------------------------------
+
+
+def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, window_px: int, shape: tuple[int, int],
+                       tile: int, count: int, floor: float) -> list[tuple[slice, slice]]:
+    """Up to ``count`` level-0 windows centred on the brightest coarse cells of ``excess``, apart from each other."""
+    score = np.where(tissue, excess, -np.inf)
+    order = np.argsort(score, axis=None)[::-1]
+    height, width = shape
+    picked: list[tuple[int, int]] = []
+    boxes = []
+    apart = window_px / factor * 2
+    for flat in order[: 20000]:
+        row, col = divmod(int(flat), score.shape[1])
+        if not score[row, col] > floor:
+            break
+        if any(abs(row - r) < apart and abs(col - c) < apart for r, c in picked):
+            continue
+        picked.append((row, col))
+        cy, cx = int((row + 0.5) * factor), int((col + 0.5) * factor)
+        y0 = min(max(0, cy - window_px // 2), max(0, height - window_px)) // tile * tile
+        x0 = min(max(0, cx - window_px // 2), max(0, width - window_px)) // tile * tile
+        boxes.append((slice(y0, min(height, y0 + window_px)), slice(x0, min(width, x0 + window_px))))
+        if len(boxes) == count:
+            break
+    return boxes
+
+
+def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray], names: list[str], *,
+                       targets: tuple[str, ...], window_px: int, tile: int, max_crosstalk: float,
+                       min_crosstalk: float, scheduler=None, windows_per_source: int = 4) -> dict:
+    """kappa_cd for every target c and source d: the share of d's specific signal that shows in c.
+
+    Measured at level 0 around d's brightest structures, as a low quantile of the residual
+    ratio c / d over pixels where d is strongly positive: pixels of d without c give the
+    crosstalk floor; co-expression only lifts the ratio. Ratios above ``max_crosstalk`` are
+    co-expression, not crosstalk, and are left alone.
+    """
+    factor = model.factor
+    boxes_by_source = {}
+    for source in names:
+        cm = model.channels[source]
+        if cm.global_threshold is not None:
+            continue
+        excess = images[source] - model.background(source) - cm.offset
+        boxes = _brightest_windows(excess, model.tissue_hint, factor=factor, window_px=window_px,
+                                   shape=slide.shape[1:], tile=tile, count=windows_per_source,
+                                   floor=cm.margin * 0.5)
+        if boxes:
+            boxes_by_source[source] = boxes
+    if not boxes_by_source:
+        return {}
+    sparse = slide.with_chunks(window_px)
+    wanted = [(source, name, box) for source, boxes in boxes_by_source.items() for box in boxes for name in names]
+    values = dask.compute(*[sparse.channel(name)[box] for _, name, box in wanted], scheduler=scheduler or "threads")
+    pixels: dict[tuple[str, str], list[np.ndarray]] = {}
+    for (source, name, box), block in zip(wanted, values):
+        bg = expand(model.background(name), factor, box[0].start, box[1].start, block.shape)
+        pixels.setdefault((source, name), []).append((block.astype(np.float32) - bg - model.channels[name].offset).ravel())
+    result: dict[str, list[tuple[str, float]]] = {}
+    for source in boxes_by_source:
+        driver = np.concatenate(pixels[(source, source)])
+        strong = driver > max(4 * model.channels[source].margin, float(np.percentile(driver, 90)))
+        if strong.sum() < 50:
+            continue
+        for target in targets:
+            if target == source or model.channels[target].global_threshold is not None:
+                continue
+            ratio = np.concatenate(pixels[(source, target)])[strong] / driver[strong]
+            kappa = float(np.percentile(ratio, 10))
+            if min_crosstalk <= kappa <= max_crosstalk:
+                result.setdefault(target, []).append((source, kappa))
+    return {target: tuple(sorted(pairs)) for target, pairs in sorted(result.items())}
