@@ -73,17 +73,40 @@ class SignalModel:
     source: str = ""
     has_glass: bool = True
     histograms: dict[str, dict] = field(default_factory=dict)  # QC: level-0 sample on tissue / glass
+    # with an AF channel: per channel, the share of the AF channel's excess over glass that is AF in it;
+    # subtracted pixel by pixel, so AF texture, rims and folds cancel at full resolution
+    pixel_af: dict[str, float] = field(default_factory=dict)
+    af_channel: str | None = None
 
     def background(self, name: str) -> np.ndarray:
         model = self.channels[name]
         return (model.glass_level + model.af_scale * self.template).astype(np.float32)
 
     def threshold(self, name: str) -> np.ndarray:
-        """The positive threshold of channel ``name`` on the coarse grid (float32)."""
+        """The positive threshold of channel ``name`` on the coarse grid (float32), for raw values."""
         model = self.channels[name]
         if model.global_threshold is not None:
             return np.full(self.template.shape, model.global_threshold, np.float32)
         return self.background(name) + np.float32(model.offset + model.margin)
+
+    def corrected_threshold(self, name: str) -> np.ndarray:
+        """The threshold for AF-corrected values (:meth:`af_corrected`) where ``name`` has a pixel AF share, else :meth:`threshold`."""
+        if name not in self.pixel_af:
+            return self.threshold(name)
+        model = self.channels[name]
+        return np.full(self.template.shape, model.glass_level + model.offset + model.margin, np.float32)
+
+    def af_corrected(self, name: str, values: np.ndarray, af_values: np.ndarray) -> np.ndarray:
+        """``values`` minus the AF the AF channel shows at the same pixels (float32)."""
+        share = np.float32(self.pixel_af[name])
+        glass = np.float32(self.channels[self.af_channel].glass_level)
+        return values.astype(np.float32) - share * (af_values.astype(np.float32) - glass)
+
+    def residual(self, name: str, values: np.ndarray, y0: int, x0: int, af_values: np.ndarray | None = None) -> np.ndarray:
+        """Level-0 values of the box at (y0, x0) minus their background (float32, before ``offset``)."""
+        if name in self.pixel_af and af_values is not None:
+            return self.af_corrected(name, values, af_values) - np.float32(self.channels[name].glass_level)
+        return values.astype(np.float32) - expand(self.background(name), self.factor, y0, x0, values.shape)
 
     def summary(self, name: str) -> dict:
         """JSON-ready description of channel ``name``'s model and the thresholds it gives on tissue."""
@@ -97,6 +120,8 @@ class SignalModel:
             out["threshold_p05"], out["threshold_p95"] = (round(float(v), 6) for v in np.percentile(on_tissue, [5, 95]))
         out["value"] = out.get("threshold_median", float(self.threshold(name).flat[0]))
         out["crosstalk_from"] = {source: round(k, 4) for source, k in self.crosstalk.get(name, ())}
+        if name in self.pixel_af:
+            out["autofluorescence_share"] = round(self.pixel_af[name], 6)
         return out
 
 
@@ -168,7 +193,7 @@ def overview(slide, names: list[str], factor: int, *, scheduler=None, num_worker
 # -- tissue, glass and the AF template -----------------------------------------------------------
 
 
-def tissue_and_glass(images: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, float], bool]:
+def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -> tuple[np.ndarray, dict[str, float], bool]:
     """Tissue as seen at low resolution, each channel's glass level, and whether glass was found.
 
     Tissue lifts every channel over glass (autofluorescence at least), while stain lifts
@@ -193,7 +218,12 @@ def tissue_and_glass(images: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[st
         if 0.01 <= share <= 0.97:
             g = score[glass]
             spread = 1.4826 * np.median(np.abs(g - np.median(g))) + 1e-6
-            if np.median(score[~glass]) - np.median(g) > 6 * spread:
+            distinct = np.median(score[~glass]) - np.median(g) > 6 * spread
+            if distinct and nuclei in images:  # glass holds no nuclei: a dim stretch of tissue does
+                stain = images[nuclei]
+                low = float(np.percentile(stain, 1))
+                distinct = np.median(stain[glass]) - low < 0.25 * (np.median(stain[~glass]) - low)
+            if distinct:
                 glass_found = True
                 tissue = ~glass
     levels = {}
@@ -337,11 +367,16 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     threshold sample.
     """
     images, source = overview(slide, names, factor, scheduler=scheduler, num_workers=num_workers)
-    tissue, glass, has_glass = tissue_and_glass(images)
+    tissue, glass, has_glass = tissue_and_glass(images, nuclei)
     cell_um = factor * math.sqrt(slide.pixel_size_x_um * slide.pixel_size_y_um)
     opening = max(1, int(round(opening_um / cell_um))) | 1
-    template = af_template(images, glass, tissue, autofluorescence=autofluorescence,
-                           exclude=tuple(n for n in (nuclei,) if n), opening_cells=opening)
+    if autofluorescence is not None or has_glass:
+        template = af_template(images, glass, tissue, autofluorescence=autofluorescence,
+                               exclude=tuple(n for n in (nuclei,) if n), opening_cells=opening)
+    else:
+        # no glass to measure AF against and no AF channel (a crop inside tissue, unmixed or
+        # mass-spec data): one background level per channel over the whole field
+        template = tissue.astype(np.float32)
     scales = {name: af_scale(images[name], glass[name], template, tissue) for name in names}
     integer = slide.dtype.kind in "ui"
 
@@ -351,28 +386,36 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
                            scheduler=scheduler or "threads")
     windows = dict(zip(names, lattice))
     channels: dict[str, ChannelModel] = {}
-    residuals: dict[str, list[np.ndarray]] = {}
     histograms = {}
     for name in names:
-        rule = rules[name]
         refined = window_af_scale(windows[name], sample_boxes, glass_level=glass[name], template=template,
                                   tissue=tissue, factor=factor)
         if refined is not None:
             scales[name] = refined
+    placeholders = {name: ChannelModel(name, "background", glass[name], scales[name], 0.0, 0.0, 0.0, 0.0) for name in names}
+    model = SignalModel(factor, template, tissue, placeholders, source=source, has_glass=has_glass,
+                        af_channel=autofluorescence)
+    if autofluorescence is not None:
+        # template = (AF - glass) / level, opened; per pixel the share is af_scale / level
+        excess = images[autofluorescence] - glass[autofluorescence]
+        level = float(np.median(excess[tissue])) if tissue.any() else 0.0
+        if level > 0:
+            model.pixel_af = {name: scales[name] / level for name in names
+                              if name != autofluorescence and rules[name].method == "background" and scales[name] > 0}
+    for name in names:
+        rule = rules[name]
         background = glass[name] + scales[name] * template
-        pieces, on_tissue, on_glass = [], [], []
-        for box, values in zip(sample_boxes, windows[name]):
+        on_tissue, on_glass = [], []
+        for box, values, *af in zip(sample_boxes, windows[name], *([windows[autofluorescence]] if autofluorescence else [])):
             shape = values.shape
-            bg = expand(background, factor, box[0].start, box[1].start, shape)
             hint = expand(tissue, factor, box[0].start, box[1].start, shape)
-            r = values.astype(np.float32) - bg
-            pieces.append(r)
+            r = model.residual(name, values, box[0].start, box[1].start, af[0] if af else None)
             on_tissue.append(r[hint])
             on_glass.append(values[~hint].astype(np.float32))
-        residuals[name] = pieces
         tissue_residual = np.concatenate(on_tissue) if on_tissue else np.empty(0, np.float32)
         if tissue_residual.size < 1000:
-            tissue_residual = np.concatenate([p.ravel() for p in pieces])
+            tissue_residual = np.concatenate([model.residual(name, w, b[0].start, b[1].start).ravel()
+                                              for b, w in zip(sample_boxes, windows[name])])
         if rule.method == "background":
             offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
                                                           integer=integer)
@@ -388,7 +431,9 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
         edges = np.linspace(low, max(top, low + 1e-6), 97)
         histograms[name] = {"edges": edges.tolist(), "tissue": _histogram(raw_tissue, edges),
                             "glass": _histogram(glass_values, edges)}
-    model = SignalModel(factor, template, tissue, channels, source=source, has_glass=has_glass, histograms=histograms)
+    model.channels.update(channels)
+    model.histograms = histograms
+    model.pixel_af = {name: share for name, share in model.pixel_af.items() if model.channels[name].global_threshold is None}
     if max_crosstalk > 0:
         model.crosstalk = estimate_crosstalk(slide, model, images, names, targets=crosstalk_targets,
                                              window_px=window_px, tile=tile, max_crosstalk=max_crosstalk,
@@ -426,22 +471,30 @@ def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, w
 
 def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray], names: list[str], *,
                        targets: tuple[str, ...], window_px: int, tile: int, max_crosstalk: float,
-                       min_crosstalk: float, scheduler=None, windows_per_source: int = 4) -> dict:
+                       min_crosstalk: float, scheduler=None, windows_per_source: int = 6) -> dict:
     """kappa_cd for every target c and source d: the share of d's specific signal that shows in c.
 
-    Measured at level 0 around d's brightest structures, as a low quantile of the residual
-    ratio c / d over pixels where d is strongly positive: pixels of d without c give the
-    crosstalk floor; co-expression only lifts the ratio. Ratios above ``max_crosstalk`` are
-    co-expression, not crosstalk, and are left alone.
+    Measured at level 0 around d's brightest structures, as the most common residual ratio
+    c / d over pixels where d is strongly positive: where most of them lack c, that is the
+    crosstalk. Where c is co-expressed there (CD20 around an FDC network) the ratio is
+    high: ratios above ``max_crosstalk`` are co-expression, not crosstalk, and are left alone.
     """
     factor = model.factor
+    # cells bright in most channels at once are debris or red blood cells: their ratios are not crosstalk
+    excess = {name: images[name] - model.background(name) for name in names}
+    bright = np.zeros(model.tissue_hint.shape, np.int16)
+    for name in names:
+        on_tissue = excess[name][model.tissue_hint]
+        if on_tissue.size:
+            bright += excess[name] > max(float(np.percentile(on_tissue, 99.5)), 0.0)
+    artefact = ndi.binary_dilation(bright >= max(3, (len(names) + 1) // 2), np.ones((3, 3), bool))
+    usable = model.tissue_hint & ~artefact
     boxes_by_source = {}
     for source in names:
         cm = model.channels[source]
-        if cm.global_threshold is not None:
-            continue
-        excess = images[source] - model.background(source) - cm.offset
-        boxes = _brightest_windows(excess, model.tissue_hint, factor=factor, window_px=window_px,
+        if cm.global_threshold is not None or (source == model.af_channel and model.pixel_af):
+            continue  # the AF channel is already subtracted pixel by pixel
+        boxes = _brightest_windows(excess[source] - cm.offset, usable, factor=factor, window_px=window_px,
                                    shape=slide.shape[1:], tile=tile, count=windows_per_source,
                                    floor=cm.margin * 0.5)
         if boxes:
@@ -452,20 +505,22 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
     wanted = [(source, name, box) for source, boxes in boxes_by_source.items() for box in boxes for name in names]
     values = dask.compute(*[sparse.channel(name)[box] for _, name, box in wanted], scheduler=scheduler or "threads")
     pixels: dict[tuple[str, str], list[np.ndarray]] = {}
+    raw = {(source, name, box[0].start, box[1].start): block for (source, name, box), block in zip(wanted, values)}
     for (source, name, box), block in zip(wanted, values):
-        bg = expand(model.background(name), factor, box[0].start, box[1].start, block.shape)
-        pixels.setdefault((source, name), []).append((block.astype(np.float32) - bg - model.channels[name].offset).ravel())
+        af = raw.get((source, model.af_channel, box[0].start, box[1].start)) if model.af_channel else None
+        residual = model.residual(name, block, box[0].start, box[1].start, af) - np.float32(model.channels[name].offset)
+        pixels.setdefault((source, name), []).append(residual.ravel())
     result: dict[str, list[tuple[str, float]]] = {}
     for source in boxes_by_source:
         driver = np.concatenate(pixels[(source, source)])
-        strong = driver > max(4 * model.channels[source].margin, float(np.percentile(driver, 90)))
+        strong = driver > max(4 * model.channels[source].margin, float(np.percentile(driver, 95)))
         if strong.sum() < 50:
             continue
         for target in targets:
             if target == source or model.channels[target].global_threshold is not None:
                 continue
             ratio = np.concatenate(pixels[(source, target)])[strong] / driver[strong]
-            kappa = float(np.percentile(ratio, 10))
+            kappa = mode(ratio)
             if min_crosstalk <= kappa <= max_crosstalk:
                 result.setdefault(target, []).append((source, kappa))
     return {target: tuple(sorted(pairs)) for target, pairs in sorted(result.items())}

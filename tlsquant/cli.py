@@ -108,6 +108,14 @@ def cmd_synth(args) -> int:
                 raise TLSQuantError(f"--format must be ome-tiff, qptiff or ome-zarr, got {fmt!r}")
         targets = [out / f"synthetic-s{args.seed}{ext[fmt]}" for fmt in formats]
     width_mm, height_mm = args.size
+    realism = None
+    if args.realistic or args.realism:
+        try:
+            realism = synthetic.Realism.parse(args.realism or "")
+        except ValueError as exc:
+            raise TLSQuantError(f"--realism: {exc}") from None
+    if not 0 < args.tissue_scale <= 1.1:
+        raise TLSQuantError(f"--tissue-scale must be in (0, 1.1], got {args.tissue_scale}")
     scene = synthetic.make_scene(
         seed=args.seed,
         width_um=width_mm * 1000,
@@ -118,6 +126,8 @@ def cmd_synth(args) -> int:
         extra_channels=[c for c in (args.extra_channels or "").split(",") if c],
         shuffle_channels=args.shuffle_channels,
         noise=args.noise,
+        realism=realism,
+        tissue_scale=args.tissue_scale,
     )
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -426,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--shuffle-channels", action="store_true", help="store channels in random order")
     synth.add_argument("--noise", type=float, default=1.0, help="noise scale (default 1.0)")
     synth.add_argument("--tile", type=int, default=256, help="storage tile size in px (default 256)")
+    synth.add_argument("--realistic", action="store_true",
+                       help="render like a real FFPE scan: autofluorescence, uneven illumination, stain gain, "
+                            "crosstalk, red blood cells, folds, blur, debris")
+    synth.add_argument("--realism", metavar="NAME=S,...",
+                       help="strengths of the realistic phenomena (0 = off, 1 = ordinary; implies --realistic), "
+                            "e.g. folds=2,blur=0 or all=0,rbc=1; names: autofluorescence, edge_rim, illumination, "
+                            "dark_offset, stain_gain, cell_brightness, crosstalk, rbc, folds, blur, debris")
+    synth.add_argument("--tissue-scale", type=float, default=1.0, metavar="F",
+                       help="shrink the tissue within the slide, e.g. 0.7 leaves most of it glass (default 1.0)")
     synth.set_defaults(func=cmd_synth)
     return parser
 

@@ -85,7 +85,7 @@ class Signal:
     """The background model behind the ``background`` threshold method."""
 
     opening_um: float = 24.0  # bright things narrower than this (RBC strings, debris, edge rim) are not background
-    max_crosstalk: float = 0.25  # a channel ratio above this is co-expression, not crosstalk (0: no compensation)
+    max_crosstalk: float = 0.15  # a channel ratio above this is co-expression, not crosstalk (0: no compensation)
     min_crosstalk: float = 0.01  # crosstalk below this is ignored
 
 

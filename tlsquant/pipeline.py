@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ._version import __version__
+from .background import SignalModel, build_signal_model
 from .cells import CellCounts, CellPlan, compute_cells
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
 from .config import LOCATIONS, Channels, Config, load_config
@@ -23,11 +24,11 @@ from .segment.aggregates import debris_zone, detect_aggregates
 from .segment.evidence import EvidencePlan, compute_evidence
 from .segment.regions import tissue_mask, tumour_mask
 from .slide import Slide
-from .background import SignalModel, build_signal_model
 from .thresholds import sample_windows
 
 HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
 ROLE_ORDER = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
+B_OCCUPANCY_SHARE = 0.125  # a fine grid cell holds B-cell membrane when this share of its pixels is CD20+
 CROSSTALK_ROLES = ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")  # channels whose crosstalk is removed
 
 
@@ -204,7 +205,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     t_thresholds = time.perf_counter()
 
     # 2. the one full-resolution pass: positive pixels into coarse evidence maps
-    threshold_maps = {role: signal.threshold(roles[role]) for role in role_names}
+    threshold_maps = {role: signal.corrected_threshold(roles[role]) for role in role_names}
     if "autofluorescence" in roles:
         threshold_maps["autofluorescence"] = artefact_threshold(signal, roles["autofluorescence"],
                                                                 ratio=config.debris.autofluorescence_ratio)
@@ -216,8 +217,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             crosstalk.append((role, sources))
             for source, _ in sources:
                 backgrounds[source] = signal.background(roles[source]) + np.float32(signal.channels[roles[source]].offset)
+    pixel_af = tuple((role, signal.pixel_af[roles[role]]) for role in role_names
+                     if role != "autofluorescence" and roles[role] in signal.pixel_af)
+    af_glass = signal.channels[roles["autofluorescence"]].glass_level if pixel_af else 0.0
     plan = EvidencePlan(role_names, fine_factor, coarse_factor, coarse_factor, config.debris.min_positive_channels,
-                        tuple(crosstalk))
+                        tuple(crosstalk), pixel_af, af_glass, tuple(roles[r] for r in role_names))
     evidence = compute_evidence(arrays, plan, thresholds=threshold_maps, backgrounds=backgrounds,
                                 scheduler=scheduler, num_workers=num_workers)
     del threshold_maps, backgrounds
@@ -246,6 +250,10 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     tissue_area_mm2 = float(coarse_pixels[tissue].sum(dtype=np.float64) * px * py / 1e6)
     tumour_area_mm2 = float(coarse_pixels[tumour].sum(dtype=np.float64) * px * py / 1e6)
     del coarse_pixels
+    if tissue_area_mm2 == 0:
+        warnings.append(f"no tissue found from channel {roles['nuclei']!r} (threshold "
+                        f"{thresholds['nuclei']['value']:.4g}): check the channel roles and thresholds.nuclei; "
+                        "see thresholds.png")
     if tumour_area_mm2 == 0:
         warnings.append(f"no tumour found in channel {roles['tumour']!r}: density and area % are undefined")
 
@@ -256,7 +264,9 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     fine_tissue = fine_tissue[: debris.shape[0], : debris.shape[1]]
     artefact_area_mm2 = float(evidence.pixels("fine")[debris & fine_tissue].sum(dtype=np.float64) * px * py / 1e6)
     del fine_tissue
-    b_fraction = fine_fraction("b_cells")
+    # B-cell occupancy: fine cells touched by CD20+ membrane. Whether a B cell's nucleus also reads
+    # as positive depends on stain and optics; whether the cell is there does not
+    b_fraction = (fine_fraction("b_cells") >= np.float32(B_OCCUPANCY_SHARE)).astype(np.float32)
     b_fraction[debris] = 0.0
     has_t_cells = "t_cells" in roles
     if config.tls.require_t_cell_zone and not has_t_cells:

@@ -40,6 +40,10 @@ class EvidencePlan:
     grid_factor: int  # level-0 px per threshold-map cell
     min_votes: int  # artefact: positive in at least this many lineage groups
     crosstalk: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    # with an AF channel: (role, share) whose AF is subtracted pixel by pixel, and the AF channel's glass level
+    pixel_af: tuple[tuple[str, float], ...] = ()
+    af_glass: float = 0.0
+    channels: tuple[str, ...] = ()  # slide channel of each role: a channel with two roles votes once
 
     @property
     def uses_autofluorescence(self) -> bool:
@@ -129,8 +133,12 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
     factor = plan.grid_factor
     data = dict(zip(plan.roles, blocks))
     corrected = {}
+    if plan.pixel_af:
+        af = data["autofluorescence"].astype(np.float32) - np.float32(plan.af_glass)
+        for role, share in plan.pixel_af:
+            corrected[role] = data[role].astype(np.float32) - np.float32(share) * af
     for target, sources in plan.crosstalk:
-        value = data[target].astype(np.float32)
+        value = corrected[target] if target in corrected else data[target].astype(np.float32)
         for source, kappa in sources:
             background = expand(backgrounds[source], factor, y0 % factor, x0 % factor, value.shape)
             value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
@@ -141,8 +149,11 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
         positive[role] = _above(corrected.get(role, data[role]), threshold, y0, x0, factor)
     votes = None
     groups = 0
+    channel_of = dict(zip(plan.roles, plan.channels or plan.roles))
+    voted: set[str] = set()
     for group in VOTING_GROUPS:
-        members = [positive[r] for r in group if r in positive]
+        members = [positive[r] for r in group if r in positive and channel_of[r] not in voted]
+        voted.update(channel_of[r] for r in group if r in positive)
         if not members:
             continue
         groups += 1
