@@ -30,7 +30,7 @@ def test_overrides_take_toml_values():
     assert config.tls.min_area_um2 == 8000.0
     assert config.maturation.scheme == "silina"
     assert config.location.counted == ("intratumoral",)
-    assert config.thresholds.b_cells.method == "otsu" and config.thresholds.b_cells.k == 6.0
+    assert config.thresholds.b_cells.method == "otsu" and config.thresholds.b_cells.k == 3.0
     assert config.tls.require_t_cell_zone is True
     assert config.to_dict()["location"]["counted"] == ["intratumoral"]
 
@@ -42,7 +42,7 @@ def test_overrides_take_toml_values():
     ("tls.min_area_um2=-5", "tls.min_area_um2 must be > 0, got -5.0"),
     ("tumour.closing_um=-1", "tumour.closing_um must be >= 0"),
     ("tls.level_fraction=1.5", "tls.level_fraction is a fraction between 0 and 1"),
-    ("thresholds.fdc.method=magic", "thresholds.fdc.method must be one of otsu, triangle, li"),
+    ("thresholds.fdc.method=magic", "thresholds.fdc.method must be one of background, otsu, triangle, li"),
     ("maturation.scheme=other", "maturation.scheme must be 'binary' or 'silina'"),
     ("location.counted=['nearby']", "location.counted may hold intratumoral, peritumoral, distal"),
     ("tls.require_t_cell_zone=1", "expected true or false"),

@@ -1,4 +1,4 @@
-"""Chunked evidence maps equal the whole-array computation for any chunking."""
+"""Chunked evidence maps equal the whole-array computation for any chunking, with local thresholds and crosstalk."""
 
 from __future__ import annotations
 
@@ -6,15 +6,32 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from tlsquant.background import expand
 from tlsquant.segment.evidence import COARSE_MAPS, FINE_MAPS, EvidencePlan, compute_evidence
 
 ROLES = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells")
+GRID = 9  # threshold-map cell, level-0 px
 
 
-def _whole_array_oracle(images, plan):
-    positive = {role: image > t for role, image, t in zip(plan.roles, images, plan.thresholds)}
-    voters = [positive[r] for r in ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")]
-    debris = np.sum(voters, axis=0) >= plan.min_votes
+def _threshold_maps(shape, roles):
+    rows, cols = -(-shape[0] // GRID), -(-shape[1] // GRID)
+    gradient = np.linspace(100.0, 140.0, cols, dtype=np.float32)[None, :].repeat(rows, 0)  # a background gradient
+    return {role: gradient + 0.5 * k for k, role in enumerate(roles)}
+
+
+def _whole_array_oracle(images, plan, thresholds, backgrounds):
+    data = dict(zip(plan.roles, images))
+    values = {role: data[role].astype(np.float32) for role in plan.roles}
+    for target, sources in plan.crosstalk:
+        for source, kappa in sources:
+            values[target] = values[target] - np.float32(kappa) * (
+                data[source].astype(np.float32) - expand(backgrounds[source], GRID, 0, 0, data[source].shape))
+    positive = {role: values[role] > expand(thresholds[role], GRID, 0, 0, values[role].shape) for role in plan.roles}
+    votes = (positive["tumour"].astype(int) + positive["b_cells"] + positive["t_cells"]
+             + (positive["fdc"] | positive["germinal_centre"]))
+    debris = votes >= plan.min_votes
+    if "autofluorescence" in positive:
+        debris |= positive["autofluorescence"]
     maps = {}
     for names, factor, key in ((FINE_MAPS, plan.fine_factor, "fine"), (COARSE_MAPS, plan.coarse_factor, "coarse")):
         height, width = images[0].shape
@@ -33,11 +50,13 @@ def _whole_array_oracle(images, plan):
 def images():
     rng = np.random.default_rng(5)
     shape = (517, 631)  # not a multiple of any grid or chunk
-    stack = [rng.integers(0, 100, shape).astype(np.uint16) for _ in ROLES]
-    # objects straddling chunk edges: a bright disc in b_cells, debris bright everywhere
+    stack = [rng.integers(0, 100, shape).astype(np.uint16) + np.linspace(0, 40, shape[1]).astype(np.uint16)
+             for _ in ROLES]
+    # objects straddling chunk edges: a bright disc in b_cells (with 10 % crosstalk into t_cells), debris bright everywhere
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     disc = (yy - 256) ** 2 + (xx - 300) ** 2 < 70**2
     stack[2][disc] += 200
+    stack[5][disc] += 20
     debris = (yy - 128) ** 2 + (xx - 128) ** 2 < 15**2
     for plane in stack:
         plane[debris] += 300
@@ -46,10 +65,14 @@ def images():
 
 @pytest.mark.parametrize("chunk", [64, 100, 256, 1000])
 def test_chunked_counts_equal_whole_array(images, chunk):
-    plan = EvidencePlan(ROLES, (120.0,) * 6, 3, 9, 4)
-    oracle = _whole_array_oracle(images, plan)
+    crosstalk = (("t_cells", (("b_cells", 0.1),)),)
+    plan = EvidencePlan(ROLES, 3, 9, GRID, 3, crosstalk)
+    thresholds = _threshold_maps(images[0].shape, ROLES)
+    backgrounds = {"b_cells": thresholds["b_cells"] - 30}
+    oracle = _whole_array_oracle(images, plan, thresholds, backgrounds)
     arrays = [da.from_array(image, chunks=chunk) for image in images]
-    maps = compute_evidence(arrays, plan, scheduler="threads", num_workers=2)
+    maps = compute_evidence(arrays, plan, thresholds=thresholds, backgrounds=backgrounds, scheduler="threads",
+                            num_workers=2)
     for name in FINE_MAPS:
         np.testing.assert_array_equal(maps.fine[name], oracle["fine"][name])
     for name in COARSE_MAPS:
@@ -62,10 +85,42 @@ def test_chunked_counts_equal_whole_array(images, chunk):
                                maps.fine["b_cells"][box] / maps.pixels("fine", box), rtol=1e-6)
 
 
+def test_crosstalk_is_removed_before_thresholding(images):
+    thresholds = _threshold_maps(images[0].shape, ROLES)
+    thresholds["t_cells"] = thresholds["t_cells"] + 10  # the disc's crosstalk (+20) would cross it, noise alone not
+    arrays = [da.from_array(image, chunks=128) for image in images]
+    plain = compute_evidence(arrays, EvidencePlan(ROLES, 3, 9, GRID, 3), thresholds=thresholds, scheduler="sync")
+    plan = EvidencePlan(ROLES, 3, 9, GRID, 3, (("t_cells", (("b_cells", 0.1),)),))
+    fixed = compute_evidence(arrays, plan, thresholds=thresholds, backgrounds={"b_cells": thresholds["b_cells"] - 60},
+                             scheduler="sync")
+    disc = (slice(60, 100), slice(80, 120))  # fine grid, inside the disc
+    assert plain.fraction("fine", "t_cells", disc).mean() > 2 * fixed.fraction("fine", "t_cells", disc).mean()
+
+
+def test_one_channel_in_two_roles_votes_once(images):
+    # tumour and t_cells read the same channel: a positive pixel there is one lineage, not two
+    roles = ROLES
+    stack = list(images)
+    stack[1] = images[1].copy()
+    stack[1][400:480, 400:500] += 250  # a patch of tumour nuclei
+    stack[5] = stack[1]
+    thresholds = _threshold_maps(images[0].shape, roles)
+    thresholds["t_cells"] = thresholds["tumour"]
+    channels = ("DAPI", "X", "CD20", "CD21", "CD23", "X")
+    twice = EvidencePlan(roles, 3, 9, GRID, 2)
+    once = EvidencePlan(roles, 3, 9, GRID, 2, channels=channels)
+    arrays = [da.from_array(image, chunks=200) for image in stack]
+    a = compute_evidence(arrays, twice, thresholds=thresholds, scheduler="sync")
+    b = compute_evidence(arrays, once, thresholds=thresholds, scheduler="sync")
+    assert b.fine["debris"].sum() < a.fine["debris"].sum()
+
+
 def test_autofluorescence_channel_decides_debris(images):
     roles = ROLES + ("autofluorescence",)
     af = np.zeros_like(images[0])
     af[:10, :10] = 500
-    plan = EvidencePlan(roles, (120.0,) * 7, 5, 10, 4)
-    maps = compute_evidence([da.from_array(i, chunks=200) for i in list(images) + [af]], plan, scheduler="sync")
+    plan = EvidencePlan(roles, 5, 10, GRID, 4)
+    thresholds = {role: np.full((-(-517 // GRID), -(-631 // GRID)), 400.0, np.float32) for role in roles}
+    maps = compute_evidence([da.from_array(i, chunks=200) for i in list(images) + [af]], plan, thresholds=thresholds,
+                            scheduler="sync")
     assert maps.fine["debris"].sum() == 100  # only where the AF channel is bright

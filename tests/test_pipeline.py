@@ -146,7 +146,7 @@ def test_output_files_follow_the_contract(tmp_path):
     result = analyze_slide(slide, load_config(None, ["outputs.masks_zarr=true"]))
     written = write_slide_outputs(result, tmp_path / "out", slide=slide)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["masks.ome.zarr", "qc.png", "summary.json", "tls.csv", "tls.geojson"]
+    assert sorted(p.name for p in out.iterdir()) == ["masks.ome.zarr", "qc.png", "summary.json", "thresholds.png", "tls.csv", "tls.geojson"]
     summary = json.loads((out / "summary.json").read_text())
     for key in ("slide_id", "tlsquant_version", "pixel_size_um", "tissue_area_mm2", "tumour_area_mm2", "tls_count",
                 "tls_mature_count", "tls_primary_count", "tls_density_per_mm2", "tls_area_pct", "thresholds",

@@ -82,12 +82,16 @@ class SignalModel:
         model = self.channels[name]
         return (model.glass_level + model.af_scale * self.template).astype(np.float32)
 
-    def threshold(self, name: str) -> np.ndarray:
-        """The positive threshold of channel ``name`` on the coarse grid (float32), for raw values."""
+    def threshold(self, name: str, *, min_fraction: float = 0.0) -> np.ndarray:
+        """The positive threshold of channel ``name`` on the coarse grid (float32), for raw values.
+
+        ``min_fraction`` raises the margin to at least that share of the typical positive
+        signal (cells: a compartment mean also takes in the rim of its neighbours).
+        """
         model = self.channels[name]
         if model.global_threshold is not None:
             return np.full(self.template.shape, model.global_threshold, np.float32)
-        return self.background(name) + np.float32(model.offset + model.margin)
+        return self.background(name) + np.float32(model.offset + max(model.margin, min_fraction * model.positive_scale))
 
     def corrected_threshold(self, name: str) -> np.ndarray:
         """The threshold for AF-corrected values (:meth:`af_corrected`) where ``name`` has a pixel AF share, else :meth:`threshold`."""

@@ -115,6 +115,7 @@ class TLS:
     min_area_um2: float = 6000.0
     max_debris_fraction: float = 0.3
     min_nuclear_fraction: float = 0.15
+    min_contrast: float = 4.0
     require_t_cell_zone: bool = False
     t_zone_width_um: float = 30.0
     min_t_fraction: float = 0.05
@@ -159,6 +160,7 @@ class Cells:
     min_area_um2: float = 8.0
     max_area_um2: float = 250.0
     ring_um: float = 2.0
+    min_signal_fraction: float = 0.35  # a cell is marker-positive above background by this share of the typical positive signal (or the pixel margin)
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,7 @@ def _validate(config: Config, source: str) -> Config:
     for section, name in [("tissue", "min_fraction"), ("tumour", "level_fraction"),
                           ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
                           ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
-                          ("tls", "min_nuclear_fraction"), ("debris", "min_fraction"),
+                          ("tls", "min_nuclear_fraction"), ("debris", "min_fraction"), ("cells", "min_signal_fraction"),
                           ("maturation", "min_cell_fraction")]:
         value = getattr(getattr(config, section), name)
         if not 0 <= value <= 1:

@@ -280,6 +280,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         t_zone_width_um=config.tls.t_zone_width_um,
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
         nuclei_fraction=fine_fraction("nuclei"), min_nuclear_fraction=config.tls.min_nuclear_fraction,
+        min_contrast=config.tls.min_contrast,
     )
     del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
     t_tls = time.perf_counter()
@@ -305,7 +306,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         cells = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], plan,
                               tissue=tissue, tumour=tumour, debris=debris, tls_labels=labels,
                               halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
-                              threshold_maps=np.stack([signal.threshold(n) for n in names]),
+                              threshold_maps=np.stack([signal.threshold(names[0])] + [
+                                  signal.threshold(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:]]),
                               num_workers=num_workers)
     t_cells = time.perf_counter()
 

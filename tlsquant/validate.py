@@ -60,7 +60,7 @@ def score(summary: dict, tls: pd.DataFrame, truth: dict) -> dict[str, float]:
     return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 
 
-def meets_acceptance(scores: dict[str, float]) -> list[str]:
+def acceptance_misses(scores: dict[str, float]) -> list[str]:
     """The acceptance criteria a scored slide misses (empty when it passes them all)."""
     checks = {
         "recall": scores["recall"] >= 0.95,

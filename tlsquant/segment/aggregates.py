@@ -52,7 +52,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
                       min_b_plateau: float, level_fraction: float, min_area_um2: float, debris: np.ndarray | None = None,
                       max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
                       t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0,
-                      nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0) -> tuple[np.ndarray, dict]:
+                      nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
+                      min_contrast: float = 0.0) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
@@ -63,7 +64,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     smaller than ``min_area_um2``, made mostly of debris, with fewer nuclei than
     ``min_nuclear_fraction`` (a share of pixels: lymphoid aggregates are packed with
     nuclei, red-blood-cell strings and stain precipitate have none) or (when
-    ``min_t_fraction`` > 0) without a T-cell zone around them are dropped.
+    ``min_t_fraction`` > 0) without a T-cell zone around them are dropped. With
+    ``min_contrast`` > 0 an aggregate's B-cell density must reach that multiple of the
+    density in a band 10-40 µm around it: a TLS is a bounded aggregate, a dense patch of
+    a loose infiltrate is not.
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
@@ -77,13 +81,13 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     info = {"b_density_seed": float(min_b_fraction),
             "b_density_level_median": float(np.median(levels)) if levels else 0.0,
             "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_nuclei": 0,
-            "rejected_no_t_zone": 0}
+            "rejected_no_t_zone": 0, "rejected_low_contrast": 0}
     if count == 0:
         return labels.astype(np.int32), info
     kept = []
     cell_area = cell_um * cell_um
     for index, box in enumerate(ndi.find_objects(labels), start=1):
-        pad = int(np.ceil(cells(t_zone_width_um, cell_um))) + 1
+        pad = int(np.ceil(cells(max(t_zone_width_um, 40.0), cell_um))) + 1
         box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
         region = ndi.binary_fill_holes(labels[box] == index)
         area_um2 = region.sum() * cell_area
@@ -96,6 +100,13 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
         if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
             info["rejected_no_nuclei"] += 1
             continue
+        if min_contrast > 0:
+            band = ndi.binary_dilation(region, structure=disk(40.0, cell_um)) & ~ndi.binary_dilation(
+                region, structure=disk(10.0, cell_um))
+            inside = float(b_fraction[box][region].mean())
+            if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
+                info["rejected_low_contrast"] += 1
+                continue
         if min_t_fraction > 0 and t_fraction is not None:
             rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region
             if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
