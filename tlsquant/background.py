@@ -360,6 +360,23 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
     return np.histogram(values, bins=edges)[0].astype(int).tolist()
 
 
+def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of channel ``name`` on tissue in the level-0 windows, and its raw values on glass."""
+    on_tissue, on_glass = [], []
+    af_windows = windows.get(model.af_channel) if model.af_channel else None
+    for k, (box, values) in enumerate(zip(boxes, windows[name])):
+        hint = expand(model.tissue_hint, model.factor, box[0].start, box[1].start, values.shape)
+        af = af_windows[k] if af_windows is not None else None
+        residual = model.residual(name, values, box[0].start, box[1].start, af)
+        on_tissue.append(residual[hint])
+        on_glass.append(values[~hint].astype(np.float32))
+    tissue_residual = np.concatenate(on_tissue) if on_tissue else np.empty(0, np.float32)
+    if tissue_residual.size < 1000:  # hardly any tissue seen: all of it
+        tissue_residual = np.concatenate([model.residual(name, w, b[0].start, b[1].start).ravel()
+                                          for b, w in zip(boxes, windows[name])])
+    return tissue_residual, (np.concatenate(on_glass) if on_glass else np.empty(0, np.float32))
+
+
 def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule], *, factor: int,
                        autofluorescence: str | None, nuclei: str | None, crosstalk_targets: tuple[str, ...],
                        sample_boxes, window_px: int, tile: int, opening_um: float, max_crosstalk: float,
@@ -409,17 +426,17 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     for name in names:
         rule = rules[name]
         background = glass[name] + scales[name] * template
-        on_tissue, on_glass = [], []
-        for box, values, *af in zip(sample_boxes, windows[name], *([windows[autofluorescence]] if autofluorescence else [])):
-            shape = values.shape
-            hint = expand(tissue, factor, box[0].start, box[1].start, shape)
-            r = model.residual(name, values, box[0].start, box[1].start, af[0] if af else None)
-            on_tissue.append(r[hint])
-            on_glass.append(values[~hint].astype(np.float32))
-        tissue_residual = np.concatenate(on_tissue) if on_tissue else np.empty(0, np.float32)
-        if tissue_residual.size < 1000:
-            tissue_residual = np.concatenate([model.residual(name, w, b[0].start, b[1].start).ravel()
-                                              for b, w in zip(sample_boxes, windows[name])])
+        tissue_residual, glass_values = _sample_residuals(model, name, windows, sample_boxes)
+        if name in model.pixel_af and rule.method == "background":
+            # subtracting the AF channel pixel by pixel adds its noise: keep it only where it pays
+            pixel_noise = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
+            share = model.pixel_af.pop(name)
+            coarse_residual, _ = _sample_residuals(model, name, windows, sample_boxes)
+            coarse_noise = residual_stats(coarse_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
+            if pixel_noise < 0.9 * coarse_noise:
+                model.pixel_af[name] = share
+            else:
+                tissue_residual = coarse_residual
         if rule.method == "background":
             offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
                                                           integer=integer)
@@ -429,7 +446,6 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
             value = estimate_threshold(everything, rule)
             channels[name] = ChannelModel(name, rule.method, glass[name], scales[name], 0.0, 0.0, 0.0, 0.0, value)
         raw_tissue = tissue_residual + float(np.median(background[tissue])) if tissue.any() else tissue_residual
-        glass_values = np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
         top = float(np.percentile(raw_tissue, 99.9)) if raw_tissue.size else 1.0
         low = float(min(np.percentile(glass_values, 0.5) if glass_values.size else top, np.percentile(raw_tissue, 0.5)))
         edges = np.linspace(low, max(top, low + 1e-6), 97)
