@@ -85,7 +85,7 @@ elif mode == "naive":
     original = evidence.compute_evidence
     def whole_array(channels, plan, **kwargs):
         import dask.array as da
-        return original([da.from_array(c, chunks=c.shape) for c in loaded], plan, scheduler="sync")
+        return original([da.from_array(c, chunks=c.shape) for c in loaded], plan, **{**kwargs, "scheduler": "sync"})
     import tlsquant.pipeline as pipeline
     pipeline.compute_evidence = whole_array
     result = tlsquant.analyze_slide(slide, config, scheduler="sync")

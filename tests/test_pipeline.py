@@ -185,7 +185,8 @@ def test_output_files_follow_the_contract(tmp_path):
     scale = labels.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [2.5, 2.5]
     assert not [p for p in out.rglob(".*partial*")]
-    assert set(written) == {"tls", "geojson", "qc", "masks", "summary"}
+    assert set(written) == {"tls", "geojson", "qc", "thresholds", "masks", "summary"}
+    assert (out / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_failed_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path, monkeypatch):

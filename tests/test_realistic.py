@@ -12,7 +12,7 @@ import pytest
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.io.writers import build_pyramid
 from tlsquant.slide import Level, Slide
-from tlsquant.validate import match_tls, acceptance_misses, score
+from tlsquant.validate import acceptance_misses, match_tls, score
 
 NO_CELLS = load_config(None, ["cells.enabled=false"])
 

@@ -216,7 +216,7 @@ def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -
     tissue = np.ones(score.shape, bool)
     if np.ptp(score) > 0:
         # clipped: a few very bright cells (debris) would pull Otsu into the tail
-        cut = filters.threshold_otsu(np.clip(score, *np.percentile(score, [0.5, 99])), nbins=512)
+        cut = filters.threshold_otsu(np.clip(score, *np.percentile(score, [0.5, 90])), nbins=512)
         glass = score <= cut
         share = glass.mean()
         if 0.01 <= share <= 0.97:

@@ -54,7 +54,7 @@ class Thresholds:
     sample_windows: int = 64
     window_px: int = 256
     default: ThresholdRule = ThresholdRule()
-    nuclei: ThresholdRule = ThresholdRule(fraction=0.4)
+    nuclei: ThresholdRule = ThresholdRule(fraction=0.5)
     tumour: ThresholdRule = ThresholdRule()
     b_cells: ThresholdRule = ThresholdRule()
     fdc: ThresholdRule = ThresholdRule()
