@@ -40,6 +40,7 @@ from .blocks import block_grid, compute_blocks
 from .config import ThresholdRule
 from .thresholds import estimate_threshold
 
+MIN_NUCLEAR_COVER = 0.05  # a nuclear stain positive on less tissue than this means its background was misread
 GLOBAL_METHODS = ("otsu", "triangle", "li", "percentile", "fixed", "mad")
 
 
@@ -73,6 +74,7 @@ class SignalModel:
     source: str = ""
     has_glass: bool = True
     histograms: dict[str, dict] = field(default_factory=dict)  # QC: level-0 sample on tissue / glass
+    notes: list[str] = field(default_factory=list)  # what the estimate had to fall back on (reported as warnings)
     # with an AF channel: per channel, the share of the AF channel's excess over glass that is AF in it;
     # subtracted pixel by pixel, so AF texture, rims and folds cancel at full resolution
     pixel_af: dict[str, float] = field(default_factory=dict)
@@ -440,6 +442,14 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
         if rule.method == "background":
             offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
                                                           integer=integer)
+            covered = float(np.mean(tissue_residual > offset + margin)) if tissue_residual.size else 0.0
+            if name == nuclei and covered < MIN_NUCLEAR_COVER and np.ptp(tissue_residual) > 0:
+                # nuclei packed so densely that they are the most common level (a lymphoid crop):
+                # the background model has no background to see; split nuclei from the rest instead
+                split = float(filters.threshold_otsu(tissue_residual, nbins=1024))
+                model.notes.append(f"{name}: only {covered:.1%} of the tissue sample is above background + margin, "
+                                   f"too few for a nuclear stain; nuclei split from the rest by Otsu instead")
+                offset, margin = 0.0, split
             channels[name] = ChannelModel(name, "background", glass[name], scales[name], offset, noise, scale, margin)
         else:
             everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)

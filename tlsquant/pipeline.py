@@ -201,6 +201,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         scheduler=scheduler, num_workers=num_workers,
     )
     channel_thresholds = {name: signal.summary(name) for name in channels}
+    warnings.extend(signal.notes)
     thresholds = {role: {"channel": roles[role], **channel_thresholds[roles[role]]} for role in role_names}
     t_thresholds = time.perf_counter()
 
