@@ -138,3 +138,15 @@ def test_no_glass_is_reported_when_tissue_fills_the_field():
     images = {name: (100 + 20 * rng.random((64, 64))).astype(np.float32) for name in NAMES}
     tissue, levels, found = tissue_and_glass(images)
     assert not found and tissue.all() and all(v == 0.0 for v in levels.values())
+
+
+@pytest.mark.parametrize("name", ["Autofluorescence", "AF", "Sample AF", "autofluorescence"])
+def test_the_af_channel_is_found_under_its_usual_names(name):
+    from tlsquant.config import Channels
+    from tlsquant.pipeline import resolve_channels
+
+    names = ("DAPI", "CD3", "CD20", "CD21", "CD23", "TFE3", name)
+    slide = Slide(Path("x.tif"), "tiff", names, 1.0, 1.0, (Level(da.zeros((7, 16, 16), dtype="uint8"), 1.0, 1.0),))
+    roles, _ = resolve_channels(slide, Channels())
+    assert roles["autofluorescence"] == name
+    assert "autofluorescence" not in resolve_channels(slide, Channels(autofluorescence=""))[0]

@@ -12,6 +12,7 @@ import pytest
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.errors import ChannelError
 from tlsquant.io.outputs import write_slide_outputs
+from tlsquant.validate import match_tls
 
 CASES = {
     # name: (make_scene kwargs, file suffix)
@@ -31,24 +32,11 @@ def analysed(request, tmp_path_factory):
     return analyze_slide(path), json.loads(truth_path.read_text())
 
 
-def _match(table: pd.DataFrame, truth: list[dict]):
-    pairs, used = [], set()
-    for row in table.itertuples(index=False):
-        for item in truth:
-            radius = np.sqrt(item["area_um2"] / np.pi)
-            if item["tls_id"] not in used and np.hypot(row.centroid_x_um - item["centroid_x_um"],
-                                                       row.centroid_y_um - item["centroid_y_um"]) < radius:
-                used.add(item["tls_id"])
-                pairs.append((row, item))
-                break
-    return pairs
-
-
 def test_accuracy_against_truth(analysed):
     result, truth = analysed
     summary = result.summary
     assert summary["tumour_area_mm2"] == pytest.approx(truth["tumour_area_mm2"], rel=0.05)
-    pairs = _match(result.tls, truth["tls"])
+    pairs = match_tls(result.tls, truth["tls"])
     recall = len(pairs) / len(truth["tls"])
     precision = len(pairs) / max(len(result.tls), 1)
     assert recall >= 0.95 and precision >= 0.95, (recall, precision)
@@ -71,7 +59,7 @@ def test_debris_never_counts_or_matures(analysed):
         if not inside_tls:
             assert (distances > 60).all()
     # primary TLS carry a debris particle inside: they must stay primary
-    pairs = _match(result.tls, truth["tls"])
+    pairs = match_tls(result.tls, truth["tls"])
     assert all(row.stage == "primary" for row, item in pairs if item["stage"] == "primary")
 
 

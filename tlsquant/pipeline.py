@@ -27,6 +27,7 @@ from .slide import Slide
 from .thresholds import sample_windows
 
 HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
+AF_NAMES = ("autofluorescence", "af", "sample af", "sample autofluorescence", "autofluo")  # names of the AF channel
 ROLE_ORDER = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
 B_OCCUPANCY_SHARE = 0.125  # a fine grid cell holds B-cell membrane when this share of its pixels is CD20+
 CROSSTALK_ROLES = ("tumour", "b_cells", "fdc", "germinal_centre", "t_cells")  # channels whose crosstalk is removed
@@ -87,6 +88,11 @@ def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], 
             )
         elif role == "t_cells":
             warnings.append(f"no T-cell channel {marker!r}: T-cell fractions are not measured")
+        elif role == "autofluorescence" and marker.casefold() in AF_NAMES:
+            # exports name the unmixed AF component in several ways: take whichever the slide uses
+            alias = next((name for name in slide.channel_names if name.strip().casefold() in AF_NAMES), None)
+            if alias is not None:
+                found[role] = alias
     return found, warnings
 
 
