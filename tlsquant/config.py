@@ -115,7 +115,7 @@ class TLS:
     min_area_um2: float = 6000.0
     max_debris_fraction: float = 0.3
     min_nuclear_fraction: float = 0.15
-    min_contrast: float = 4.0
+    min_contrast: float = 6.5
     require_t_cell_zone: bool = False
     t_zone_width_um: float = 30.0
     min_t_fraction: float = 0.05
