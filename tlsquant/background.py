@@ -112,7 +112,15 @@ class SignalModel:
         """Level-0 values of the box at (y0, x0) minus their background (float32, before ``offset``)."""
         if name in self.pixel_af and af_values is not None:
             return self.af_corrected(name, values, af_values) - np.float32(self.channels[name].glass_level)
-        return values.astype(np.float32) - expand(self.background(name), self.factor, y0, x0, values.shape)
+        return values.astype(np.float32) - self.background_at(name, y0, x0, values.shape)
+
+    def background_at(self, name: str, y0: int, x0: int, shape: tuple[int, int]) -> np.ndarray:
+        """The background of channel ``name`` per pixel of the level-0 box at (y0, x0) (float32)."""
+        f, (height, width) = self.factor, shape
+        model = self.channels[name]
+        piece = self.template[y0 // f : -(-(y0 + height) // f), x0 // f : -(-(x0 + width) // f)]
+        piece = np.float32(model.glass_level) + np.float32(model.af_scale) * piece
+        return expand(piece, f, y0 % f, x0 % f, shape)
 
     def summary(self, name: str) -> dict:
         """JSON-ready description of channel ``name``'s model and the thresholds it gives on tissue."""
@@ -209,10 +217,10 @@ def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -
     """
     scaled = []
     for plane in images.values():
-        lo, mid = np.percentile(plane, [1, 50])
+        lo, mid = np.percentile(thin(plane), [1, 50])
         scaled.append((plane - lo) / max(mid - lo, 1e-12))
-    stack = np.sort(np.stack(scaled), axis=0)
-    score = stack[1] if len(scaled) >= 4 else stack[0]
+    order = 1 if len(scaled) >= 4 else 0
+    score = np.partition(np.stack(scaled), order, axis=0)[order]
     score = ndi.uniform_filter(score, 3, mode="nearest")
     glass_found = False
     tissue = np.ones(score.shape, bool)
@@ -256,8 +264,8 @@ def af_template(images: dict[str, np.ndarray], glass: dict[str, float], tissue: 
                 normalised.append(excess / level)
         if not normalised:
             return np.zeros(tissue.shape, np.float32)
-        stack = np.sort(np.stack(normalised), axis=0)
-        template = stack[1] if len(normalised) >= 5 else stack[0]
+        order = 1 if len(normalised) >= 5 else 0
+        template = np.partition(np.stack(normalised), order, axis=0)[order]
     if opening_cells > 1:
         # narrow bright things (RBC strings, debris, the edge rim) are not background
         template = ndi.grey_opening(template, size=(opening_cells, opening_cells), mode="nearest")
@@ -273,7 +281,7 @@ def af_scale(plane: np.ndarray, glass_level: float, template: np.ndarray, tissue
     if usable.sum() < 20:
         return 0.0
     ratio = (plane[usable] - glass_level) / template[usable]
-    return float(max(0.0, np.percentile(ratio, 20)))
+    return float(max(0.0, np.percentile(thin(ratio), 20)))
 
 
 # -- level-0 statistics -------------------------------------------------------------------------
@@ -287,12 +295,23 @@ def expand(grid: np.ndarray, factor: int, y0: int, x0: int, shape: tuple[int, in
     return full[y0 % factor : y0 % factor + height, x0 % factor : x0 % factor + width]
 
 
+STATS_SAMPLE = 1 << 19  # residual statistics use at most this many values (an even, deterministic stride)
+
+
+def thin(values: np.ndarray, limit: int = STATS_SAMPLE) -> np.ndarray:
+    """Every k-th value so that at most ``limit`` remain: the same for any chunking, and cheap to sort."""
+    values = values.ravel()
+    step = -(-values.size // limit)
+    return values[::step] if step > 1 else values
+
+
 def mode(values: np.ndarray) -> float:
     """Where the bulk of (mostly background) values sits: the peak of a smoothed histogram of their lower 60 %.
 
     Values piled on the minimum (a clipped floor: zeros of float data, a saturated dark
     offset) are left out unless they are the majority, as in sparse ion-count images.
     """
+    values = thin(values)
     floor = values.min()
     at_floor = values == floor
     if 0.005 < at_floor.mean() < 0.5:
@@ -330,7 +349,7 @@ def window_af_scale(windows: list[np.ndarray], boxes, *, glass_level: float, tem
         level = float(expand(template, factor, box[0].start, box[1].start, values.shape)[hint].mean())
         if level < 0.2:
             continue
-        ratios.append((mode(values[hint].astype(np.float32)) - glass_level) / level)
+        ratios.append((mode(thin(values[hint], 1 << 14).astype(np.float32)) - glass_level) / level)
     return float(max(0.0, np.median(ratios))) if len(ratios) >= 4 else None
 
 
@@ -341,7 +360,8 @@ def residual_stats(residual: np.ndarray, *, k: float, fraction: float, integer: 
     only ever add above it); positive scale: median excess of pixels more than ``k`` noise
     above the mode, when enough of them were seen.
     """
-    values = residual[np.isfinite(residual)]
+    values = thin(residual)
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return 0.0, 1.0, 0.0, k
     offset = mode(values)
@@ -376,7 +396,8 @@ def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes) -> tu
     if tissue_residual.size < 1000:  # hardly any tissue seen: all of it
         tissue_residual = np.concatenate([model.residual(name, w, b[0].start, b[1].start).ravel()
                                           for b, w in zip(boxes, windows[name])])
-    return tissue_residual, (np.concatenate(on_glass) if on_glass else np.empty(0, np.float32))
+    glass_values = np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
+    return thin(tissue_residual), thin(glass_values)
 
 
 def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule], *, factor: int,
@@ -405,7 +426,8 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
 
     # level-0 windows: the regular lattice for noise and positive scale
     sparse = slide.with_chunks(window_px)
-    lattice = dask.compute(*[[sparse.channel(name)[box] for box in sample_boxes] for name in names],
+    arrays = {name: sparse.channel(name) for name in names}
+    lattice = dask.compute(*[[arrays[name][box] for box in sample_boxes] for name in names],
                            scheduler=scheduler or "threads")
     windows = dict(zip(names, lattice))
     channels: dict[str, ChannelModel] = {}
@@ -465,7 +487,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     model.histograms = histograms
     model.pixel_af = {name: share for name, share in model.pixel_af.items() if model.channels[name].global_threshold is None}
     if max_crosstalk > 0:
-        model.crosstalk = estimate_crosstalk(slide, model, images, names, targets=crosstalk_targets,
+        model.crosstalk = estimate_crosstalk(sparse, model, images, names, targets=crosstalk_targets,
                                              window_px=window_px, tile=tile, max_crosstalk=max_crosstalk,
                                              min_crosstalk=min_crosstalk, scheduler=scheduler)
     return model
@@ -478,13 +500,16 @@ def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, w
                        tile: int, count: int, floor: float) -> list[tuple[slice, slice]]:
     """Up to ``count`` level-0 windows centred on the brightest coarse cells of ``excess``, apart from each other."""
     score = np.where(tissue, excess, -np.inf)
-    order = np.argsort(score, axis=None)[::-1]
+    flat = score.ravel()
+    top = min(flat.size, 20000)
+    candidates = np.argpartition(flat, flat.size - top)[flat.size - top:] if top < flat.size else np.arange(flat.size)
+    order = candidates[np.lexsort((candidates, -flat[candidates]))]  # brightest first, ties by position
     height, width = shape
     picked: list[tuple[int, int]] = []
     boxes = []
     apart = window_px / factor * 2
-    for flat in order[: 20000]:
-        row, col = divmod(int(flat), score.shape[1])
+    for index in order:
+        row, col = divmod(int(index), score.shape[1])
         if not score[row, col] > floor:
             break
         if any(abs(row - r) < apart and abs(col - c) < apart for r, c in picked):
@@ -501,8 +526,8 @@ def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, w
 
 def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray], names: list[str], *,
                        targets: tuple[str, ...], window_px: int, tile: int, max_crosstalk: float,
-                       min_crosstalk: float, scheduler=None, windows_per_source: int = 6) -> dict:
-    """kappa_cd for every target c and source d: the share of d's specific signal that shows in c.
+                       min_crosstalk: float, scheduler=None, windows_per_source: int = 4) -> dict:
+    """kappa_cd for every target c and source d: the share of d's specific signal that shows in c (``slide`` read through window-sized chunks).
 
     Measured at level 0 around d's brightest structures, as the most common residual ratio
     c / d over pixels where d is strongly positive: where most of them lack c, that is the
@@ -516,7 +541,7 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
     for name in names:
         on_tissue = excess[name][model.tissue_hint]
         if on_tissue.size:
-            bright += excess[name] > max(float(np.percentile(on_tissue, 99.5)), 0.0)
+            bright += excess[name] > max(float(np.percentile(thin(on_tissue), 99.5)), 0.0)
     artefact = ndi.binary_dilation(bright >= max(3, (len(names) + 1) // 2), np.ones((3, 3), bool))
     usable = model.tissue_hint & ~artefact
     boxes_by_source = {}
@@ -531,9 +556,10 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
             boxes_by_source[source] = boxes
     if not boxes_by_source:
         return {}
-    sparse = slide.with_chunks(window_px)
+    sparse = slide  # already read through window-sized chunks (see build_signal_model)
+    arrays = {name: sparse.channel(name) for name in names}
     wanted = [(source, name, box) for source, boxes in boxes_by_source.items() for box in boxes for name in names]
-    values = dask.compute(*[sparse.channel(name)[box] for _, name, box in wanted], scheduler=scheduler or "threads")
+    values = dask.compute(*[arrays[name][box] for _, name, box in wanted], scheduler=scheduler or "threads")
     pixels: dict[tuple[str, str], list[np.ndarray]] = {}
     raw = {(source, name, box[0].start, box[1].start): block for (source, name, box), block in zip(wanted, values)}
     for (source, name, box), block in zip(wanted, values):
