@@ -346,7 +346,7 @@ def cmd_demo(args) -> int:
         print(f"{row.slide_id:<14}{row.response:<7}{row.tumour_area_mm2:>11.3f}{row.tls_count:>5}"
               f"{row.tls_mature_count:>7}{_fmt(row.tls_density_per_mm2, '.3f'):>13}{_fmt(row.tls_area_pct, '.3f'):>8}{truth}")
     if "cells_total" not in cohort.columns:
-        print("cells: not measured — the bundled slides are 2.5 µm/px, too coarse for nuclei "
+        print("cells: not measured — the bundled slides are 2-2.5 µm/px, too coarse for nuclei "
               "(cells.max_pixel_size_um = 1); try a 0.5 µm slide from `tlsquant synth`")
     stats = compare_groups(cohort, "response", groups=groups)
     written = write_report(cohort, stats, "response", outroot / "comparison", slides_dir=outroot / "slides",
@@ -354,7 +354,7 @@ def cmd_demo(args) -> int:
     print()
     print(stats[["metric", "n_a", "n_b", "median_a", "median_b", "p", "method"]].to_string(
         index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, qc.png)")
+    print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, qc.png, thresholds.png)")
     print(f"cohort: {result.cohort_path}\nreport: {written['html']}")
     return 1 if len(result.failures) else 0
 
