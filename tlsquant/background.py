@@ -38,7 +38,7 @@ from skimage import filters, transform
 
 from .blocks import block_grid, compute_blocks
 from .config import ThresholdRule
-from .thresholds import estimate_threshold
+from .thresholds import estimate_threshold, read_windows
 
 MIN_NUCLEAR_COVER = 0.05  # a nuclear stain positive on less tissue than this means its background was misread
 GLOBAL_METHODS = ("otsu", "triangle", "li", "percentile", "fixed", "mad")
@@ -426,10 +426,8 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
 
     # level-0 windows: the regular lattice for noise and positive scale
     sparse = slide.with_chunks(window_px)
-    arrays = {name: sparse.channel(name) for name in names}
-    lattice = dask.compute(*[[arrays[name][box] for box in sample_boxes] for name in names],
-                           scheduler=scheduler or "threads")
-    windows = dict(zip(names, lattice))
+    windows = dict(zip(names, read_windows([sparse.channel(name) for name in names], sample_boxes,
+                                           scheduler=scheduler)))
     channels: dict[str, ChannelModel] = {}
     histograms = {}
     for name in names:
@@ -437,6 +435,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
                                   tissue=tissue, factor=factor)
         if refined is not None:
             scales[name] = refined
+    typical_template = float(np.median(template[tissue])) if tissue.any() else 0.0
     placeholders = {name: ChannelModel(name, "background", glass[name], scales[name], 0.0, 0.0, 0.0, 0.0) for name in names}
     model = SignalModel(factor, template, tissue, placeholders, source=source, has_glass=has_glass,
                         af_channel=autofluorescence)
@@ -449,7 +448,6 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
                               if name != autofluorescence and rules[name].method == "background" and scales[name] > 0}
     for name in names:
         rule = rules[name]
-        background = glass[name] + scales[name] * template
         tissue_residual, glass_values = _sample_residuals(model, name, windows, sample_boxes)
         if name in model.pixel_af and rule.method == "background":
             # subtracting the AF channel pixel by pixel adds its noise: keep it only where it pays
@@ -477,7 +475,8 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
             everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)
             value = estimate_threshold(everything, rule)
             channels[name] = ChannelModel(name, rule.method, glass[name], scales[name], 0.0, 0.0, 0.0, 0.0, value)
-        raw_tissue = tissue_residual + float(np.median(background[tissue])) if tissue.any() else tissue_residual
+        # back on the intensity scale for the QC histogram: the median tissue background added
+        raw_tissue = tissue_residual + glass[name] + scales[name] * typical_template
         top = float(np.percentile(raw_tissue, 99.9)) if raw_tissue.size else 1.0
         low = float(min(np.percentile(glass_values, 0.5) if glass_values.size else top, np.percentile(raw_tissue, 0.5)))
         edges = np.linspace(low, max(top, low + 1e-6), 97)
@@ -556,16 +555,15 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
             boxes_by_source[source] = boxes
     if not boxes_by_source:
         return {}
-    sparse = slide  # already read through window-sized chunks (see build_signal_model)
-    arrays = {name: sparse.channel(name) for name in names}
-    wanted = [(source, name, box) for source, boxes in boxes_by_source.items() for box in boxes for name in names]
-    values = dask.compute(*[arrays[name][box] for _, name, box in wanted], scheduler=scheduler or "threads")
+    boxes = [box for source_boxes in boxes_by_source.values() for box in source_boxes]
+    read = dict(zip(names, read_windows([slide.channel(name) for name in names], boxes, scheduler=scheduler)))
+    owner = [source for source, source_boxes in boxes_by_source.items() for _ in source_boxes]
     pixels: dict[tuple[str, str], list[np.ndarray]] = {}
-    raw = {(source, name, box[0].start, box[1].start): block for (source, name, box), block in zip(wanted, values)}
-    for (source, name, box), block in zip(wanted, values):
-        af = raw.get((source, model.af_channel, box[0].start, box[1].start)) if model.af_channel else None
-        residual = model.residual(name, block, box[0].start, box[1].start, af) - np.float32(model.channels[name].offset)
-        pixels.setdefault((source, name), []).append(residual.ravel())
+    for k, (source, box) in enumerate(zip(owner, boxes)):
+        af = read[model.af_channel][k] if model.af_channel in read else None
+        for name in names:
+            residual = model.residual(name, read[name][k], box[0].start, box[1].start, af)
+            pixels.setdefault((source, name), []).append((residual - np.float32(model.channels[name].offset)).ravel())
     result: dict[str, list[tuple[str, float]]] = {}
     for source in boxes_by_source:
         driver = np.concatenate(pixels[(source, source)])

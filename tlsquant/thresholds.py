@@ -43,11 +43,16 @@ def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int,
     return boxes
 
 
+def read_windows(channels: list[da.Array], boxes, *, scheduler=None) -> list[list[np.ndarray]]:
+    """Each lazy (Y, X) channel's pixels inside each of ``boxes``, read in one compute: [channel][box]."""
+    return [list(windows) for windows in
+            dask.compute(*[[channel[box] for box in boxes] for channel in channels], scheduler=scheduler or "threads")]
+
+
 def sample_pixels(channels: list[da.Array], boxes, *, scheduler=None) -> list[np.ndarray]:
     """Pixels of each lazy (Y, X) channel inside ``boxes``, one flat float32 array per channel."""
-    pieces = [[channel[box] for box in boxes] for channel in channels]
-    computed = dask.compute(*[da.concatenate([p.ravel() for p in ch]) for ch in pieces], scheduler=scheduler)
-    return [np.asarray(values, dtype=np.float32) for values in computed]
+    return [np.concatenate([w.ravel() for w in windows]).astype(np.float32)
+            for windows in read_windows(channels, boxes, scheduler=scheduler)]
 
 
 def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
