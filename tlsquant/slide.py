@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import ChannelError, SlideFormatError
+from .markers import find_marker
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".qptiff", ".tiff", ".tif", ".zarr")
@@ -146,18 +147,21 @@ class Slide:
 
     # -- channels ---------------------------------------------------------------------------
     def channel_index(self, name: str) -> int:
-        """Index of channel ``name`` (case-insensitive); raises ChannelError listing the channels."""
-        wanted = name.strip().casefold()
-        for index, candidate in enumerate(self.channel_names):
-            if candidate.casefold() == wanted:
-                return index
-        raise ChannelError(
-            f"{self.path}: no channel named {name!r}; channels present: "
-            f"{', '.join(self.channel_names)}"
-        )
+        """Index of marker ``name``; raises ChannelError listing the channels.
+
+        Case-insensitive; spaces, hyphens and a trailing mass or fluorophore tag are
+        ignored when no exact match exists (``"CD-20"`` finds ``"CD20 (164)"``).
+        """
+        index = find_marker(self.channel_names, name)
+        if index is None:
+            raise ChannelError(
+                f"{self.path}: no channel named {name!r}; channels present: "
+                f"{', '.join(self.channel_names)}"
+            )
+        return index
 
     def has_channel(self, name: str) -> bool:
-        return any(c.casefold() == name.strip().casefold() for c in self.channel_names)
+        return find_marker(self.channel_names, name) is not None
 
     def channel(self, name: str, level: int = 0) -> da.Array:
         """Lazy (Y, X) array of channel ``name`` at pyramid ``level``."""

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import ChannelError, PixelSizeError, SlideFormatError, SlideNotFoundError
-from ..slide import Slide
-from .units import PIXEL_SIZE_HINT, check_pixel_size
+from ..errors import SlideFormatError, SlideNotFoundError
+from ..slide import Level, Slide
+from .resolve import (
+    PixelSizeArg,
+    read_channel_names,
+    resolve_channel_names,
+    resolve_pixel_size,
+    supported_dtype,
+)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-PixelSizeArg = float | tuple[float, float] | None
+_ZARR_MARKERS = (".zgroup", ".zarray", ".zattrs", "zarr.json")
+_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def open_slide(
@@ -23,41 +28,71 @@ def open_slide(
     pixel_size_um: PixelSizeArg = None,
     channel_names: Sequence[str] | None = None,
     chunk_size: int | None = None,
+    marker_map: Mapping[str, str] | None = None,
 ) -> Slide:
     """Open a multiplex slide lazily: metadata is read, no tile is decoded.
 
     Parameters
     ----------
     path : str or Path
-        Akoya QPTIFF, OME-TIFF (SubIFD or series pyramid), plain multi-page/multi-sample
-        TIFF, OME-Zarr (NGFF 0.4/0.5) directory or a plain zarr (C, Y, X) array.
+        Akoya QPTIFF, inForm ``component_data.tif`` (one field) or a folder of them (a
+        mosaic placed by stage position), OME-TIFF (SubIFD or series pyramid), plain
+        multi-page/multi-sample TIFF, a folder of single-channel TIFFs (one per marker),
+        OME-Zarr (NGFF 0.4/0.5, bioformats2raw layout) or a plain zarr (C, Y, X) array.
     pixel_size_um : float or (x, y), optional
-        Level-0 pixel size in µm/px. Overrides the file; required when the file has none.
+        Level-0 pixel size in µm/px. Always wins over the file (whose value, if any, is
+        kept in ``metadata``); required when the file has none or a non-physical one.
     channel_names : sequence of str, optional
-        One name per channel in file order. Overrides the file's names.
+        One name per channel in file order. Wins over the file's names and over a
+        ``markers.csv`` beside the image.
     chunk_size : int, optional
         Approximate dask chunk side in px (default 2048), rounded to whole storage tiles.
+    marker_map : mapping of str to str, optional
+        Renames channels, e.g. ``{"Opal 520": "CD20"}`` for inForm exports named by
+        fluorophore (the config's ``channels.fluorophores``).
 
     Returns
     -------
     Slide
     """
     path = Path(path)
-    slide = _open(path, pixel_size_um, channel_names, chunk_size)
-    reopen = functools.partial(open_slide, path, pixel_size_um=pixel_size_um, channel_names=channel_names)
+    slide = _open(path, pixel_size_um, channel_names, chunk_size, marker_map)
+    reopen = functools.partial(
+        open_slide, path, pixel_size_um=pixel_size_um, channel_names=channel_names, marker_map=marker_map
+    )
     return dataclasses.replace(slide, reopen=reopen)
 
 
-def _open(path: Path, pixel_size_um, channel_names, chunk_size) -> Slide:
+def _is_zarr_dir(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or any((path / name).exists() for name in _ZARR_MARKERS)
+
+
+def _open(path: Path, pixel_size_um, channel_names, chunk_size, marker_map) -> Slide:
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such file or directory")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive number of pixels, got {chunk_size!r}")
+    choices = (pixel_size_um, channel_names, marker_map)
+    if path.is_dir() and not _is_zarr_dir(path):
+        tiffs = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file())
+        if not tiffs:
+            raise SlideFormatError(
+                f"{path}: folder holds no zarr metadata and no .tif/.tiff files; expected an OME-Zarr "
+                f"store, a folder of inForm component_data.tif fields or one TIFF per channel"
+            )
+        if any(p.name.lower().endswith("component_data.tif") for p in tiffs):
+            from .mosaic import read_inform_mosaic
+
+            parts = read_inform_mosaic(path, chunk_px=chunk_size, pixel_size_um=pixel_size_um)
+        else:
+            from .tiff_folder import read_tiff_folder
+
+            parts = read_tiff_folder(path, tiffs, chunk_px=chunk_size)
+        return _assemble(path, parts, *choices)
     if path.is_dir() or path.suffix.lower() == ".zarr":
         from .omezarr import read_zarr
 
-        parts = read_zarr(path, chunk_px=chunk_size)
-        return _assemble(path, parts, pixel_size_um, channel_names)
+        return _assemble(path, read_zarr(path, chunk_px=chunk_size), *choices)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic not in _TIFF_MAGIC:
@@ -69,93 +104,45 @@ def _open(path: Path, pixel_size_um, channel_names, chunk_size) -> Slide:
     layout = read_tiff_layout(path)
     parts = {
         "channel_names": layout.channel_names,
+        "channel_names_source": layout.channel_names_source,
         "pixel_size_xy_um": layout.pixel_size_xy_um,
         "pixel_size_source": layout.pixel_size_source,
+        "pixel_size_problem": layout.pixel_size_problem,
         "n_channels": len(layout.levels[0].planes),
     }
-    names, size, metadata = _resolve(path, parts, pixel_size_um, channel_names)
+    names, size, metadata = _resolve(path, parts, *choices)
     return tiff_slide(
         path, layout, channel_names=names, pixel_size_xy_um=size, chunk_px=chunk_size,
         metadata=metadata,
     )
 
 
-def _assemble(path, parts, pixel_size_um, channel_names) -> Slide:
+def _assemble(path, parts, pixel_size_um, channel_names, marker_map) -> Slide:
     parts = {**parts, "n_channels": parts["levels"][0].shape[0]}
-    names, size, metadata = _resolve(path, parts, pixel_size_um, channel_names)
+    names, size, metadata = _resolve(path, parts, pixel_size_um, channel_names, marker_map)
+    levels = list(parts["levels"])
+    target, note = supported_dtype(levels[0].data.dtype)
+    if note:
+        levels = [Level(lvl.data.astype(target), lvl.downsample_y, lvl.downsample_x) for lvl in levels]
+        metadata["dtype_conversion"] = note
     return Slide(
         path=path,
         format=parts["format"],
         channel_names=tuple(names),
         pixel_size_x_um=size[0],
         pixel_size_y_um=size[1],
-        levels=tuple(parts["levels"]),
+        levels=tuple(levels),
         tile_shape=parts["tile_shape"],
         compression=parts["compression"],
         metadata={**metadata, **parts["notes"]},
     )
 
 
-def _resolve(path: Path, parts: dict, pixel_size_um: PixelSizeArg, channel_names):
+def _resolve(path: Path, parts: dict, pixel_size_um: PixelSizeArg, channel_names, marker_map=None):
     """Channel names and pixel size: the caller's values win over the file's."""
-    n_channels = parts["n_channels"]
-    if channel_names is not None:
-        names = [str(n).strip() for n in channel_names]
-        if len(names) != n_channels:
-            raise ChannelError(
-                f"{path}: channel_names has {len(names)} names ({', '.join(names)}) but the file "
-                f"has {n_channels} channels"
-            )
-        names_source = "user"
-    elif parts["channel_names"]:
-        names, names_source = list(parts["channel_names"]), "file"
-    else:
-        names = [f"Channel {k + 1}" for k in range(n_channels)]
-        names_source = "placeholder (the file names no channels; pass channel_names)"
-    if pixel_size_um is not None:
-        if isinstance(pixel_size_um, (int, float)):
-            size = (float(pixel_size_um), float(pixel_size_um))
-        else:
-            size = tuple(float(v) for v in pixel_size_um)
-        size_source = "user"
-        label = "pixel_size_um"
-    elif parts["pixel_size_xy_um"] is not None:
-        size = tuple(parts["pixel_size_xy_um"])
-        size_source = parts["pixel_size_source"]
-        label = f"{path} ({size_source})"
-    else:
-        raise PixelSizeError(f"{path}: the file records no physical pixel size; " + PIXEL_SIZE_HINT)
-    size = (check_pixel_size(size[0], source=label), check_pixel_size(size[1], source=label))
-    metadata = {"channel_names_source": names_source, "pixel_size_source": size_source}
-    return names, size, metadata
-
-
-def read_channel_names(path: str | Path) -> list[str]:
-    """Channel names from a text file (one per line) or a CSV with a marker column.
-
-    A CSV header may name the column ``marker_name``, ``marker``, ``channel_name`` or
-    ``name``; an optional ``channel_index`` column orders the rows.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise SlideNotFoundError(f"{path}: channel name file not found")
-    text = path.read_text(encoding="utf-8-sig")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ChannelError(f"{path}: channel name file is empty")
-    if "," not in lines[0]:
-        return [line.strip() for line in lines]
-    rows = list(csv.DictReader(lines))
-    header = {key.strip().lower(): key for key in rows[0].keys()}
-    column = next((header[k] for k in ("marker_name", "marker", "channel_name", "name") if k in header), None)
-    if column is None:
-        raise ChannelError(
-            f"{path}: CSV needs a marker_name, marker, channel_name or name column; found "
-            f"{', '.join(rows[0].keys())}"
-        )
-    if "channel_index" in header:
-        rows.sort(key=lambda row: int(row[header["channel_index"]]))
-    return [row[column].strip() for row in rows]
+    names, name_notes = resolve_channel_names(path, parts, channel_names, marker_map)
+    size, size_notes = resolve_pixel_size(path, parts, pixel_size_um)
+    return names, size, {**name_notes, **size_notes}
 
 
 __all__ = ["SlideFormatError", "open_slide", "read_channel_names"]

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SlideFormatError
+from ..errors import PixelSizeError, SlideFormatError
 from ..slide import Level, Slide
 from .lazy import TiffLevelSource, TiffPlane, file_stamp, tiff_level_array
+from .page_names import brightfield_refusal, page_channel_names
+from .resolve import supported_dtype
 from .units import length_to_um, resolution_to_um
 
 
@@ -35,6 +37,8 @@ class TiffLayout:
     pixel_size_source: str | None
     compression: str | None
     notes: dict[str, Any] = field(default_factory=dict)
+    channel_names_source: str | None = None
+    pixel_size_problem: str | None = None  # why the file's own pixel size is unusable
 
 
 def _page_tile(page) -> tuple[int, int]:
@@ -199,32 +203,53 @@ def _ome_image_element(tif, series_index: int, source: str) -> ET.Element | None
     return images[series_index] if series_index < len(images) else None
 
 
-def _ome_metadata(image: ET.Element | None, source: str):
+def _ome_pixels(image: ET.Element | None) -> ET.Element | None:
     if image is None:
-        return None, None
-    pixels = next((el for el in image if _local(el.tag) == "Pixels"), None)
+        return None
+    return next((el for el in image if _local(el.tag) == "Pixels"), None)
+
+
+def _ome_metadata(pixels: ET.Element | None, source: str):
+    """(channel names, (x, y) µm or None, problem or None) from an OME Pixels element."""
     if pixels is None:
-        return None, None
-    names = [ch.get("Name") or "" for ch in pixels if _local(ch.tag) == "Channel"]
-    size = None
-    if pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
+        return None, None, None
+    channels = [ch for ch in pixels if _local(ch.tag) == "Channel"]
+    names = [(ch.get("Name") or ch.get("Fluor") or "").strip() for ch in channels]
+    x_text = pixels.get("PhysicalSizeX")
+    y_text = pixels.get("PhysicalSizeY") or x_text
+    if not x_text:
+        return names, None, None
+    try:
         size = (
+            length_to_um(float(x_text), pixels.get("PhysicalSizeXUnit"), source=f"{source} OME PhysicalSizeX"),
             length_to_um(
-                float(pixels.get("PhysicalSizeX")), pixels.get("PhysicalSizeXUnit"),
-                source=f"{source} OME PhysicalSizeX",
-            ),
-            length_to_um(
-                float(pixels.get("PhysicalSizeY")), pixels.get("PhysicalSizeYUnit"),
+                float(y_text),
+                pixels.get("PhysicalSizeYUnit") if pixels.get("PhysicalSizeY") else pixels.get("PhysicalSizeXUnit"),
                 source=f"{source} OME PhysicalSizeY",
             ),
         )
-    elif pixels.get("PhysicalSizeX"):
-        value = length_to_um(
-            float(pixels.get("PhysicalSizeX")), pixels.get("PhysicalSizeXUnit"),
-            source=f"{source} OME PhysicalSizeX",
-        )
-        size = (value, value)
-    return names, size
+    except PixelSizeError as exc:
+        return names, None, str(exc).split("; pass ")[0]
+    except ValueError:
+        return names, None, f"{source}: OME PhysicalSizeX {x_text!r} is not a number"
+    return names, size, None
+
+
+def _ome_mismatch(pixels: ET.Element | None, n_planes: int, shape_yx: tuple[int, int]) -> str | None:
+    """How the OME-XML's sizes disagree with the planes the file stores, or None."""
+    if pixels is None:
+        return None
+    try:
+        size_c = int(pixels.get("SizeC", 1)) * int(pixels.get("SizeZ", 1)) * int(pixels.get("SizeT", 1))
+        size_yx = (int(pixels.get("SizeY", 0)), int(pixels.get("SizeX", 0)))
+    except ValueError:
+        return "its OME-XML sizes are not numbers"
+    if size_c == n_planes and size_yx == tuple(shape_yx):
+        return None
+    return (
+        f"its OME-XML says {size_c} planes of {size_yx[0]} x {size_yx[1]} px (SizeC/Z/T, SizeY, SizeX) "
+        f"but the file stores {n_planes} planes of {shape_yx[0]} x {shape_yx[1]} px"
+    )
 
 
 def _imagej_pixel_size(tif, page) -> tuple[float, float] | None:
@@ -262,35 +287,74 @@ def _levels_stored_as_series(tif, series_index: int, source: str) -> list[_Level
     return levels
 
 
+def _stored_planes(tif, series) -> _LevelLayout:
+    """Level 0 as the file stores it: the top-level pages of the series' plane shape."""
+    shape = series.keyframe.shape
+    pages = [index for index, page in enumerate(tif.pages) if page.shape == shape]
+    return _LevelLayout(tuple(shape[:2]), tuple(TiffPlane(page=i) for i in pages), _page_tile(series.keyframe))
+
+
 def _series_layout(tif, source: str) -> TiffLayout:
     series_index = _choose_series(tif)
     series = tif.series[series_index]
+    refusal = brightfield_refusal(tif, series, source)
+    if refusal:
+        raise SlideFormatError(refusal)
     first_page = series.levels[0].keyframe
-    levels = []
-    for level_index, level in enumerate(series.levels):
-        planes = _series_planes(series_index, series, level_index, source)
-        shape_yx = tuple(level.shape[-3:-1] if level.axes.endswith("S") else level.shape[-2:])
-        levels.append(_LevelLayout(shape_yx, planes, _page_tile(level.keyframe)))
-    if len(levels) == 1:
-        levels += _levels_stored_as_series(tif, series_index, source)
+    notes: dict[str, Any] = {"series": series_index, "axes": series.axes}
+    warnings: list[str] = []
+    missing = sum(page is None for page in series.levels[0].pages)
+    if missing:
+        # tifffile zero-fills planes the OME-XML promises but the file lacks: never analyse those
+        levels = [_stored_planes(tif, series)]
+        warnings.append(
+            f"the OME-XML promises {len(series.levels[0].pages)} planes but the file holds only "
+            f"{len(levels[0].planes)}; read the {len(levels[0].planes)} stored planes, XML channel names ignored"
+        )
+    else:
+        levels = []
+        for level_index, level in enumerate(series.levels):
+            planes = _series_planes(series_index, series, level_index, source)
+            shape_yx = tuple(level.shape[-3:-1] if level.axes.endswith("S") else level.shape[-2:])
+            levels.append(_LevelLayout(shape_yx, planes, _page_tile(level.keyframe)))
+        if len(levels) == 1:
+            levels += _levels_stored_as_series(tif, series_index, source)
     names = None
+    names_source = None
     pixel_size = None
     pixel_source = None
+    problem = None
     fmt = "tiff"
     if tif.is_ome:
         fmt = "ome-tiff"
-        image = _ome_image_element(tif, series_index, source)
-        names, pixel_size = _ome_metadata(image, source)
+        pixels = _ome_pixels(_ome_image_element(tif, series_index, source))
+        names, pixel_size, problem = _ome_metadata(pixels, source)
+        mismatch = _ome_mismatch(pixels, len(levels[0].planes), levels[0].shape_yx)
+        if mismatch and not missing:
+            warnings.append(f"{mismatch}; read as stored")
         if pixel_size is not None:
             pixel_source = "OME PhysicalSizeX/Y"
-        if names is not None and (len(names) != len(levels[0].planes) or not all(names)):
-            names = None  # unnamed or mismatched: the caller must supply names
+        if missing or not names or len(names) != len(levels[0].planes) or not all(names):
+            names = None  # unnamed or mismatched: look elsewhere, else the caller must supply names
+        else:
+            names_source = "OME Channel Name/Fluor"
+    if names is None and levels[0].planes and all(p.sample is None for p in levels[0].planes):
+        pages = [
+            tif.pages[p.page] if p.series is None else tif.series[p.series].levels[0].pages[p.page]
+            for p in levels[0].planes
+        ]
+        names, names_source = page_channel_names(tif, pages)
     if pixel_size is None and tif.is_imagej:
         pixel_size = _imagej_pixel_size(tif, first_page)
         pixel_source = "ImageJ unit + resolution tags" if pixel_size else None
     if pixel_size is None:
-        pixel_size = _tag_pixel_size(first_page, source)
+        try:
+            pixel_size = _tag_pixel_size(first_page, source)
+        except PixelSizeError as exc:
+            problem = problem or str(exc).split("; pass ")[0]
         pixel_source = "tiff resolution tags" if pixel_size else None
+    if warnings:
+        notes["reader_warnings"] = warnings
     return TiffLayout(
         format=fmt,
         dtype=np.dtype(series.dtype),
@@ -299,7 +363,9 @@ def _series_layout(tif, source: str) -> TiffLayout:
         pixel_size_xy_um=pixel_size,
         pixel_size_source=pixel_source,
         compression=_compression_name(first_page),
-        notes={"series": series_index, "axes": series.axes},
+        notes=notes,
+        channel_names_source=names_source,
+        pixel_size_problem=problem,
     )
 
 
@@ -332,10 +398,15 @@ def tiff_slide(
     """Assemble a lazy :class:`Slide` from a parsed layout."""
     stamp = file_stamp(str(path))
     base_y, base_x = layout.levels[0].shape_yx
+    target, conversion = supported_dtype(layout.dtype)
+    if conversion:
+        metadata = {**metadata, "dtype_conversion": conversion}
     levels = []
     for level in layout.levels:
         source = TiffLevelSource(str(path.resolve()), level.planes, stamp)
         data = tiff_level_array(source, level.shape_yx, layout.dtype, level.tile_yx, chunk_px)
+        if conversion:
+            data = data.astype(target)
         levels.append(Level(data, base_y / level.shape_yx[0], base_x / level.shape_yx[1]))
     return Slide(
         path=path,
