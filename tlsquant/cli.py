@@ -53,23 +53,35 @@ def _open(args):
 
 
 def cmd_info(args) -> int:
-    slide = _open(args)
-    info = slide.info()
+    from .config import Channels
+    from .errors import PixelSizeError
+    from .io.describe import describe_slide, format_description
+
+    config = _load_config(args)
+    roles = {role: getattr(config.channels, role) for role in Channels.REQUIRED + ("t_cells",)}
+    status = 0
+    described = []
+    for path in args.slide:
+        try:
+            description = describe_slide(
+                path, pixel_size_um=args.pixel_size, channel_names=_channel_names(args.channels),
+                marker_map=config.channels.fluorophores, roles=roles, required_roles=Channels.REQUIRED,
+            )
+        except TLSQuantError as exc:
+            if len(args.slide) == 1 and not isinstance(exc, PixelSizeError):
+                raise
+            print(f"tlsquant info: error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        if description["pixel_size_problem"]:
+            status = max(status, 1)
+        described.append(description)
+        if not args.json:
+            print("\n".join(format_description(description)))
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['path']}")
-    print(f"  format        {info['format']}")
-    print(f"  pixel size    {info['pixel_size_x_um']:.5g} x {info['pixel_size_y_um']:.5g} µm/px "
-          f"({info['metadata'].get('pixel_size_source')})")
-    print(f"  shape (C,Y,X) {tuple(info['shape'])}  {info['dtype']}")
-    width_mm = info["shape"][2] * info["pixel_size_x_um"] / 1000
-    height_mm = info["shape"][1] * info["pixel_size_y_um"] / 1000
-    print(f"  extent        {width_mm:.2f} x {height_mm:.2f} mm")
-    print(f"  tiles         {info['tile_shape']}  compression {info['compression']}")
-    print(f"  levels        {', '.join('x'.join(map(str, lv[1:])) for lv in info['levels'])}")
-    print(f"  channels      {', '.join(info['channels'])}  ({info['metadata'].get('channel_names_source')})")
-    return 0
+        infos = [{**d["info"], "missing": d["missing"]} for d in described]
+        print(json.dumps(infos[0] if len(args.slide) == 1 and infos else infos, indent=2))
+    return status
 
 
 def _parse_size(text: str) -> tuple[float, float]:
@@ -161,7 +173,7 @@ def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=
     from .pipeline import analyze_slide
 
     slide = open_slide(slide_path, pixel_size_um=pixel_size, channel_names=channels,
-                       chunk_size=config.compute.chunk_px or None)
+                       chunk_size=config.compute.chunk_px or None, marker_map=config.channels.fluorophores)
     with _progress(progress):
         result = analyze_slide(slide, config)
     write_slide_outputs(result, outdir, slide=slide)
@@ -415,9 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_slide_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
-    info = sub.add_parser("info", help="describe a slide (format, channels, pixel size, pyramid)")
-    info.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info = sub.add_parser("info", help="describe slides: format, channels, pixel size, pyramid, where each came "
+                                       "from and what you must still supply (exit 1 if a pixel size is missing)")
+    info.add_argument("slide", nargs="+", help="QPTIFF, inForm, OME-TIFF, TIFF, TIFF folder, OME-Zarr or zarr path(s)")
+    info.add_argument("--json", action="store_true", help="print one JSON object (a list for several slides)")
+    info.add_argument("--config", metavar="TOML", help="check the channels this configuration needs")
+    info.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     _add_slide_options(info)
     info.set_defaults(func=cmd_info)
 

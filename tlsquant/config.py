@@ -29,6 +29,9 @@ class Channels:
     germinal_centre: str = "CD23"
     t_cells: str = "CD3"  # "" to run without a T-cell channel
     autofluorescence: str = "Autofluorescence"  # used only when the slide has it
+    # channel renames applied when a slide is opened, e.g. {"Opal 520": "CD20"}: inForm component
+    # exports name channels by fluorophore only
+    fluorophores: dict[str, str] = field(default_factory=dict)
 
     REQUIRED = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre")
 
@@ -156,10 +159,11 @@ class Cells:
                                         "TOX", "SOX10")
     whole_cell_markers: tuple[str, ...] = ()
     sigma_um: float = 0.3
-    min_distance_um: float = 2.0
+    min_distance_um: float = 1.5
     min_area_um2: float = 8.0
     max_area_um2: float = 250.0
     ring_um: float = 2.0
+    tissue_reach_um: float = 15.0  # cells centred this far outside the tissue outline still count (the outline cuts edge cells)
     min_signal_fraction: float = 0.35  # a cell is marker-positive above background by this share of the typical positive signal (or the pixel margin)
 
 

@@ -47,7 +47,8 @@ class Slide:
     path : Path
         The file or directory it was opened from.
     format : str
-        ``"qptiff"``, ``"ome-tiff"``, ``"tiff"``, ``"ome-zarr"`` or ``"zarr"``.
+        ``"qptiff"``, ``"inform-component"``, ``"inform-mosaic"``, ``"ome-tiff"``, ``"tiff"``,
+        ``"tiff-folder"``, ``"ome-zarr"`` or ``"zarr"``.
     channel_names : tuple of str
         One name per channel, in file order.
     pixel_size_x_um, pixel_size_y_um : float

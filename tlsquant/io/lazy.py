@@ -28,13 +28,16 @@ class TiffPlane:
 
     ``series`` None means ``page`` indexes the file's top-level pages; otherwise
     the plane is page ``page`` of pyramid level ``level`` of tifffile series ``series``.
-    ``sample`` selects one sample of an interleaved (Y, X, S) page.
+    ``sample`` selects one sample of an interleaved (Y, X, S) page. ``path`` and ``stamp``
+    name another file than the level's (a folder of one TIFF per channel).
     """
 
     page: int
     series: int | None = None
     level: int = 0
     sample: int | None = None
+    path: str | None = None
+    stamp: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,13 @@ def _open_tiff(path: str, stamp: tuple[int, int]):
 
 
 def _plane_array(source: TiffLevelSource, plane: TiffPlane):
+    path = plane.path or source.path
+    stamp = plane.stamp or source.file_stamp
+
     def factory():
         import zarr
 
-        tif = _open_tiff(source.path, source.file_stamp)
+        tif = _open_tiff(path, stamp)
         # walking the page list seeks the shared handle: hold the lock chunk reads hold
         with tif.filehandle.lock:
             if plane.series is None:
@@ -101,7 +107,14 @@ def _plane_array(source: TiffLevelSource, plane: TiffPlane):
         # outside the lock: zarr reads through its own event-loop thread, which takes the lock
         return zarr.open(store, mode="r")
 
-    return _PLANE_ARRAYS.get((source.path, source.file_stamp, plane), factory)
+    return _PLANE_ARRAYS.get((path, stamp, plane), factory)
+
+
+def read_plane_region(plane: TiffPlane, y: slice, x: slice) -> np.ndarray:
+    """Pixels [y, x] of a plane that names its own file (``plane.path`` and ``plane.stamp``)."""
+    source = TiffLevelSource(plane.path, (), plane.stamp)
+    region = _plane_array(source, plane)[y, x]
+    return region if plane.sample is None else region[..., plane.sample]
 
 
 def _read_tiff_block(source: TiffLevelSource, dtype: str, block_info=None) -> np.ndarray:

@@ -174,6 +174,8 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     if result.cells is not None:
         written["cells"] = write_cells_table(result.cells, outdir / CELLS_TABLE)
     summary = dict(result.summary)
+    if slide is not None:  # where names and pixel size came from; file values the user overrode
+        summary["source"] = {**summary.get("source", {}), "reader": slide.metadata}
     summary["outputs"] = sorted(p.name for p in written.values())
     written["summary"] = write_text_atomic(outdir / SUMMARY, json.dumps(summary, indent=2, default=_json_default))
     return written

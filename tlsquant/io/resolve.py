@@ -41,6 +41,8 @@ def read_channel_names(path: str | Path) -> list[str]:
     if not lines:
         raise ChannelError(f"{path}: channel name file is empty")
     if "," not in lines[0]:
+        if lines[0].strip().lower() in _MARKER_COLUMNS:  # a one-column CSV with its header
+            lines = lines[1:]
         return [line.strip() for line in lines]
     rows = list(csv.DictReader(lines))
     header = {key.strip().lower(): key for key in rows[0].keys()}
@@ -56,6 +58,8 @@ def read_channel_names(path: str | Path) -> list[str]:
 
 def find_sidecar_markers(path: Path) -> Path | None:
     """A marker list kept beside the image (``markers.csv``, ``<slide>.markers.csv``), or None."""
+    if not path.is_file():
+        return None
     stem = slide_id_from_name(path.name)
     folders = [path.parent]
     if path.parent.name.lower() == "registration":  # MCMICRO project layout

@@ -66,7 +66,17 @@ def _tag_pixel_size(page, source: str) -> tuple[float, float] | None:
     y_um = resolution_to_um(tags["YResolution"].value, unit, source=f"{source} YResolution")
     if x_um is None or y_um is None:
         return None
+    dpi = 25_400 / x_um
+    if unit == 2 and any(abs(dpi - d) < 1e-6 for d in _EDITOR_DPI):
+        raise PixelSizeError(
+            f"{source}: the resolution tags say {dpi:g} dpi, an image-editor default, not a "
+            f"microscope pixel size"
+        )
     return x_um, y_um
+
+
+# resolutions image libraries write when they know none (PIL, ImageMagick, Photoshop)
+_EDITOR_DPI = (72.0, 96.0, 150.0, 300.0)
 
 
 def _xml_root(text: str, source: str) -> ET.Element:
@@ -145,7 +155,10 @@ def _qptiff_layout(tif, source: str) -> TiffLayout:
             run = []
         if item[1] is not None:
             run.append(item)
-    pixel_size = _tag_pixel_size(full[0][1], source)
+    try:
+        pixel_size = _tag_pixel_size(full[0][1], source)
+    except PixelSizeError:
+        pixel_size = None
     pixel_source = "tiff resolution tags"
     if pixel_size is None:
         text = full[0][2].findtext(".//ScanResolution/PixelSizeMicrons")
@@ -154,8 +167,10 @@ def _qptiff_layout(tif, source: str) -> TiffLayout:
             pixel_source = "QPTIFF ScanProfile PixelSizeMicrons"
         else:
             pixel_source = None
+    # PhenoImager QPTIFFs and inForm fields share this XML; inForm names its fields *_component_data.tif
+    inform = Path(source).name.lower().endswith("component_data.tif")
     return TiffLayout(
-        format="qptiff",
+        format="inform-component" if inform else "qptiff",
         dtype=np.dtype(full[0][1].dtype),
         levels=levels,
         channel_names=names,
@@ -163,6 +178,7 @@ def _qptiff_layout(tif, source: str) -> TiffLayout:
         pixel_size_source=pixel_source,
         compression=_compression_name(full[0][1]),
         notes={"ignored_pages": skipped},
+        channel_names_source="inForm component <Biomarker>/<Name>" if inform else "QPTIFF <Biomarker>/<Name>",
     )
 
 
