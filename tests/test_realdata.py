@@ -56,9 +56,11 @@ def test_cycif_crop_needs_names_and_pixel_size_from_user():
     assert slide.channel_index("cd20") == 27 and slide.channel_index("CD21") == 35
     assert slide.shape == (48, 100, 100) and slide.dtype == np.uint16
     assert len(slide.levels) == 4
-    unnamed = open_slide(path, pixel_size_um=0.65)
-    assert unnamed.channel_names[0] == "Channel 1"
-    assert unnamed.metadata["channel_names_source"].startswith("placeholder")
+    # the marker list kept beside the image (<slide>.channels.csv) is found without asking
+    beside = open_slide(path, pixel_size_um=0.65)
+    assert beside.channel_names == slide.channel_names
+    assert beside.metadata["channel_names_source"] == f"marker list {REALDATA / 'cropped_reactive_core.channels.csv'}"
+    assert beside.metadata["pixel_size_file_um"] == [10000.0, 10000.0]  # the file's bogus value, kept
 
 
 @pytest.mark.realdata
