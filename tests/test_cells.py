@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.batch import flatten_summary
@@ -74,6 +75,19 @@ def test_specks_clumps_and_empty_images_give_no_nuclei():
     clump = _discs((200, 200), [(50.0, 50.0)], [20.0])
     assert segment_nuclei(clump, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
     assert segment_nuclei(np.zeros((30, 30), np.uint16), pixel_size_um=PIXEL, threshold=10).max() == 0
+
+
+def test_blurred_clumps_are_split_at_stain_maxima():
+    # a 5 x 5 lattice of nuclei 6 µm apart, blurred as out of focus: the foreground merges
+    # into one slab thicker than any nucleus; each nucleus is still a maximum of the stain
+    centres = [(10.0 + 6 * i, 10.0 + 6 * j) for i in range(5) for j in range(5)]
+    sharp = _discs((100, 100), centres, [2.8] * 25, pixel=PIXEL).astype(np.float32)
+    blurred = ndi.gaussian_filter(sharp, 2.0 / PIXEL[0])
+    labels = segment_nuclei(blurred, pixel_size_um=PIXEL, threshold=0.3 * blurred.max(), sigma_um=0.3)
+    found = np.array(ndi.center_of_mass(labels > 0, labels, np.arange(1, labels.max() + 1))) * PIXEL[0]
+    assert labels.max() == 25
+    distance = np.hypot(*(found[:, None, :] - np.array(centres)[None]).transpose(2, 0, 1))
+    assert (distance.min(axis=1) < 1.5).all()
 
 
 def test_cell_bodies_are_rings_that_never_overlap():
@@ -153,7 +167,7 @@ def test_chunked_cells_equal_the_whole_array(cell_scene):
         pd.testing.assert_frame_equal(chunked.table, table, check_exact=True)
         np.testing.assert_array_equal(chunked.counts, whole.counts)
         np.testing.assert_array_equal(chunked.tls_counts, whole.tls_counts)
-        assert (chunked.excluded_debris, chunked.excluded_outside_tissue) == (whole.excluded_debris, 0)
+        assert (chunked.in_artefacts, chunked.excluded_outside_tissue) == (whole.in_artefacts, 0)
         assert chunked.nucleus_area_um2 == whole.nucleus_area_um2
 
 
@@ -164,12 +178,17 @@ def test_block_counts_agree_with_the_cell_table(cell_scene):
     table = cells.table
     positive = table[[f"{m}_positive" for m in plan.markers]].to_numpy()
     np.testing.assert_array_equal(cells.counts[0], [len(table), *positive.sum(0)])
-    np.testing.assert_array_equal(cells.counts[1], [table["in_tumour"].sum(), *positive[table["in_tumour"]].sum(0)])
-    in_tls = table["tls_id"].to_numpy() > 0
+    # cells in artefact zones are counted, but left out of the tumour, TLS and marker shares
+    artefact = table["in_artefact"].to_numpy()
+    assert cells.in_artefacts == artefact.sum() > 0
+    np.testing.assert_array_equal(cells.counts[3], [artefact.sum(), *positive[artefact].sum(0)])
+    tumour = table["in_tumour"].to_numpy() & ~artefact
+    np.testing.assert_array_equal(cells.counts[1], [tumour.sum(), *positive[tumour].sum(0)])
+    in_tls = (table["tls_id"].to_numpy() > 0) & ~artefact
     np.testing.assert_array_equal(cells.counts[2], [in_tls.sum(), *positive[in_tls].sum(0)])
+    np.testing.assert_array_equal(cells.scored("all"), [(~artefact).sum(), *positive[~artefact].sum(0)])
     for tls_id in (1, 2):
-        assert cells.tls_counts[tls_id, 0] == (table["tls_id"] == tls_id).sum()
-    assert cells.excluded_debris > 0
+        assert cells.tls_counts[tls_id, 0] == ((table["tls_id"] == tls_id) & ~artefact).sum()
     # compartments: nucleus for TFE3, ring for CD20, nucleus + ring for CD8
     assert table["TFE3_positive"].equals(table["TFE3_nucleus"] > 800)
     assert (table["cell_id"].to_numpy() == np.arange(1, len(table) + 1)).all()
@@ -248,9 +267,11 @@ def test_cell_table_file_matches_the_summary(slide_with_cells):
     summary = json.loads((out / "summary.json").read_text())
     assert "cells.csv.gz" in summary["outputs"]
     assert len(table) == summary["cells"]["total"]
-    assert list(table.columns[:7]) == ["cell_id", "centroid_x_um", "centroid_y_um", "nucleus_area_um2",
-                                       "cell_area_um2", "in_tumour", "tls_id"]
-    assert table["CD20_positive"].mean() * 100 == pytest.approx(summary["cd20_pct"], abs=1e-9)
+    assert list(table.columns[:8]) == ["cell_id", "centroid_x_um", "centroid_y_um", "nucleus_area_um2",
+                                       "cell_area_um2", "in_tumour", "tls_id", "in_artefact"]
+    assert table["in_artefact"].sum() == summary["cells"]["in_artefacts"]
+    scored = table[~table["in_artefact"]]
+    assert scored["CD20_positive"].mean() * 100 == pytest.approx(summary["cd20_pct"], abs=1e-9)
     assert table["centroid_x_um"].max() <= scene.width_px * scene.pixel_size_x_um
     np.testing.assert_allclose(table["centroid_x_um"], result.cells["centroid_x_um"], rtol=1e-7, atol=0.01)
     markers = summary["segmentation"]["cells"]["markers"]

@@ -57,6 +57,7 @@ class ChannelModel:
     positive_scale: float  # median residual of clearly positive tissue pixels (0: too few seen)
     margin: float
     global_threshold: float | None = None  # set for GLOBAL_METHODS
+    noise_floor: float = 0.0  # the least margin any share of the positive signal may ask for (k noise SDs)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -84,16 +85,18 @@ class SignalModel:
         model = self.channels[name]
         return (model.glass_level + model.af_scale * self.template).astype(np.float32)
 
-    def threshold(self, name: str, *, min_fraction: float = 0.0) -> np.ndarray:
+    def threshold(self, name: str, *, min_fraction: float = 0.0, fraction: float | None = None) -> np.ndarray:
         """The positive threshold of channel ``name`` on the coarse grid (float32), for raw values.
 
         ``min_fraction`` raises the margin to at least that share of the typical positive
-        signal (cells: a compartment mean also takes in the rim of its neighbours).
+        signal (cells: a compartment mean also takes in the rim of its neighbours);
+        ``fraction`` replaces the rule's share (never below the noise floor).
         """
         model = self.channels[name]
         if model.global_threshold is not None:
             return np.full(self.template.shape, model.global_threshold, np.float32)
-        return self.background(name) + np.float32(model.offset + max(model.margin, min_fraction * model.positive_scale))
+        margin = model.margin if fraction is None else max(model.noise_floor, fraction * model.positive_scale)
+        return self.background(name) + np.float32(model.offset + max(margin, min_fraction * model.positive_scale))
 
     def corrected_threshold(self, name: str) -> np.ndarray:
         """The threshold for AF-corrected values (:meth:`af_corrected`) where ``name`` has a pixel AF share, else :meth:`threshold`."""
@@ -463,6 +466,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
             offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
                                                           integer=integer)
             covered = float(np.mean(tissue_residual > offset + margin)) if tissue_residual.size else 0.0
+            floor = max(rule.k * noise, 1.0 if integer else 0.0)
             if name == nuclei and covered < MIN_NUCLEAR_COVER and np.ptp(tissue_residual) > 0:
                 # nuclei packed so densely that they are the most common level (a lymphoid crop):
                 # the background model has no background to see; split nuclei from the rest instead
@@ -470,7 +474,9 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
                 model.notes.append(f"{name}: only {covered:.1%} of the tissue sample is above background + margin, "
                                    f"too few for a nuclear stain; nuclei split from the rest by Otsu instead")
                 offset, margin = 0.0, split
-            channels[name] = ChannelModel(name, "background", glass[name], scales[name], offset, noise, scale, margin)
+                floor = split  # no share of a positive signal to lower it by
+            channels[name] = ChannelModel(name, "background", glass[name], scales[name], offset, noise, scale, margin,
+                                          noise_floor=floor)
         else:
             everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)
             value = estimate_threshold(everything, rule)

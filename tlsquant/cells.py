@@ -48,8 +48,9 @@ def segment_nuclei(
 
     Centres are maxima of the distance to the background at least ``min_distance_um``
     apart; each foreground pixel goes to the centre whose inscribed disc it is nearest
-    to. Foreground thicker than a round nucleus of ``max_area_um2`` (clumps, debris) is
-    dropped with the fragments around it. Every step looks no further than about one
+    to. Foreground thicker than a round nucleus of ``max_area_um2`` (nuclei merged by blur,
+    folds or crowding) is split at the maxima of the smoothed stain that stand out from
+    their surround; flat bright debris has none. Every step looks no further than about one
     nucleus, so a window holding a nucleus with a margin labels it as the whole image would.
 
     Parameters
@@ -83,18 +84,23 @@ def segment_nuclei(
     distance = ndi.distance_transform_edt(foreground, sampling=pixel_size_um).astype(np.float32)
     # no flooding watershed below: its outcome can hinge on pixels far away, which would make
     # a nucleus depend on the window it was cut from.
-    # Foreground thicker than the largest accepted nucleus is a clump or debris, never a nucleus.
     max_radius_um = float(np.sqrt(max_area_um2 / np.pi))
+    # Foreground thicker than the largest accepted nucleus is a clump: nuclei merged by blur,
+    # a fold or crowding. The distance map has no necks there, so clumps are split at the
+    # maxima of the smoothed stain instead (each nucleus is brightest at its middle).
     thick = distance >= max_radius_um
-    mask = foreground & ~thick
+    clump = _clump_zone(thick, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um)
     # centres: maxima of the distance to the background over a min_distance neighbourhood;
     # touching nuclei meet at a neck, where the distance dips between two maxima
     footprint = _ellipse(_px(min_distance_um, pixel_size_um))
-    peaks = (distance == ndi.maximum_filter(distance, footprint=footprint, mode="constant", cval=np.inf)) & mask
-    labels = _nearest_centre(peaks, distance, mask, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
+    peaks = (distance == ndi.maximum_filter(distance, footprint=footprint, mode="constant", cval=np.inf)) & foreground
+    radius = distance
+    if clump is not None:
+        peaks &= ~clump
+        peaks |= _clump_centres(image, clump, threshold, pixel_size_um=pixel_size_um, min_distance_um=min_distance_um)
+        radius = np.where(clump, np.float32(0), distance)  # clump centres split their zone evenly
+    labels = _nearest_centre(peaks, radius, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
                              origin=origin)
-    if thick.any():  # fragments around a cut-out clump are not nuclei either
-        labels[np.isin(labels, np.unique(labels[ndi.binary_dilation(thick, np.ones((3, 3), bool))]))] = 0
     areas = np.bincount(labels.ravel())
     pixel_area = pixel_size_um[0] * pixel_size_um[1]
     bad = (areas * pixel_area < min_area_um2) | (areas * pixel_area > max_area_um2)
@@ -102,6 +108,46 @@ def segment_nuclei(
     keep = np.cumsum(~bad).astype(np.int32)
     keep[bad] = 0
     return keep[labels]
+
+
+CLUMP_SIGMA_UM = 1.0  # smoothing before the clump maxima: above pixel noise, below a nucleus radius
+CLUMP_CONTRAST = 0.15  # a clump centre stands this share of its height above threshold over its surround
+
+
+def _clump_zone(thick: np.ndarray, foreground: np.ndarray, *, pixel_size_um, reach_um: float) -> np.ndarray | None:
+    """Foreground within ``reach_um`` of a thick core: the clump and its rim (None without clumps)."""
+    if not thick.any():
+        return None
+    near = ndi.distance_transform_edt(~thick, sampling=pixel_size_um) <= reach_um + max(pixel_size_um)
+    return near & foreground
+
+
+def _clump_centres(image: np.ndarray, clump: np.ndarray, threshold, *, pixel_size_um, min_distance_um: float) -> np.ndarray:
+    """Nuclear centres inside clumps: local maxima of the smoothed stain that stand out from their surround.
+
+    The contrast test is relative to the height above threshold, so it holds under any
+    stain gain, and it rejects flat bright debris, whose maxima are noise.
+    """
+    # filter only the box around the clumps, with a margin the filters cannot see past: the
+    # values inside equal those of the whole window
+    reach_um = 3.0 * CLUMP_SIGMA_UM + 2.0 * min_distance_um
+    rows, cols = np.flatnonzero(clump.any(axis=1)), np.flatnonzero(clump.any(axis=0))
+    my, mx = (int(np.ceil(reach_um / p)) + 1 for p in pixel_size_um)
+    box = (slice(max(rows[0] - my, 0), rows[-1] + my + 1), slice(max(cols[0] - mx, 0), cols[-1] + mx + 1))
+    smooth = ndi.gaussian_filter(image[box], _px(CLUMP_SIGMA_UM, pixel_size_um), truncate=3.0)
+    top = ndi.maximum_filter(smooth, footprint=_ellipse(_px(min_distance_um, pixel_size_um)), mode="nearest")
+    surround = ndi.minimum_filter(smooth, footprint=_ellipse(_px(2.0 * min_distance_um, pixel_size_um)), mode="nearest")
+    height = smooth - (threshold[box] if np.ndim(threshold) else threshold)
+    found = clump[box] & (smooth == top) & (height > 0) & (smooth - surround >= CLUMP_CONTRAST * height)
+    # a nucleus peaks at a point; a wide flat top is a saturated or featureless blob
+    plateaus, n = ndi.label(found, structure=np.ones((3, 3), bool))
+    if n:
+        too_wide = np.bincount(plateaus.ravel()) * pixel_size_um[0] * pixel_size_um[1] > np.pi * min_distance_um**2
+        too_wide[0] = False
+        found[too_wide[plateaus]] = False
+    centres = np.zeros(clump.shape, bool)
+    centres[box] = found
+    return centres
 
 
 def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *, pixel_size_um, reach_um: float,
@@ -185,7 +231,8 @@ class CellPlan:
     @property
     def halo_px(self) -> int:
         """Overlap read on each inner block side: the widest nucleus 1.5 times over, its ring and filter reach."""
-        reach_um = 1.5 * nucleus_extent_um(self.max_area_um2) + self.ring_um + 3 * self.sigma_um + self.min_distance_um
+        reach_um = (1.5 * nucleus_extent_um(self.max_area_um2) + self.ring_um + 3 * self.sigma_um + self.min_distance_um
+                    + 3 * CLUMP_SIGMA_UM + 2 * self.min_distance_um)  # clump centres: smoothing and surround
         return int(np.ceil(reach_um / min(self.pixel_size_um)))
 
 
@@ -226,9 +273,12 @@ def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, t
     )
 
 
-# regions cells are counted in (rows of BlockCells.counts)
-REGIONS = ("all", "tumour", "tls")
-TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_um2", "in_tumour", "tls_id")
+# regions cells are counted in (rows of BlockCells.counts). "all" is every cell centred in tissue;
+# "artefact" the part of it inside artefact zones (folds, debris, blood, edge rims), whose
+# nuclei are real but whose marker values are not trusted; "tumour" and "tls" leave those out.
+REGIONS = ("all", "tumour", "tls", "artefact")
+TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_um2", "in_tumour", "tls_id",
+              "in_artefact")
 
 
 @dataclass
@@ -237,7 +287,7 @@ class BlockCells:
 
     counts: np.ndarray  # (len(REGIONS), 1 + markers): cells, then positive cells per marker
     tls_counts: np.ndarray  # (n_tls + 1, 1 + markers), row = TLS id
-    excluded: np.ndarray  # (outside tissue, in debris)
+    excluded: np.ndarray  # (outside tissue,)
     nucleus_px: int  # summed over counted cells (an integer: sums agree for any block order)
     table: dict[str, np.ndarray] | None = None
 
@@ -273,7 +323,7 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     n = int(nuclei.max())
     n_markers = len(plan.markers)
     empty = BlockCells(np.zeros((len(REGIONS), 1 + n_markers), np.int64),
-                       np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(2, np.int64), 0,
+                       np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(1, np.int64), 0,
                        {name: np.empty(0, dtype) for name, dtype in table_dtypes(plan).items()} if plan.keep_table else None)
     if n == 0:
         return empty
@@ -302,9 +352,9 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
 
     in_tissue = _grid_lookup(context.tissue, context.coarse_origin, plan.coarse_factor, centre_y, centre_x)
     in_debris = _grid_lookup(context.debris, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(bool)
-    counted = in_tissue & ~in_debris
-    excluded = np.array([np.count_nonzero(~in_tissue), np.count_nonzero(in_tissue & in_debris)], np.int64)
-    ids, centre_y, centre_x = ids[counted], centre_y[counted], centre_x[counted]
+    counted = in_tissue.astype(bool)
+    excluded = np.array([np.count_nonzero(~counted)], np.int64)
+    ids, centre_y, centre_x, in_debris = ids[counted], centre_y[counted], centre_x[counted], in_debris[counted]
     in_tumour = _grid_lookup(context.tumour, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
     tls_id = _grid_lookup(context.tls, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(np.int64)
 
@@ -333,9 +383,10 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
 
     present = np.ones((ids.size, 1), np.int64)
     tally = np.concatenate([present, positive.astype(np.int64)], axis=1)
-    counts = np.stack([tally.sum(0), tally[in_tumour].sum(0), tally[tls_id > 0].sum(0)])
+    counts = np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0), tally[(tls_id > 0) & ~in_debris].sum(0),
+                       tally[in_debris].sum(0)])
     tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
-    np.add.at(tls_counts, tls_id, tally)
+    np.add.at(tls_counts, np.where(in_debris, 0, tls_id), tally)
     pixel_area = pixel_size[0] * pixel_size[1]
     table = None
     if plan.keep_table:
@@ -346,6 +397,7 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
             "cell_area_um2": ((nucleus_px[ids] + ring_px[ids]) * pixel_area).astype(np.float32),
             "in_tumour": in_tumour,
             "tls_id": tls_id.astype(np.int32),
+            "in_artefact": in_debris,
             **columns,
         }
     return BlockCells(counts, tls_counts, excluded, int(nucleus_px[ids].sum()), table)
@@ -364,7 +416,7 @@ def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
 
 def table_dtypes(plan: CellPlan) -> dict[str, np.dtype]:
     """Columns of the per-cell table as a block returns them (``cell_id`` is added at the end)."""
-    dtypes = dict(zip(TABLE_BASE, map(np.dtype, ("float64", "float64", "float32", "float32", "bool", "int32"))))
+    dtypes = dict(zip(TABLE_BASE, map(np.dtype, ("float64", "float64", "float32", "float32", "bool", "int32", "bool"))))
     for marker in plan.markers:
         dtypes.update({f"{marker}_nucleus": np.dtype("float32"), f"{marker}_ring": np.dtype("float32"),
                        f"{marker}_positive": np.dtype("bool")})
@@ -379,13 +431,21 @@ class CellCounts:
     counts: np.ndarray  # (len(REGIONS), 1 + markers)
     tls_counts: np.ndarray  # (n_tls + 1, 1 + markers)
     excluded_outside_tissue: int
-    excluded_debris: int
     nucleus_area_um2: float  # summed over the counted cells
     table: pd.DataFrame | None
 
     @property
     def total(self) -> int:
         return int(self.counts[0, 0])
+
+    @property
+    def in_artefacts(self) -> int:
+        return int(self.counts[REGIONS.index("artefact"), 0])
+
+    def scored(self, region: str) -> np.ndarray:
+        """Counts of ``region`` over the cells whose markers are scored (artefact zones left out)."""
+        row = self.counts[REGIONS.index(region)]
+        return row - self.counts[REGIONS.index("artefact")] if region == "all" else row
 
 
 def _halo_strips(core, window) -> tuple[tuple[int, int, int, int], ...]:
@@ -473,7 +533,6 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
         counts=sum(r.counts for r in results),
         tls_counts=sum(r.tls_counts for r in results),
         excluded_outside_tissue=int(excluded[0]),
-        excluded_debris=int(excluded[1]),
         nucleus_area_um2=sum(r.nucleus_px for r in results) * plan.pixel_size_um[0] * plan.pixel_size_um[1],
         table=table,
     )

@@ -164,6 +164,7 @@ class Cells:
     max_area_um2: float = 250.0
     ring_um: float = 2.0
     tissue_reach_um: float = 15.0  # cells centred this far outside the tissue outline still count (the outline cuts edge cells)
+    nuclear_signal_fraction: float = 0.35  # nuclear edges at this share of the typical nuclear signal above background
     min_signal_fraction: float = 0.35  # a cell is marker-positive above background by this share of the typical positive signal (or the pixel margin)
 
 

@@ -70,7 +70,8 @@ def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float) -> dict:
     """Cell counts and, per marker key, percent positive cells overall, in the tumour bed and in TLS.
 
     ``cells`` is a :class:`tlsquant.cells.CellCounts`; ``keys`` name its markers in order.
-    Percentages of an empty region are None.
+    Every cell centred in tissue is counted; percentages leave out the cells in artefact
+    zones, whose marker values are not trusted. Percentages of an empty region are None.
     """
     from .cells import REGIONS
 
@@ -83,11 +84,11 @@ def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float) -> dict:
             "per_mm2_tissue": float(total / tissue_area_mm2) if tissue_area_mm2 > 0 else None,
             "mean_nucleus_area_um2": float(cells.nucleus_area_um2 / total) if total else None,
             "excluded_outside_tissue": cells.excluded_outside_tissue,
-            "excluded_debris": cells.excluded_debris,
+            "in_artefacts": cells.in_artefacts,
         }
     }
     for k, key in enumerate(keys):
-        for region, suffix in zip(REGIONS, ("", "_tumour", "_tls")):
-            row = cells.counts[REGIONS.index(region)]
+        for region, suffix in (("all", ""), ("tumour", "_tumour"), ("tls", "_tls")):
+            row = cells.scored(region)
             metrics[f"{key}_pct{suffix}"] = float(100.0 * row[1 + k] / row[0]) if row[0] else None
     return metrics

@@ -71,6 +71,22 @@ class SlideResult:
     signal_histograms: dict[str, dict] = field(default_factory=dict)  # level-0 sample per channel, for QC
 
 
+def _on_tissue(level: np.ndarray, tissue: np.ndarray) -> dict:
+    """Median, 5th and 95th percentile of a coarse threshold map over tissue (the values actually used)."""
+    values = level[tissue] if tissue.any() else level.ravel()
+    p05, median, p95 = (round(float(v), 6) for v in np.percentile(values, [5, 50, 95]))
+    return {"median": median, "p05": p05, "p95": p95}
+
+
+def _grown(mask: np.ndarray, cells: float) -> np.ndarray:
+    """``mask`` grown by ``cells`` grid cells (a disc)."""
+    radius = int(math.ceil(cells))
+    if radius <= 0 or not mask.any():
+        return mask
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return ndi.binary_dilation(mask, structure=y**2 + x**2 <= cells**2 + 1e-9)
+
+
 def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], list[str]]:
     """Role -> slide channel name; a missing required marker is an error naming the role."""
     found: dict[str, str] = {}
@@ -310,12 +326,14 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         tiled = bool(slide.tile_shape) and slide.tile_shape[1] < slide.shape[2]
         reader = slide.with_chunks(HALO_READ_PX) if tiled else slide
         names = [roles["nuclei"], *(m.channel for m in cell_markers)]
+        cell_threshold_maps = np.stack([signal.threshold(names[0], fraction=config.cells.nuclear_signal_fraction)] + [
+            signal.threshold(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:]])
+        cell_thresholds = {name: _on_tissue(level, signal.tissue_hint) for name, level in zip(names, cell_threshold_maps)}
         cells = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], plan,
-                              tissue=tissue, tumour=tumour, debris=debris, tls_labels=labels,
+                              tissue=_grown(tissue, config.cells.tissue_reach_um / coarse_um), tumour=tumour,
+                              debris=debris, tls_labels=labels,
                               halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
-                              threshold_maps=np.stack([signal.threshold(names[0])] + [
-                                  signal.threshold(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:]]),
-                              num_workers=num_workers)
+                              threshold_maps=cell_threshold_maps, num_workers=num_workers)
     t_cells = time.perf_counter()
 
     # 6. stage, location and per-TLS measurements
@@ -369,9 +387,10 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                             stages=stages, locations=LOCATIONS)
     if cells is not None:
         metrics.update(cell_metrics(cells, keys=[m.key for m in cell_markers], tissue_area_mm2=tissue_area_mm2))
-        marker_info = {m.channel: {"key": m.key, "compartment": m.compartment, **channel_thresholds[m.channel]}
-                       for m in cell_markers}
-        cell_info = {"measured": True, "markers": marker_info, "halo_px": plan.halo_px}
+        marker_info = {m.channel: {"key": m.key, "compartment": m.compartment, **channel_thresholds[m.channel],
+                                   "cell_threshold": cell_thresholds[m.channel]} for m in cell_markers}
+        cell_info = {"measured": True, "nuclear_threshold": cell_thresholds[roles["nuclei"]], "markers": marker_info,
+                     "halo_px": plan.halo_px}
     else:
         reason = "cells.enabled is false" if not config.cells.enabled else warnings[-1] if warnings else ""
         cell_info = {"measured": False, "reason": reason}
