@@ -13,6 +13,7 @@ With ``--shard I/N`` the cohort and failure tables are ``cohort.shard-I-of-N.csv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,13 +28,16 @@ from typing import Any
 import pandas as pd
 
 from .config import Config
-from .errors import TLSQuantError
+from .errors import StaleResultError, TLSQuantError
+from .provenance import completion, provenance
 
 log = logging.getLogger("tlsquant.batch")
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 FAILURE_COLUMNS = ["slide_id", "path", "error_type", "error"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# a folder name every file system accepts, with room for ".summary.json.partial-<pid>" inside
+MAX_ID_LENGTH = 100
 
 
 class ManifestError(TLSQuantError, ValueError):
@@ -87,6 +91,9 @@ def read_manifest(path: str | Path) -> Manifest:
         elif not _SAFE_ID.match(slide_id):
             errors.append(f"line {line}: slide_id {slide_id!r} must be letters, digits, '.', '_' or '-' "
                           f"(it names the output folder)")
+        elif len(slide_id) > MAX_ID_LENGTH:
+            errors.append(f"line {line}: slide_id is {len(slide_id)} characters long, at most {MAX_ID_LENGTH} "
+                          f"(it names the output folder): {slide_id[:40]}...")
     duplicated = table["slide_id"][table["slide_id"].duplicated(keep=False) & (table["slide_id"] != "")]
     for slide_id in sorted(set(duplicated)):
         lines = [str(i + 2) for i in table.index[table["slide_id"] == slide_id]]
@@ -138,28 +145,24 @@ def slide_dir(outdir: Path, slide_id: str) -> Path:
     return Path(outdir) / "slides" / slide_id
 
 
-def is_complete(outdir: Path, slide_id: str) -> bool:
-    """A slide is complete when its summary.json (written last) exists and names it."""
-    summary = slide_dir(outdir, slide_id) / "summary.json"
-    if not summary.is_file():
-        return False
-    try:
-        return json.loads(summary.read_text()).get("slide_id") == slide_id
-    except (OSError, json.JSONDecodeError):
-        return False
+def is_safe_id(slide_id: str) -> bool:
+    """Whether ``slide_id`` can name a folder under the output folder (nothing else: no ``..``, no ``/``)."""
+    return bool(_SAFE_ID.match(slide_id)) and len(slide_id) <= MAX_ID_LENGTH and slide_id not in (".", "..")
+
+
+def is_complete(outdir: Path, slide_id: str, expected: dict[str, Any] | None = None) -> bool:
+    """Whether the slide's outputs are whole (and, given ``expected``, made with that provenance)."""
+    status = completion(slide_dir(outdir, slide_id), slide_id, expected or {})
+    return status.complete if expected is not None else status.whole
 
 
 def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: int = 1) -> str:
     """Analyse one slide and write its outputs (runs inside a worker). Returns the slide id."""
-    from .io import open_slide
-    from .io.outputs import write_slide_outputs
-    from .pipeline import analyze_slide
+    from .workflow import analyze_to_folder
 
-    slide = open_slide(job.path, pixel_size_um=job.pixel_size_um, chunk_size=config.compute.chunk_px or None)
-    result = analyze_slide(slide, config, scheduler="threads" if threads > 1 else "sync", num_workers=threads)
-    result.summary["slide_id"] = job.slide_id
-    result.slide_id = job.slide_id
-    write_slide_outputs(result, slide_dir(Path(outdir), job.slide_id), slide=slide)
+    analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
+                      pixel_size_um=job.pixel_size_um, scheduler="threads" if threads > 1 else "sync",
+                      num_workers=threads)
     return job.slide_id
 
 
@@ -167,7 +170,8 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics of a summary.json, as cohort columns (no timings: they vary)."""
     row: dict[str, Any] = {}
     for key, value in summary.items():
-        if key in ("config", "segmentation", "source", "timing_seconds", "outputs", "thresholds", "warnings"):
+        if key in ("config", "segmentation", "source", "timing_seconds", "outputs", "thresholds", "warnings",
+                   "provenance"):
             continue
         if isinstance(value, dict):
             for sub, sub_value in value.items():
@@ -177,19 +181,37 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
     for role, threshold in summary.get("thresholds", {}).items():
         row[f"threshold_{role}"] = threshold["value"]
     row["warnings"] = "; ".join(summary.get("warnings", []))
+    row["config_hash"] = (summary.get("provenance") or {}).get("config_hash")
     return row
 
 
-def build_cohort(manifest: Manifest, outdir: Path, *, shard: tuple[int, int] | None = None) -> pd.DataFrame:
-    """One row per completed slide of the manifest (in manifest order): manifest columns + metrics."""
+def build_cohort(manifest: Manifest, outdir: Path, *, shard: tuple[int, int] | None = None,
+                 expected: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per completed slide of the manifest (in manifest order): manifest columns + metrics.
+
+    With ``expected`` (a :func:`tlsquant.provenance.provenance` record) only slides made that
+    way count; without, every whole slide counts, and slides made with different configs or
+    tlsquant versions are refused (:class:`StaleResultError`): one cohort, one config.
+    """
     rows = []
     for position, record in enumerate(manifest.table.to_dict("records")):
-        if not in_shard(position, shard) or not is_complete(outdir, record["slide_id"]):
+        if not in_shard(position, shard) or not is_safe_id(record["slide_id"]):
             continue
-        summary = json.loads((slide_dir(outdir, record["slide_id"]) / "summary.json").read_text())
+        if not is_complete(outdir, record["slide_id"], expected):
+            continue
+        summary = json.loads((slide_dir(outdir, record["slide_id"]) / "summary.json").read_text(encoding="utf-8"))
         metrics = flatten_summary(summary)
         metrics.pop("slide_id", None)
         rows.append({**record, **metrics})
+    made = {(row.get("config_hash"), row.get("tlsquant_version")) for row in rows}
+    if len(made) > 1:
+        by_run: dict[tuple, list[str]] = {}
+        for row in rows:
+            by_run.setdefault((row.get("config_hash"), row.get("tlsquant_version")), []).append(row["slide_id"])
+        described = "; ".join(f"config {h} / tlsquant {v}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+                              for (h, v), ids in by_run.items())
+        raise StaleResultError(f"{outdir}: the slides were analysed with different configs or tlsquant versions "
+                               f"({described}); rerun the batch with one config to make a cohort")
     return pd.DataFrame(rows, columns=list(manifest.table.columns) if not rows else None)
 
 
@@ -222,25 +244,57 @@ ProgressCallback = Callable[[str, str, int, int], None]  # (slide_id, status, do
 
 def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Config, *, client=None,
               workers: int | None = None, threads_per_worker: int = 1, shard: tuple[int, int] | None = None,
-              overwrite: bool = False, fail_fast: bool = False, progress: ProgressCallback | None = None) -> BatchResult:
+              overwrite: bool = False, refuse_stale: bool = False, fail_fast: bool = False,
+              progress: ProgressCallback | None = None, lock: bool = True) -> BatchResult:
     """Analyse every slide of ``manifest`` on dask.distributed and write the cohort tables.
 
     ``client``: an existing ``distributed.Client`` (a scheduler address or SLURM cluster);
     without one a local cluster of ``workers`` processes (default: one per core) is started
-    and closed. Slides whose complete outputs exist are skipped unless ``overwrite``.
+    and closed. A slide whose outputs are whole and were made with this config, from this
+    very file, by a compatible tlsquant version is skipped (``overwrite``: analysed again
+    anyway). Outputs made another way are re-analysed, or with ``refuse_stale`` reported as
+    failures (:class:`StaleResultError`). ``lock``: hold the output folder's lock for the run
+    (the CLI takes it itself, earlier). A full disk or read-only output stops the batch.
     """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    from .io.atomic import check_output_dir
+    from .io.lock import output_lock
+
+    outdir = check_output_dir(outdir)
+    with output_lock(outdir) if lock else contextlib.nullcontext():
+        return _run_batch(manifest, outdir, config, client=client, workers=workers,
+                          threads_per_worker=threads_per_worker, shard=shard, overwrite=overwrite,
+                          refuse_stale=refuse_stale, fail_fast=fail_fast, progress=progress)
+
+
+def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, workers, threads_per_worker, shard,
+               overwrite, refuse_stale, fail_fast, progress) -> BatchResult:
+    from .io.atomic import remove_partials
+
+    remove_partials(outdir)
     positions = {row["slide_id"]: i for i, row in enumerate(manifest.table.to_dict("records"))}
     jobs = [job for job in manifest.jobs if in_shard(positions[job.slide_id], shard)]
     failures = [p for p in manifest.problems if in_shard(positions.get(p["slide_id"], 0), shard)]
+    rejected = list(failures)
     for problem in failures:
         log.error("%s: %s", problem["slide_id"], problem["error"])
-    skipped = [job.slide_id for job in jobs if not overwrite and is_complete(outdir, job.slide_id)]
-    todo = [job for job in jobs if job.slide_id not in skipped]
-    total = len(jobs) + len(failures)
+    made_now = config_provenance(config)
+    skipped, todo = [], []
+    for job in jobs:
+        status = completion(slide_dir(outdir, job.slide_id), job.slide_id, {**made_now, **_input(job)})
+        if status.complete and not overwrite:
+            skipped.append(job.slide_id)
+        elif status.stale and refuse_stale and not overwrite:
+            failures.append({"slide_id": job.slide_id, "path": str(job.path), "error_type": "StaleResultError",
+                             "error": f"{slide_dir(outdir, job.slide_id)}: outputs exist but were {status.reason}; "
+                                      f"not re-analysed (--no-overwrite)"})
+            log.error("%s: outputs %s; refused under --no-overwrite", job.slide_id, status.reason)
+        else:
+            if status.stale:
+                log.warning("%s: outputs %s: analysing again", job.slide_id, status.reason)
+            todo.append(job)
+    total = len(jobs) + len(rejected)
     done = len(skipped) + len(failures)
     for slide_id in skipped:
         log.info("%s: complete outputs exist, skipped", slide_id)
@@ -264,22 +318,39 @@ def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Confi
                 client.close()
                 own_cluster.close()
     cohort_name, failures_name = table_names(shard)
-    cohort = build_cohort(manifest, outdir, shard=shard)
     failure_table = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     failure_table = failure_table.sort_values("slide_id", key=lambda ids: ids.map(positions)).reset_index(drop=True)
-    _write_csv(cohort, outdir / cohort_name)
+    # failures first: on a disk that is filling up, the list of what failed is the more useful file
     _write_csv(failure_table, outdir / failures_name)
+    cohort = build_cohort(manifest, outdir, shard=shard, expected=made_now)
+    _write_csv(cohort, outdir / cohort_name)
     return BatchResult(cohort, failure_table, processed, skipped, outdir / cohort_name, outdir / failures_name)
+
+
+def config_provenance(config: Config) -> dict[str, Any]:
+    """The provenance every slide of this run must match (its input is added per slide)."""
+    return provenance(config, None)
+
+
+def _input(job: SlideJob) -> dict[str, Any]:
+    from .provenance import input_signature
+
+    try:
+        return {"input": {"path": str(job.path), **input_signature(job.path)}}
+    except OSError:
+        return {}
 
 
 def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progress, done, total) -> list[str]:
     from distributed import as_completed
 
+    from .io.atomic import FATAL_ERRNOS
+
     futures = {client.submit(process_slide, job, str(outdir), config, threads, key=f"slide-{job.slide_id}-{time.time_ns()}",
                              pure=False): job for job in jobs}
     processed = []
-    iterator = as_completed(futures, with_results=False)
-    for future in iterator:
+    stopped = None
+    for future in as_completed(futures, with_results=False):
         job = futures[future]
         done += 1
         try:
@@ -290,7 +361,10 @@ def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progre
             log.error("%s: %s: %s", job.slide_id, type(exc).__name__, exc)
             if progress:
                 progress(job.slide_id, "failed", done, total)
-            if fail_fast:
+            if getattr(exc, "reason_errno", None) in FATAL_ERRNOS:  # nothing more can be written
+                stopped = f"batch stopped after {job.slide_id}: {exc}"
+                log.error("%s", stopped)
+            if fail_fast or stopped:
                 for other in futures:
                     other.cancel()
                 break
@@ -299,6 +373,12 @@ def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progre
         log.info("%s: done", job.slide_id)
         if progress:
             progress(job.slide_id, "done", done, total)
+    if stopped:
+        finished = set(processed) | {f["slide_id"] for f in failures}
+        for job in jobs:
+            if job.slide_id not in finished:
+                failures.append({"slide_id": job.slide_id, "path": str(job.path), "error_type": "OutputError",
+                                 "error": f"not analysed: {stopped}"})
     return processed
 
 

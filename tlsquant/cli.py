@@ -168,17 +168,15 @@ def _progress(enabled: bool):
 
 
 def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=None, progress=False):
-    from .io import open_slide
-    from .io.outputs import write_slide_outputs
-    from .pipeline import analyze_slide
+    from .io.atomic import check_output_dir
+    from .io.lock import output_lock
+    from .workflow import analyze_to_folder
 
-    slide = open_slide(slide_path, pixel_size_um=pixel_size, channel_names=channels,
-                       chunk_size=config.compute.chunk_px or None, marker_map=config.channels.fluorophores)
-    with _progress(progress):
-        result = analyze_slide(slide, config)
-    write_slide_outputs(result, outdir, slide=slide)
+    outdir = check_output_dir(outdir)  # before any work: a bad -o fails in a second, not after the analysis
+    with output_lock(outdir), _progress(progress):
+        result = analyze_to_folder(slide_path, outdir, config, pixel_size_um=pixel_size, channel_names=channels)
     for warning in result.warnings:
-        log.warning("%s: %s", slide.name, warning)
+        log.warning("%s: %s", result.slide_id, warning)
     return result
 
 
@@ -233,11 +231,20 @@ def _progress_line(slide_id: str, status: str, done: int, total: int) -> None:
 
 
 def cmd_batch(args) -> int:
-    from .batch import parse_shard, read_manifest, run_batch
+    from .batch import read_manifest
+    from .io.atomic import check_output_dir
+    from .io.lock import output_lock
 
     config = _load_config(args)
     manifest = read_manifest(args.manifest)
-    outdir = Path(args.output)
+    outdir = check_output_dir(args.output)
+    with output_lock(outdir):
+        return _batch(args, config, manifest, outdir)
+
+
+def _batch(args, config, manifest, outdir: Path) -> int:
+    from .batch import parse_shard, run_batch
+
     _quiet_dask(args.verbose)
     handler = _batch_logging(outdir)
     log.info("tlsquant %s batch: %d slides in %s (%d rejected up front)", __version__,
@@ -260,7 +267,8 @@ def cmd_batch(args) -> int:
             client = Client(cluster)
         result = run_batch(manifest, outdir, config, client=client, workers=args.workers,
                            shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite,
-                           fail_fast=args.fail_fast, progress=None if args.quiet else _progress_line)
+                           refuse_stale=args.no_overwrite, fail_fast=args.fail_fast,
+                           progress=None if args.quiet else _progress_line, lock=False)
     finally:
         if client is not None:
             client.close()
@@ -397,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--cluster", choices=["slurm"], help="start SLURM workers with dask-jobqueue ([cluster] config)")
     batch.add_argument("--shard", metavar="I/N", help="process only rows with index %% N == I (SLURM array jobs)")
     batch.add_argument("--overwrite", action="store_true", help="re-analyse slides whose outputs are complete")
+    batch.add_argument("--no-overwrite", action="store_true",
+                       help="never replace outputs made with another config, file or version: report them as "
+                            "failures (default: analyse such slides again)")
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first failed slide")
     batch.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz per slide (one row per cell)")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -475,6 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TLSQuantError as exc:
         print(f"tlsquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file problem the library did not anticipate: still one clear line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tlsquant {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"tlsquant {args.command}: error: out of memory; use fewer --workers, smaller compute.chunk_px, "
+              f"or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

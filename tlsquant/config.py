@@ -181,6 +181,7 @@ class Compute:
     chunk_px: int = 0  # 0: the slide's own tile-aligned default (about 2048 px)
     workers: int = 0  # 0: one per core
     scheduler: str = "threads"  # threads | sync | processes | distributed (the current client)
+    max_memory_gb: float = 0.0  # refuse slides whose whole-slide maps need more (0: three quarters of this machine's memory)
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,26 @@ class ChannelError(TLSQuantError, KeyError):
 
 class ConfigError(TLSQuantError, ValueError):
     """A configuration file or override is invalid."""
+
+
+class CorruptSlideError(SlideFormatError):
+    """A slide file is truncated or corrupt (a page, tile or chunk cannot be read)."""
+
+
+class OutputError(TLSQuantError, OSError):
+    """An output cannot be written: full disk, read-only or unwritable place, a file where a folder should be."""
+
+    def __str__(self) -> str:  # OSError would format errno/filename instead
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputLockedError(OutputError):
+    """Another tlsquant run is writing to the same output folder."""
+
+
+class StaleResultError(TLSQuantError, ValueError):
+    """Existing outputs were made with another config, input file or tlsquant version."""
+
+
+class SlideTooLargeError(TLSQuantError, ValueError):
+    """A slide's declared size needs more memory than the analysis is allowed."""

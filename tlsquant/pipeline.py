@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from .background import SignalModel, build_signal_model
 from .cells import CellCounts, CellPlan, compute_cells
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
 from .config import LOCATIONS, Channels, Config, load_config
-from .errors import ChannelError
+from .errors import ChannelError, SlideTooLargeError
 from .measure import TLS_COLUMNS, cell_metrics, empty_tls_table, locate, signed_tumour_distance, slide_metrics
+from .provenance import provenance
 from .segment.aggregates import debris_zone, detect_aggregates
 from .segment.evidence import EvidencePlan, compute_evidence
 from .segment.regions import tissue_mask, tumour_mask
@@ -69,6 +71,37 @@ class SlideResult:
     cells: pd.DataFrame | None = None  # one row per cell, when ``outputs.cells_table`` is set
     debris_mask: np.ndarray | None = None  # fine grid: artefacts excluded (debris, red blood cells, edge rims)
     signal_histograms: dict[str, dict] = field(default_factory=dict)  # level-0 sample per channel, for QC
+
+
+def available_memory_gb() -> float:
+    """Physical memory of this machine in GB (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (AttributeError, ValueError, OSError):
+        return 0.0
+
+
+def check_memory(slide: Slide, *, fine_factor: int, coarse_factor: int, n_channels: int, limit_gb: float) -> float:
+    """Estimated GB the whole-slide maps need; a slide over ``limit_gb`` is refused before any pixel is read.
+
+    The maps are the only part of the analysis that grows with the slide (the pixel passes
+    go block by block), so a header claiming an absurd size (200,000 x 200,000 px from a
+    tiny file) is caught here. ``limit_gb`` 0 means three quarters of this machine's memory.
+    """
+    height, width = slide.shape[1:]
+    fine = math.ceil(height / fine_factor) * math.ceil(width / fine_factor)
+    coarse = math.ceil(height / coarse_factor) * math.ceil(width / coarse_factor)
+    # bytes per grid cell, from measured peaks (40,000 x 30,000 px, 7 channels: 2.75 GB): fine
+    # evidence counts and fractions, labels, masks; coarse background, threshold and distance maps
+    need_gb = (fine * (2 * n_channels + 24) + coarse * (12 * n_channels + 48)) / 1e9
+    limit = limit_gb or 0.75 * available_memory_gb()
+    if limit and need_gb > limit:
+        raise SlideTooLargeError(
+            f"{slide.path}: {width:,} x {height:,} px at {slide.pixel_size_x_um:g} µm/px "
+            f"({width * slide.pixel_size_x_um / 1000:.1f} x {height * slide.pixel_size_y_um / 1000:.1f} mm) needs about "
+            f"{need_gb:.1f} GB for its whole-slide maps, more than compute.max_memory_gb allows ({limit:.1f} GB); "
+            f"check the file (a damaged header?) and the pixel size, or raise compute.max_memory_gb")
+    return need_gb
 
 
 def _on_tissue(level: np.ndarray, tissue: np.ndarray) -> dict:
@@ -214,6 +247,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     windows = max(1, config.thresholds.sample_windows * config.thresholds.window_px**2 // window_px**2)
     boxes = sample_windows(slide.shape[1:], windows=windows, window_px=window_px, align=tile)
     fine_factor, coarse_factor = _grid_factors(slide, config)
+    check_memory(slide, fine_factor=fine_factor, coarse_factor=coarse_factor, n_channels=len(channels),
+                 limit_gb=config.compute.max_memory_gb)
     rules = {name: config.thresholds.marker_rule(name, role_of.get(name)) for name in channels}
     signal = build_signal_model(
         slide, channels, rules, factor=coarse_factor, autofluorescence=roles.get("autofluorescence"),
@@ -398,6 +433,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     summary = {
         "slide_id": slide.name,
         "tlsquant_version": __version__,
+        "provenance": provenance(config, slide.path),
         "source": {"path": str(slide.path), "format": slide.format, "shape": list(slide.shape),
                    "dtype": slide.dtype.name, "channels": list(slide.channel_names)},
         "pixel_size_um": px,

@@ -19,6 +19,8 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from ..errors import CorruptSlideError
+
 DEFAULT_CHUNK_PX = 2048
 
 
@@ -121,7 +123,12 @@ def _read_tiff_block(source: TiffLevelSource, dtype: str, block_info=None) -> np
     (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
     out = np.empty((c1 - c0, y1 - y0, x1 - x0), dtype=dtype)
     for k, plane in enumerate(source.planes[c0:c1]):
-        region = _plane_array(source, plane)[y0:y1, x0:x1]
+        try:
+            region = _plane_array(source, plane)[y0:y1, x0:x1]
+        except Exception as exc:  # a tile that cannot be decoded: name where, whatever the codec raised
+            raise CorruptSlideError(
+                f"{plane.path or source.path}: cannot read channel {c0 + k + 1}, rows {y0}-{y1}, columns {x0}-{x1} "
+                f"({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
         out[k] = region if plane.sample is None else region[..., plane.sample]
     return out
 

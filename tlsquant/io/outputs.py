@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from skimage import measure
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import atomic_path, output_error, remove_partials, write_text_atomic
 
 SUMMARY = "summary.json"
 TLS_TABLE = "tls.csv"
@@ -154,10 +155,34 @@ def write_masks(result, path: Path) -> Path:
     return path
 
 
+ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError as exc:
+        raise output_error(path, exc, "cannot remove the previous output") from exc
+
+
 def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, Path]:
-    """Write every output of one slide into ``outdir``; ``summary.json`` last, as the completion mark."""
+    """Write every output of one slide into ``outdir``; ``summary.json`` last, as the completion mark.
+
+    A previous summary.json goes first, so a run killed midway leaves a folder that does not
+    look complete; temporaries a killed run left, and outputs this run does not make (say
+    masks from an earlier run that asked for them), are removed, so the folder ends up
+    holding one run's outputs only. Call it holding the folder's lock (:mod:`.lock`).
+    """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(outdir, exc, "cannot create the output folder") from exc
+    _remove(outdir / SUMMARY)
+    remove_partials(outdir)
     written = {"tls": write_tls_table(result, outdir / TLS_TABLE)}
     written["geojson"] = write_text_atomic(outdir / GEOJSON, json.dumps(geojson_features(result), default=_json_default))
     config = result.config
@@ -177,5 +202,7 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     if slide is not None:  # where names and pixel size came from; file values the user overrode
         summary["source"] = {**summary.get("source", {}), "reader": slide.metadata}
     summary["outputs"] = sorted(p.name for p in written.values())
+    for name in set(ALL_OUTPUTS) - set(summary["outputs"]) - {SUMMARY}:
+        _remove(outdir / name)
     written["summary"] = write_text_atomic(outdir / SUMMARY, json.dumps(summary, indent=2, default=_json_default))
     return written

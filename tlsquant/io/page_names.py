@@ -11,6 +11,8 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
+from .xmlsafe import UnsafeXMLError, parse_xml
+
 _JSON_NAME_KEYS = (
     "channel.target", "target", "marker", "marker_name", "biomarker", "channel_name",
     "channel.name", "name", "channel", "label", "stain",
@@ -39,10 +41,9 @@ def _json_name(text: str) -> str | None:
 
 
 def _xml_name(text: str) -> str | None:
-    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
+        root = parse_xml(text)
+    except (ET.ParseError, UnsafeXMLError):
         return None
     elements = [root, *list(root)]
     for tag in _XML_NAME_TAGS:

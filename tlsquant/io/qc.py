@@ -23,6 +23,21 @@ def _stretch(plane: np.ndarray) -> np.ndarray:
     return np.clip((plane - low) / max(high - low, 1e-6), 0, 1)
 
 
+def _binned(plane, step: int) -> np.ndarray:
+    """Mean of each ``step`` x ``step`` bin, block by block: a single-level slide is never read whole.
+
+    Mean-binning, not striding: a smooth picture that compresses and shows density. Every
+    bin lies inside one block, so the result is the same for any chunking.
+    """
+    import dask.array as da
+
+    if step == 1:
+        return np.asarray(plane, np.float32)
+    side = max(step, (2048 // step) * step)
+    plane = da.asarray(plane).rechunk((side, side)).astype(np.float32)
+    return da.coarsen(np.mean, plane, {0: step, 1: step}).compute()
+
+
 def composite(slide, roles: dict[str, str], *, max_px: int) -> tuple[np.ndarray, float]:
     """RGB composite from the coarsest level still at least ``max_px`` wide (or level 0), strided down."""
     level = 0
@@ -35,9 +50,7 @@ def composite(slide, roles: dict[str, str], *, max_px: int) -> tuple[np.ndarray,
     rgb = np.zeros((height, width, 3), np.float32)
     for role, colour in ROLE_COLOURS.items():
         if role in roles:
-            plane = np.asarray(data[slide.channel_index(roles[role]), : height * step, : width * step], np.float32)
-            # mean-binning, not striding: a smooth picture that compresses and shows density
-            plane = plane.reshape(height, step, width, step).mean(axis=(1, 3))
+            plane = _binned(data[slide.channel_index(roles[role]), : height * step, : width * step], step)
             rgb += _stretch(plane)[..., None] * np.asarray(colour, np.float32)
     downsample = slide.levels[level].downsample_x * step  # level-0 px per picture px
     return np.clip(rgb, 0, 1), downsample

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -10,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PixelSizeError, SlideFormatError
+from ..errors import CorruptSlideError, PixelSizeError, SlideFormatError
 from ..slide import Level, Slide
 from .lazy import TiffLevelSource, TiffPlane, file_stamp, tiff_level_array
 from .page_names import brightfield_refusal, page_channel_names
 from .resolve import supported_dtype
 from .units import length_to_um, resolution_to_um
+from .xmlsafe import UnsafeXMLError, parse_xml
 
 
 @dataclass
@@ -80,12 +83,12 @@ _EDITOR_DPI = (72.0, 96.0, 150.0, 300.0)
 
 
 def _xml_root(text: str, source: str) -> ET.Element:
-    # ElementTree refuses a str whose declaration names another encoding (QPTIFF says utf-16)
-    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1)
     try:
-        return ET.fromstring(body)
+        return parse_xml(text)
     except ET.ParseError as exc:
         raise SlideFormatError(f"{source}: ImageDescription XML is malformed: {exc}") from None
+    except UnsafeXMLError as exc:
+        raise SlideFormatError(f"{source}: ImageDescription XML: {exc}") from None
 
 
 def _local(tag: str) -> str:
@@ -390,16 +393,73 @@ def read_tiff_layout(path: Path) -> TiffLayout:
     import tifffile
 
     source = str(path)
+    with _tifffile_complaints() as complaints:
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError) as exc:
+            raise SlideFormatError(f"{source}: not a readable TIFF file ({exc})") from None
+        with tif:
+            if not tif.pages:
+                raise SlideFormatError(f"{source}: not a readable TIFF file (it holds no image pages)")
+            try:
+                layout = _qptiff_layout(tif, source) if _is_qptiff(tif) else _series_layout(tif, source)
+            except SlideFormatError:
+                _refuse_if_damaged(tif, source, complaints, None)
+                raise
+            # a damaged file is reported as such, before any channel or pixel-size complaint
+            _refuse_if_damaged(tif, source, complaints, layout)
+    return layout
+
+
+_DAMAGE_WORDS = ("corrupt", "invalid page offset", "truncat", "invalid tag", "unexpected end")
+
+
+@contextlib.contextmanager
+def _tifffile_complaints():
+    """Collect what tifffile logs while a file is parsed (and keep it off the console)."""
+    import logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = Collect(level=logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        tif = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise SlideFormatError(f"{source}: not a readable TIFF file ({exc})") from None
-    with tif:
-        if not tif.pages:
-            raise SlideFormatError(f"{source}: not a readable TIFF file (it holds no image pages)")
-        if _is_qptiff(tif):
-            return _qptiff_layout(tif, source)
-        return _series_layout(tif, source)
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _refuse_if_damaged(tif, source: str, complaints: list[str], layout: TiffLayout | None) -> None:
+    """Raise :class:`CorruptSlideError` for a truncated or corrupt file: damaged page list or data past its end."""
+    damage = [re.sub(r"<tifffile\.[^>]*>\s*", "", m) for m in complaints if any(w in m.lower() for w in _DAMAGE_WORDS)]
+    size = os.path.getsize(tif.filehandle.path)
+    if layout is not None:
+        for level_index, level in enumerate(layout.levels):
+            for channel, plane in enumerate(level.planes):
+                if plane.path is not None:
+                    continue
+                try:
+                    page = tif.pages[plane.page] if plane.series is None else \
+                        tif.series[plane.series].levels[plane.level].pages[plane.page]
+                    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+                except (IndexError, AttributeError, TypeError):
+                    continue
+                if end > size:
+                    damage.append(f"level {level_index}, channel {channel + 1}: its pixel data ends at byte {end:,} "
+                                  f"but the file has {size:,} bytes")
+                    break
+            if len(damage) > 3:
+                break
+    if damage:
+        raise CorruptSlideError(f"{source}: the file is truncated or corrupt ({'; '.join(damage[:3])}); "
+                                f"copy or export it again")
 
 
 def tiff_slide(
