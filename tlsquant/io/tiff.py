@@ -100,7 +100,7 @@ def _local(tag: str) -> str:
 
 def _is_qptiff(tif) -> bool:
     description = tif.pages[0].description or ""
-    return "PerkinElmer-QPI-ImageDescription" in description[:400]
+    return "PerkinElmer-QPI-ImageDescription" in description[:4000]
 
 
 def _qptiff_channel_name(root: ET.Element) -> str | None:
@@ -401,11 +401,19 @@ def read_tiff_layout(path: Path) -> TiffLayout:
         with tif:
             if not tif.pages:
                 raise SlideFormatError(f"{source}: not a readable TIFF file (it holds no image pages)")
+            description = tif.pages[0].description or ""
+            if "<!DOCTYPE" in description or "<!ENTITY" in description:
+                # instrument XML never needs a DTD: entities here are broken or hostile (billion laughs, XXE)
+                raise SlideFormatError(f"{source}: ImageDescription XML declares a DTD or entities, refused as unsafe")
             try:
                 layout = _qptiff_layout(tif, source) if _is_qptiff(tif) else _series_layout(tif, source)
             except SlideFormatError:
                 _refuse_if_damaged(tif, source, complaints, None)
                 raise
+            except (RuntimeError, IndexError, KeyError, ValueError, EOFError, OSError, tifffile.TiffFileError) as exc:
+                _refuse_if_damaged(tif, source, complaints, None)
+                raise CorruptSlideError(f"{source}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                                        f"copy or export it again") from None
             # a damaged file is reported as such, before any channel or pixel-size complaint
             _refuse_if_damaged(tif, source, complaints, layout)
     return layout
