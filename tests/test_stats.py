@@ -39,7 +39,7 @@ def test_reference_study_complete_separation_gives_2_over_35():
     poor = [0.012, 0.0, 0.03, 0.02]
     result = mann_whitney(good, poor)
     assert result["method"] == "exact"
-    assert result["p"] == pytest.approx(2 / 35) and round(result["p"], 4) == 0.0571
+    assert result["p"] == 2 / 35 and round(result["p"], 4) == 0.0571
     assert result["u"] == 12
     table = compare_groups(pd.DataFrame({"response": ["good"] * 3 + ["poor"] * 4,
                                          "tls_density_per_mm2": good + poor,
@@ -65,17 +65,86 @@ def test_p_values_agree_with_full_enumeration(seed):
     n_a, n_b = (int(rng.integers(7, 10)), int(rng.integers(7, 10))) if tied else (int(rng.integers(3, 7)), int(rng.integers(3, 7)))
     a = rng.normal(0.5 * (seed % 2), 1, n_a)
     b = rng.normal(0, 1, n_b)
-    if tied:  # the normal approximation with tie correction: close to enumeration, not equal
+    if tied:  # the exact distribution given these ties: equal to enumeration, not approximately
         a, b = np.round(a * 2) / 2, np.round(b * 2) / 2
     result = mann_whitney(a, b)
     enumerated = _enumerated_p(a, b)
-    if result["method"] == "exact":
-        assert result["p"] == pytest.approx(enumerated)
-        assert result["p"] == pytest.approx(scipy_stats.mannwhitneyu(a, b, method="exact").pvalue)
+    assert result["p"] == pytest.approx(enumerated, rel=1e-12)
+    if tied:
+        assert result["method"] == "exact conditional (ties)"
     else:
-        assert "tie-corrected" in result["method"]
-        assert result["p"] == pytest.approx(scipy_stats.mannwhitneyu(a, b, method="asymptotic").pvalue)
-        assert abs(result["p"] - enumerated) < 0.03
+        assert result["method"] == "exact"
+        assert result["p"] == pytest.approx(scipy_stats.mannwhitneyu(a, b, method="exact").pvalue)
+
+
+def test_complete_separation_with_ties_inside_a_group_is_2_over_35():
+    # the issue's cohort: 3 TLS-rich vs 4 TLS-poor slides, two of them without any TLS
+    rich = [0.21, 0.105, 0.15]
+    poor = [0.0, 0.0, 0.012, 0.03]
+    result = mann_whitney(rich, poor)
+    assert result["method"] == "exact conditional (ties)"
+    assert result["p"] == 2 / 35 and result["u"] == 12
+    # ties inside both groups and a 0.05 split that the normal approximation gets wrong
+    result = mann_whitney([0.2, 0.2, 0.3], [0.0, 0.0, 0.0, 0.01])
+    assert result["p"] == 2 / 35
+    shift, low, high = hodges_lehmann(rich, poor)
+    assert low is None  # p > 0.05: no 95 % interval that excludes 0 can exist
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_conditional_on_random_small_tied_samples(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_a, n_b = int(rng.integers(2, 7)), int(rng.integers(2, 7))
+    a = rng.integers(0, 4, n_a).astype(float)  # heavy ties, including ties across groups
+    b = rng.integers(0, 3, n_b).astype(float)
+    assert mann_whitney(a, b)["p"] == pytest.approx(_enumerated_p(a, b), rel=1e-12)
+    # scipy's permutation test over all assignments is another independent count; with ties the
+    # distribution is not symmetric, and two-sided means |U - E U| at least as large (as coin, StatXact)
+    exact = scipy_stats.permutation_test(
+        (a, b), lambda x, y: abs(scipy_stats.mannwhitneyu(x, y).statistic - len(x) * len(y) / 2),
+        permutation_type="independent", n_resamples=np.inf, alternative="greater").pvalue
+    assert mann_whitney(a, b)["p"] == pytest.approx(exact, rel=1e-9)
+
+
+def test_large_samples_use_the_tie_corrected_normal_approximation():
+    rng = np.random.default_rng(5)
+    a, b = np.round(rng.normal(0.3, 1, 60)), np.round(rng.normal(0, 1, 55))
+    result = mann_whitney(a, b)
+    assert result["method"] == "normal approximation, tie-corrected"
+    assert result["p"] == pytest.approx(scipy_stats.mannwhitneyu(a, b, method="asymptotic").pvalue)
+
+
+def _classic_interval(a, b, confidence=0.95):
+    """[D(k), D(N-k+1)] with k from the untied U distribution (Bauer 1972)."""
+    counts = np.asarray(u_distribution(len(a), len(b)), dtype=float)
+    k = int(np.searchsorted(np.cumsum(counts) / counts.sum(), (1 - confidence) / 2, side="right"))
+    d = np.sort(np.subtract.outer(a, b).ravel())
+    return (None, None) if k < 1 else (d[k - 1], d[d.size - k])
+
+
+def _scanned_interval(a, b, alpha=0.05):
+    """Accepted shifts by testing inside every interval between distinct differences (no bisection)."""
+    d = np.unique(np.subtract.outer(a, b).ravel())
+    probes = np.concatenate([[d[0] - 1], (d[:-1] + d[1:]) / 2, [d[-1] + 1]])
+    ok = [mann_whitney(np.asarray(a) - c, b)["p"] > alpha for c in probes]
+    first, last = ok.index(True), len(ok) - 1 - ok[::-1].index(True)
+    return (None if first == 0 else d[first - 1]), (None if last == len(d) else d[last])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hodges_lehmann_interval_inverts_the_exact_test(seed):
+    rng = np.random.default_rng(200 + seed)
+    a, b = rng.normal(1, 1, int(rng.integers(5, 9))), rng.normal(0, 1, int(rng.integers(5, 9)))
+    assert hodges_lehmann(a, b)[1:] == pytest.approx(_classic_interval(a, b))  # untied: the textbook interval
+    a_tied, b_tied = np.round(a), np.round(b)
+    a_tied[:2] = b_tied[:2] = 0.0  # ties inside each group and across
+    low, high = hodges_lehmann(a_tied, b_tied)[1:]
+    assert (low, high) == _scanned_interval(a_tied, b_tied)
+    p = mann_whitney(a_tied, b_tied)["p"]
+    if low is not None and low < 0 and (high is None or 0 < high):  # consistent with the test at 0
+        assert p > 0.05
+    if (low is not None and 0 < low) or (high is not None and high < 0):
+        assert p <= 0.05
 
 
 def test_hodges_lehmann_shift_and_interval():

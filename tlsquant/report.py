@@ -95,9 +95,11 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
 
     a, b = stats["group_a"].iloc[0], stats["group_b"].iloc[0]
     intro = (f"Groups from column `{group}`: **{a}** (a) vs **{b}** (b); two-sided Mann–Whitney U per metric, "
-             "exact p without ties in small samples, otherwise the normal approximation with tie correction; "
+             "exact p in small samples (up to 50 per group; with ties the exact permutation distribution given "
+             "the ties), otherwise the normal approximation with tie correction, as stated per row; "
              "effect size = rank-biserial correlation (+1: every a above every b); Hodges–Lehmann shift a − b "
-             "with its 95 % confidence interval (– when the samples are too small to reach 95 %); "
+             "with its 95 % confidence interval from inverting the same test (– when the samples are too small "
+             "to reach 95 %); "
              "q = Benjamini–Hochberg across metrics.")
     lines = [f"# {title}", "", intro, "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, row in stats.iterrows():

@@ -1,9 +1,11 @@
 """Group comparisons: two-sided Mann–Whitney U with effect sizes and FDR control.
 
-Exact p-values come from the permutation distribution of U (counted by dynamic
-programming, equivalent to enumerating every assignment of ranks) when the samples are
-small and untied; otherwise the normal approximation with tie correction is used. The
-method is reported per row.
+Exact p-values come from the permutation distribution of U given the observed ties
+(counted by dynamic programming over the pooled midranks, which equals enumerating every
+assignment of the pooled values to the two groups) when neither group has more than
+``EXACT_MAX_N`` values; beyond that the normal approximation with tie correction is used.
+The method is reported per row. The Hodges–Lehmann confidence interval inverts the same
+test, so it excludes 0 exactly when the exact p is below 1 − confidence.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-EXACT_MAX_N = 50  # exact distribution when both groups are at most this large and untied
+EXACT_MAX_N = 50  # exact (conditional) distribution when both groups are at most this large
 
 STATS_COLUMNS = [
     "metric", "group_a", "group_b", "n_a", "n_b", "excluded_a", "excluded_b", "median_a", "median_b",
@@ -46,19 +48,74 @@ def u_distribution(n_a: int, n_b: int) -> tuple[int, ...]:
     return tuple(int(v) for v in previous[n_b])
 
 
-def _exact_two_sided(u: float, n_a: int, n_b: int) -> float:
-    counts = np.asarray(u_distribution(n_a, n_b), dtype=float)
-    total = counts.sum()
-    k = int(round(u))
-    lower = counts[: k + 1].sum() / total
-    upper = counts[k:].sum() / total
-    return float(min(1.0, 2 * min(lower, upper)))
+def _tie_blocks(values: np.ndarray) -> tuple[int, ...]:
+    """Sizes of the runs of equal values in sorted order (all ones without ties)."""
+    _, counts = np.unique(values, return_counts=True)
+    return tuple(int(c) for c in counts)
+
+
+@lru_cache(maxsize=256)
+def rank_sum_distribution(tie_blocks: tuple[int, ...], n_a: int) -> np.ndarray:
+    """Counts of the doubled rank sum of group a over every assignment, given the ties.
+
+    Parameters
+    ----------
+    tie_blocks : tuple of int
+        Sizes of the runs of tied values of the pooled sample, in ascending order of value
+        (``(1,) * N`` without ties).
+    n_a : int
+        Size of group a.
+
+    Returns
+    -------
+    ndarray of float, shape (N * (N + 1) + 1,)
+        ``counts[s]`` = number of the C(N, n_a) subsets whose doubled midrank sum is ``s``
+        (doubled so that midranks of ties stay integers). Counts are exact integers up to
+        2**53, i.e. for N up to about 55; beyond, relative precision is 1e-16.
+    """
+    scores = []
+    position = 0
+    for size in tie_blocks:
+        scores += [2 * position + size + 1] * size  # doubled midrank of the block
+        position += size
+    total = sum(scores)
+    # table[k, s]: subsets of k of the items seen so far with doubled rank sum s
+    table = np.zeros((n_a + 1, total + 1))
+    table[0, 0] = 1.0
+    for score in scores:
+        # numpy evaluates overlapping in-place operands as if copied: each item used once
+        table[1:, score:] += table[:-1, : total + 1 - score]
+    return table[n_a]
+
+
+def _exact_conditional_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact p of the rank sum given the ties: P(|R - E R| >= |r - E R|)."""
+    pooled = np.concatenate([a, b])
+    doubled_ranks = np.rint(2 * scipy_stats.rankdata(pooled)).astype(np.int64)
+    observed = int(doubled_ranks[: a.size].sum())
+    expected = a.size * (pooled.size + 1)  # doubled mean rank sum
+    counts = rank_sum_distribution(_tie_blocks(pooled), a.size)
+    sums = np.arange(counts.size)
+    extreme = np.abs(sums - expected) >= abs(observed - expected)
+    return float(min(1.0, counts[extreme].sum() / counts.sum()))
 
 
 def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict:
     """Two-sided Mann–Whitney U test of ``a`` vs ``b`` (NaNs must be removed first).
 
-    ``u`` is U for group a (pairs where a > b, ties counting one half).
+    Parameters
+    ----------
+    a, b : sequence of float
+        The two samples.
+
+    Returns
+    -------
+    dict
+        ``u``: U for group a (pairs where a > b, ties counting one half); ``p``: two-sided
+        p-value, the probability of a U at least as far from its mean as observed (with ties
+        the distribution is not symmetric, so this is not twice the one-sided p); ``method``: ``"exact"`` (no ties), ``"exact conditional (ties)"`` (the
+        permutation distribution given the observed ties) when neither group exceeds
+        ``EXACT_MAX_N`` values, else ``"normal approximation, tie-corrected"``.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
@@ -69,8 +126,8 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict:
     u_a = float(ranks[:n_a].sum() - n_a * (n_a + 1) / 2)
     _, tie_counts = np.unique(np.concatenate([a, b]), return_counts=True)
     tied = bool((tie_counts > 1).any())
-    if not tied and max(n_a, n_b) <= EXACT_MAX_N:
-        return {"u": u_a, "p": _exact_two_sided(u_a, n_a, n_b), "method": "exact"}
+    if max(n_a, n_b) <= EXACT_MAX_N:
+        return {"u": u_a, "p": _exact_conditional_p(a, b), "method": "exact conditional (ties)" if tied else "exact"}
     n = n_a + n_b
     mean = n_a * n_b / 2
     tie_term = float((tie_counts**3 - tie_counts).sum())
@@ -82,12 +139,77 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict:
     return {"u": u_a, "p": p, "method": "normal approximation, tie-corrected"}
 
 
-def hodges_lehmann(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> tuple:
-    """Hodges–Lehmann shift (median of a_i - b_j) and its distribution-free confidence interval.
+def _inverted_interval(a: np.ndarray, b: np.ndarray, shift: float, alpha: float) -> tuple:
+    """Bounds of {delta : exact conditional p(a - delta, b) > alpha}.
 
-    The interval is [D(k), D(N-k+1)] of the sorted pairwise differences, with k from the
-    exact U distribution (normal approximation for large samples). With samples too small
-    to reach ``confidence`` the bounds are None.
+    The p-value only changes where a - delta meets a value of b, i.e. at the pairwise
+    differences: it is evaluated once inside each open interval between consecutive
+    distinct differences (and on the two rays outside them). The accepted intervals form
+    a run around the estimate; its ends are found by bisection.
+    """
+    distinct = np.unique(np.subtract.outer(a, b).ravel())
+    m = distinct.size
+
+    def probe(j: int) -> float:  # a point inside interval j: 0 = below all, m = above all
+        if j == 0:
+            return distinct[0] - 1.0
+        if j == m:
+            return distinct[-1] + 1.0
+        return 0.5 * (distinct[j - 1] + distinct[j])
+
+    accepted_cache: dict[int, bool] = {}
+
+    def accepted(j: int) -> bool:
+        if j not in accepted_cache:
+            accepted_cache[j] = _exact_conditional_p(a - probe(j), b) > alpha
+        return accepted_cache[j]
+
+    centre = int(np.searchsorted(distinct, shift, side="left"))  # interval just below the estimate
+    if not accepted(centre):
+        centre = min(centre + 1, m)
+        if not accepted(centre):
+            return None, None
+    low_j, high_j = 0, centre  # smallest accepted index in [0, centre]
+    while low_j < high_j:
+        middle = (low_j + high_j) // 2
+        if accepted(middle):
+            high_j = middle
+        else:
+            low_j = middle + 1
+    first = low_j
+    low_j, high_j = centre, m  # largest accepted index in [centre, m]
+    while low_j < high_j:
+        middle = (low_j + high_j + 1) // 2
+        if accepted(middle):
+            low_j = middle
+        else:
+            high_j = middle - 1
+    last = low_j
+    lower = None if first == 0 else float(distinct[first - 1])
+    upper = None if last == m else float(distinct[last])
+    return lower, upper
+
+
+def hodges_lehmann(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> tuple:
+    """Hodges–Lehmann shift (median of a_i - b_j) and the confidence interval of the same test.
+
+    Parameters
+    ----------
+    a, b : sequence of float
+        The two samples (NaNs removed).
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    (shift, low, high)
+        With at most ``EXACT_MAX_N`` values per group the interval is the set of shifts
+        that the exact conditional Mann–Whitney test (:func:`mann_whitney`) does not reject
+        at 1 − ``confidence``; without ties this is the classic [D(k), D(N−k+1)] of the
+        sorted pairwise differences. Beyond, k comes from the normal approximation. A bound
+        is None when the samples are too small to reach ``confidence`` on that side. The
+        bounds are pairwise differences, closed; at a bound itself, where a value of a − delta
+        ties with one of b, the test may reject.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
@@ -95,16 +217,13 @@ def hodges_lehmann(a: Sequence[float], b: Sequence[float], *, confidence: float 
         return None, None, None
     differences = np.sort(np.subtract.outer(a, b).ravel())
     shift = float(np.median(differences))
-    total = differences.size
     alpha = 1 - confidence
     if max(a.size, b.size) <= EXACT_MAX_N:
-        counts = np.asarray(u_distribution(a.size, b.size), dtype=float)
-        cumulative = np.cumsum(counts) / counts.sum()
-        # k: the largest count with P(U <= k - 1) <= alpha / 2
-        k = int(np.searchsorted(cumulative, alpha / 2, side="right"))
-    else:
-        z = scipy_stats.norm.ppf(1 - alpha / 2)
-        k = int(math.floor(total / 2 - z * math.sqrt(a.size * b.size * (a.size + b.size + 1) / 12)))
+        low, high = _inverted_interval(a, b, shift, alpha)
+        return shift, low, high
+    total = differences.size
+    z = scipy_stats.norm.ppf(1 - alpha / 2)
+    k = int(math.floor(total / 2 - z * math.sqrt(a.size * b.size * (a.size + b.size + 1) / 12)))
     if k < 1:
         return shift, None, None
     return shift, float(differences[k - 1]), float(differences[total - k])
