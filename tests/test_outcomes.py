@@ -111,3 +111,156 @@ def test_groups_from_cut_points():
         parse_cut("top")
     with pytest.raises(TLSQuantError, match="holds labels"):
         assign_groups(pd.DataFrame({"arm": ["x", "y", "z"]}), "arm", cut="median")
+
+
+# --- survival: lifelines against R's published output on the NCCTG lung data lifelines ships -------------
+
+def _lung():
+    datasets = pytest.importorskip("lifelines.datasets")
+    df = datasets.load_lung()
+    return df.assign(sex_label=df["sex"].map({1: "male", 2: "female"}))
+
+
+def test_kaplan_meier_medians_match_r_survfit_on_lung():
+    from tlsquant.survival import survival_by_group
+
+    df = _lung()
+    result = survival_by_group(df, time="time", event="status", groups=df["sex_label"], group_by="sex", conf_type="log")
+    medians = result["medians"].set_index("group")
+    # R: survfit(Surv(time, status) ~ sex, lung): median (0.95LCL, 0.95UCL); overall 310 (285, 363)
+    expected = {"all": (228, 165, 310, 285, 363), "male": (138, 112, 270, 212, 310), "female": (90, 53, 426, 348, 550)}
+    for group, values in expected.items():
+        row = medians.loc[group]
+        assert (row.n, row.events, row["median"], row.median_ci_low, row.median_ci_high) == values
+    tests = result["tests"].set_index("test")
+    # R survdiff: Chisq = 10.3 on 1 df, p = 0.00131; coxph(~ sex): exp(coef) 0.588 (0.424, 0.816), p = 0.00149
+    assert tests.loc["log-rank", "statistic"] == pytest.approx(10.33, abs=0.005)
+    assert tests.loc["log-rank", "p"] == pytest.approx(0.00131, rel=5e-3)
+    cox = tests.loc["Cox PH (groups)"]
+    assert cox.comparison == "male vs female"  # the reverse of R's female vs male: invert
+    assert (1 / cox.hr, 1 / cox.hr_ci_high, 1 / cox.hr_ci_low) == pytest.approx((0.588, 0.4237, 0.816), rel=1e-3)
+    assert cox.p == pytest.approx(0.00149, rel=5e-3)
+
+
+def _hand_kaplan_meier(times, events):
+    """Product-limit estimate, Greenwood sum and log-log band, plain numpy."""
+    grid = np.unique(times)
+    survival, greenwood, s, g = [], [], 1.0, 0.0
+    for t in grid:
+        n, d = (times >= t).sum(), events[times == t].sum()
+        s *= 1 - d / n
+        g += d / (n * (n - d)) if n > d else 0.0
+        survival.append(s)
+        greenwood.append(g)
+    survival, greenwood = np.array(survival), np.array(greenwood)
+    z = scipy_stats.norm.ppf(0.975)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = z * np.sqrt(greenwood) / np.log(survival)
+    return grid, survival, survival ** np.exp(-spread), survival ** np.exp(spread)
+
+
+def test_log_log_median_interval_and_log_rank_match_a_hand_computation():
+    from tlsquant.survival import survival_by_group
+
+    df = _lung()
+    male = df[df.sex == 1]
+    grid, survival, lower, upper = _hand_kaplan_meier(male.time.to_numpy(float), male.status.to_numpy(float))
+    # Brookmeyer–Crowley: the times whose pointwise interval contains 0.5
+    inside = grid[(lower <= 0.5) & (upper >= 0.5)]
+    medians = survival_by_group(df, time="time", event="status", groups=df["sex_label"])["medians"].set_index("group")
+    assert medians.loc["male", "median"] == grid[np.argmax(survival <= 0.5)]
+    assert medians.loc["male", "median_ci_low"] == inside.min()
+    assert medians.loc["male", "median_ci_high"] == pytest.approx(grid[np.argmax(upper < 0.5)], rel=1e-3)
+    # log-rank by hand: observed minus expected and the hypergeometric variance over event times
+    times, events, is_male = df.time.to_numpy(float), df.status.to_numpy(float), (df.sex == 1).to_numpy()
+    o_minus_e = variance = 0.0
+    for t in np.unique(times[events == 1]):
+        at_risk = times >= t
+        n, n1 = at_risk.sum(), (at_risk & is_male).sum()
+        d, d1 = ((times == t) & (events == 1)).sum(), ((times == t) & (events == 1) & is_male).sum()
+        o_minus_e += d1 - d * n1 / n
+        variance += d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1) if n > 1 else 0.0
+    tests = survival_by_group(df, time="time", event="status", groups=df["sex_label"])["tests"].set_index("test")
+    assert tests.loc["log-rank", "statistic"] == pytest.approx(o_minus_e**2 / variance, rel=1e-3)
+
+
+def test_cox_per_sd_and_survival_input_errors():
+    from tlsquant.survival import survival_by_group
+
+    df = _lung().dropna(subset=["age"])
+    groups, _ = assign_groups(df, "age", cut="median")
+    tests = survival_by_group(df, time="time", event="status", groups=groups, group_by="age", metric="age")["tests"]
+    per_sd = tests[tests.test == "Cox PH (continuous)"].iloc[0]
+    # R: coxph(Surv(time, status) ~ age, lung): exp(coef) = 1.0189 per year, p = 0.0419
+    assert per_sd.hr == pytest.approx(1.0189 ** df.age.std(), rel=1e-3) and per_sd.p == pytest.approx(0.0419, rel=1e-2)
+    with pytest.raises(TLSQuantError, match="'pfs_event'.*found"):
+        survival_by_group(df.assign(pfs_event=2), time="time", event="pfs_event", groups=groups)
+    with pytest.raises(TLSQuantError, match="'os' not found"):
+        survival_by_group(df, time="os", event="status", groups=groups)
+
+
+# --- maximally selected log-rank statistics -----------------------------------------------------------------
+
+def _maxstat_sample(n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.gamma(1.0, 0.1, n), 2)  # ties in the metric, as TLS densities have
+    t = np.round(rng.exponential(np.where(x > 0.12, 14.0, 7.0)), 1)
+    e = (rng.random(n) < 0.75).astype(float)
+    return x, t, e
+
+
+def test_logrank_scores_and_statistic_match_direct_formulas():
+    from tlsquant.maxstat import logrank_scores, maxstat_cutpoint
+
+    x, t, e = _maxstat_sample()
+    # a_i = δ_i − Σ_{j: t_j ≤ t_i} δ_j / #{k: t_k ≥ t_j}, summed over individuals (ties share the risk set)
+    direct = np.array([e[i] - sum(e[j] / (t >= t[j]).sum() for j in range(t.size) if t[j] <= t[i]) for i in range(t.size)])
+    assert logrank_scores(t, e) == pytest.approx(direct)
+    result = maxstat_cutpoint(x, t, e, method="lausen-schumacher")
+    low = x <= result["cut"]
+    n, m = x.size, low.sum()
+    s = direct[low].sum()
+    mean, var = m / n * direct.sum(), m * (n - m) / (n * (n - 1)) * ((direct - direct.mean()) ** 2).sum()
+    assert result["statistic"] == pytest.approx(abs(s - mean) / math.sqrt(var))
+    assert min(result["n_low"], result["n_high"]) >= 0.1 * n
+    assert result["statistic"] == pytest.approx(result["candidates"]["statistic"].max())
+
+
+def test_maxstat_corrected_p_agrees_with_an_independent_permutation_estimate():
+    from tlsquant.maxstat import maxstat_cutpoint
+
+    x, t, e = _maxstat_sample()
+    result = maxstat_cutpoint(x, t, e, n_permutations=1000, seed=1)
+    # independent estimate: shuffle the metric against (time, event), redo the whole search in plain loops
+    rng = np.random.default_rng(99)
+    scores = lambda tt, ee: np.array([ee[i] - sum(ee[j] / (tt >= tt[j]).sum() for j in range(tt.size) if tt[j] <= tt[i])  # noqa: E731
+                                      for i in range(tt.size)])
+    a = scores(t, e)
+    cuts = [c for c in np.unique(x)[:-1] if 4 <= (x <= c).sum() <= x.size - 4]
+
+    def max_z(values):
+        best = 0.0
+        for c in cuts:
+            low = values <= c
+            m, n = low.sum(), values.size
+            var = m * (n - m) / (n * (n - 1)) * ((a - a.mean()) ** 2).sum()
+            best = max(best, abs(a[low].sum() - m / n * a.sum()) / math.sqrt(var))
+        return best
+
+    assert max_z(x) == pytest.approx(result["statistic"])
+    draws = 400
+    independent = (sum(max_z(rng.permutation(x)) >= result["statistic"] - 1e-10 for _ in range(draws)) + 1) / (draws + 1)
+    p = result["p_corrected"]
+    assert abs(p - independent) <= 4 * math.sqrt(p * (1 - p) * (1 / 1000 + 1 / draws))
+    assert p > result["p_uncorrected"]  # the search costs
+    assert 0 < result["p_uncorrected"] < 1
+
+
+def test_lausen_schumacher_formula():
+    from tlsquant.maxstat import lausen_schumacher_p
+
+    b = 3.0
+    phi = math.exp(-b * b / 2) / math.sqrt(2 * math.pi)
+    assert lausen_schumacher_p(b) == pytest.approx(4 * phi / b + phi * (b - 1 / b) * math.log(0.9 * 0.9 / (0.1 * 0.1)))
+    assert lausen_schumacher_p(0.5) == lausen_schumacher_p(1.0) > 0.95  # no dip below the formula's peak
+    assert lausen_schumacher_p(2.0) > lausen_schumacher_p(2.5)
