@@ -264,3 +264,33 @@ def test_lausen_schumacher_formula():
     assert lausen_schumacher_p(b) == pytest.approx(4 * phi / b + phi * (b - 1 / b) * math.log(0.9 * 0.9 / (0.1 * 0.1)))
     assert lausen_schumacher_p(0.5) == lausen_schumacher_p(1.0) > 0.95  # no dip below the formula's peak
     assert lausen_schumacher_p(2.0) > lausen_schumacher_p(2.5)
+
+
+# --- ROC --------------------------------------------------------------------------------------------------
+
+def test_auc_equals_mann_whitney_and_the_curve_area():
+    from tlsquant.roc import auc_delong, roc_curve
+
+    rng = np.random.default_rng(7)
+    scores = np.round(np.concatenate([rng.normal(1, 1, 15), rng.normal(0, 1, 20)]), 1)
+    positive = np.r_[np.ones(15, bool), np.zeros(20, bool)]
+    auc, low, high = auc_delong(scores, positive)
+    assert auc == pytest.approx(scipy_stats.mannwhitneyu(scores[positive], scores[~positive]).statistic / (15 * 20))
+    curve = roc_curve(scores, positive)
+    assert np.trapezoid(curve.tpr, curve.fpr) == pytest.approx(auc)  # ties -> diagonal steps -> the ½ credit
+    assert low < auc < high
+
+
+def test_delong_standard_error_matches_the_bootstrap():
+    from tlsquant.roc import auc_delong
+
+    rng = np.random.default_rng(11)
+    pos, neg = rng.normal(0.8, 1, 30), rng.normal(0, 1, 30)
+    scores, positive = np.r_[pos, neg], np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    auc, low, high = auc_delong(scores, positive)
+    se_delong = (high - low) / (2 * scipy_stats.norm.ppf(0.975))
+    # stratified bootstrap of U / (n1 n0), vectorised
+    boot_pos = pos[rng.integers(0, 30, (2000, 30))]
+    boot_neg = neg[rng.integers(0, 30, (2000, 30))]
+    boot = (boot_pos[:, :, None] > boot_neg[:, None, :]).mean(axis=(1, 2))
+    assert se_delong == pytest.approx(boot.std(ddof=1), rel=0.1)
