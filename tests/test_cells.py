@@ -15,7 +15,7 @@ from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.batch import flatten_summary
 from tlsquant.cells import CellPlan, cell_bodies, compute_cells, segment_nuclei
 from tlsquant.errors import ChannelError, ConfigError
-from tlsquant.io.outputs import write_slide_outputs
+from tlsquant.outputs import write_slide_outputs
 from tlsquant.pipeline import marker_key
 
 PIXEL = (0.5, 0.5)

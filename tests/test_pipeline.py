@@ -11,7 +11,7 @@ import pytest
 
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.errors import ChannelError
-from tlsquant.io.outputs import write_slide_outputs
+from tlsquant.outputs import write_slide_outputs
 from tlsquant.validate import match_tls
 
 CASES = {
@@ -177,7 +177,7 @@ def test_output_files_follow_the_contract(tmp_path):
     assert (out / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failed_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_partial_file_and_nothing_that_looks_complete(tmp_path, monkeypatch):
     path = _small_slide(tmp_path)
     slide = open_slide(path)
     result = analyze_slide(slide)
@@ -187,10 +187,14 @@ def test_a_failed_write_leaves_no_partial_file_and_keeps_earlier_ones(tmp_path, 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    from tlsquant.io import qc
+    from tlsquant.outputs import qc
 
     monkeypatch.setattr(qc, "write_qc_picture", broken)
     with pytest.raises(OSError, match="disk full"):
         write_slide_outputs(result, tmp_path / "out", slide=slide)
+    # the new tables sit beside the old picture: without summary.json the folder is not complete
+    assert not (tmp_path / "out" / "summary.json").exists()
+    monkeypatch.undo()
+    write_slide_outputs(result, tmp_path / "out", slide=slide)
     assert (tmp_path / "out" / "summary.json").read_text() == before
     assert not [p for p in (tmp_path / "out").iterdir() if "partial" in p.name]

@@ -109,7 +109,7 @@ def test_a_failed_write_leaves_nothing_complete_and_the_rerun_cleans_up(two_slid
     (folder / ".qc.png.partial-99999").write_bytes(b"half")
     (out / ".cohort.csv.partial-99998").write_text("half")
     # the disk fills while the GeoJSON is written: the old summary is gone first, so the folder is not complete
-    from tlsquant.io import outputs
+    from tlsquant import outputs
 
     real = outputs.write_text_atomic
 

@@ -21,7 +21,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
     import dask
 
     from .io import open_slide
-    from .io.outputs import write_slide_outputs
+    from .outputs import write_slide_outputs
     from .pipeline import analyze_slide
 
     slide = open_slide(path, pixel_size_um=pixel_size_um, channel_names=channel_names,

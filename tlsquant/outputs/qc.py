@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .outputs import STAGE_COLOURS, outline_polygons
+from ..io.atomic import atomic_path
+from .geometry import STAGE_COLOURS, outline_polygons
 
 # composite colours per channel role: B cells red, T cells green, nuclei blue, tumour grey
 ARTEFACT_COLOUR = (255, 0, 255)  # debris, red blood cells, edge rims: excluded from TLS and cells
