@@ -294,3 +294,33 @@ def test_delong_standard_error_matches_the_bootstrap():
     boot_neg = neg[rng.integers(0, 30, (2000, 30))]
     boot = (boot_pos[:, :, None] > boot_neg[:, None, :]).mean(axis=(1, 2))
     assert se_delong == pytest.approx(boot.std(ddof=1), rel=0.1)
+
+
+# --- the whole analysis, report and CLI ------------------------------------------------------------------
+
+def test_outcomes_command_writes_tables_figures_and_an_escaped_report(tmp_path, capsys):
+    pytest.importorskip("lifelines")
+    from tlsquant.cli import main
+    from tlsquant.synthetic_outcomes import synthetic_outcome_cohort
+
+    cohort = synthetic_outcome_cohort(40, seed=1)
+    cohort["arm"] = np.where(cohort.index % 2, "<b>A|x</b>", "B_y")  # hostile labels end up inert
+    path = tmp_path / "cohort.csv"
+    cohort.to_csv(path, index=False)
+    out = tmp_path / "out"
+    assert main(["outcomes", str(path), "--response", "response", "--pfs", "pfs_months,pfs_event", "--cut", "optimal",
+                 "--permutations", "200", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "optimal cut-point (exploratory)" in printed and "report:" in printed
+    for name in ("response_rates", "response_tests", "roc", "roc_curves", "survival_medians", "survival_tests",
+                 "survival_curves", "cutpoints"):
+        assert (out / f"outcomes_{name}.csv").is_file()
+    assert (out / "figures" / "km_PFS.png").is_file() and (out / "figures" / "roc.svg").is_file()
+    cut = pd.read_csv(out / "outcomes_cutpoints.csv").iloc[0]
+    assert cut.p_corrected > cut.p_uncorrected and min(cut.n_low, cut.n_high) >= 4
+    assert main(["outcomes", str(path), "--response", "response", "--group-by", "arm", "-o", str(out / "arm")]) == 0
+    page = (out / "arm" / "outcomes.html").read_text()
+    markdown = (out / "arm" / "outcomes.md").read_text()
+    assert "<b>" not in page and "&lt;b&gt;A|x&lt;/b&gt;" in page
+    assert "&lt;b&gt;A\\|x&lt;/b&gt;" in markdown and "B\\_y" in markdown
+    assert "Methods" in markdown and "Clopper–Pearson" in markdown

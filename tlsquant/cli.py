@@ -317,6 +317,70 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _parse_categories(text: str | None) -> dict[str, list[str]] | None:
+    if not text:
+        return None
+    mapping: dict[str, list[str]] = {}
+    for item in text.split(","):
+        category, sep, label = item.partition("=")
+        if not sep or not label.strip():
+            raise TLSQuantError(f"--categories expects CATEGORY=LABEL pairs separated by commas, got {item!r}")
+        mapping.setdefault(category.strip().upper(), []).append(label.strip())
+    return mapping
+
+
+def _survival_endpoints(args) -> list:
+    from .outcomes import SurvivalEndpoint
+
+    endpoints = []
+    for name in ("pfs", "os"):
+        spec = getattr(args, name)
+        if spec:
+            time, sep, event = spec.partition(",")
+            if not sep:
+                raise TLSQuantError(f"--{name} expects TIME,EVENT column names, got {spec!r}")
+            endpoints.append(SurvivalEndpoint(name.upper(), time.strip(), event.strip()))
+    return endpoints
+
+
+def _print_outcomes(result) -> None:
+    fmt = {"float_format": lambda v: f"{v:.4g}", "index": False}
+    if len(result.response_rates):
+        print(result.response_rates[["endpoint", "group", "responders", "n", "rate", "ci_low", "ci_high"]].to_string(**fmt))
+        print(result.response_tests[["endpoint", "groups", "responders", "n", "odds_ratio", "p"]].to_string(**fmt))
+        print(result.roc[["metric", "auc", "auc_ci_low", "auc_ci_high"]].to_string(**fmt))
+    if len(result.survival_medians):
+        print(result.survival_medians[["endpoint", "group", "n", "events", "median", "median_ci_low", "median_ci_high"]]
+              .to_string(**fmt))
+        print(result.survival_tests[["endpoint", "test", "comparison", "hr", "hr_ci_low", "hr_ci_high", "p"]].to_string(**fmt))
+    if len(result.cutpoints):
+        print("optimal cut-point (exploratory): " + result.cutpoints[
+            ["metric", "cut", "n_low", "n_high", "p_uncorrected", "p_corrected"]].to_string(**fmt))
+
+
+def cmd_outcomes(args) -> int:
+    import pandas as pd
+
+    from .groups import parse_cut
+    from .outcome_report import write_outcome_report
+    from .outcomes import analyze_outcomes
+
+    cohort_path = Path(args.cohort)
+    if not cohort_path.is_file():
+        raise TLSQuantError(f"{cohort_path}: cohort table not found")
+    table = pd.read_csv(cohort_path)
+    result = analyze_outcomes(
+        table, response=args.response, survival=_survival_endpoints(args), group_by=args.group_by,
+        cut=parse_cut(args.cut), metrics=args.metrics.split(",") if args.metrics else None,
+        categories=_parse_categories(args.categories), ci_method=args.ci, exclude_not_evaluable=args.exclude_ne,
+        min_share=args.min_share, cut_correction=args.cut_correction, n_permutations=args.permutations, seed=args.seed)
+    written = write_outcome_report(result, args.output)
+    print(f"groups: {result.group_rule}")
+    _print_outcomes(result)
+    print(f"report: {written['html']}  (also {written['markdown'].name}, outcomes_*.csv, figures/)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The whole flow on the bundled slides: manifest -> batch -> cohort -> comparison -> report."""
     import json
@@ -376,7 +440,27 @@ def cmd_demo(args) -> int:
         index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, qc.png, thresholds.png)")
     print(f"cohort: {result.cohort_path}\nreport: {written['html']}")
+    _demo_outcomes(outroot)
     return 1 if len(result.failures) else 0
+
+
+def _demo_outcomes(outroot: Path) -> None:
+    """Outcome analysis on a seeded synthetic patient cohort (four slides are too few for it)."""
+    from .outcome_report import write_outcome_report
+    from .outcomes import SurvivalEndpoint, analyze_outcomes
+    from .synthetic_outcomes import synthetic_outcome_cohort
+
+    patients = synthetic_outcome_cohort(60, seed=0)
+    patients_path = outroot / "outcome_cohort.csv"
+    patients.to_csv(patients_path, index=False)
+    result = analyze_outcomes(patients, response="response", survival=[SurvivalEndpoint("PFS", "pfs_months", "pfs_event")])
+    written = write_outcome_report(result, outroot / "outcomes", title="tlsquant demo: TLS and outcomes (synthetic patients)")
+    print(f"\nclinical outcomes on a synthetic cohort of {len(patients)} patients (seeded; simulated TLS density, "
+          f"RECIST response and PFS): {patients_path}")
+    print(f"groups: {result.group_rule}")
+    _print_outcomes(result)
+    print(f"outcomes report: {written['html']}\n"
+          f"same as: tlsquant outcomes {patients_path} --response response --pfs pfs_months,pfs_event -o {outroot / 'outcomes'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,6 +509,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metrics", metavar="M1,M2", help="columns to test (default: TLS density, area %%, ...)")
     compare.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     compare.set_defaults(func=cmd_compare)
+
+    outcomes = sub.add_parser("outcomes", help="response rates, ROC and survival by TLS group, with figures and a report")
+    outcomes.add_argument("cohort", help="cohort table (cohort.csv with clinical columns added)")
+    outcomes.add_argument("--response", metavar="COLUMN", help="RECIST best overall response (CR, PR, SD, PD, NE)")
+    outcomes.add_argument("--categories", metavar="CAT=LABEL,...",
+                          help="labels used for the RECIST categories, e.g. PR=responder,PD=non-responder")
+    outcomes.add_argument("--pfs", metavar="TIME,EVENT", help="progression-free survival columns (time, 1 = event)")
+    outcomes.add_argument("--os", metavar="TIME,EVENT", help="overall survival columns (time, 1 = death)")
+    outcomes.add_argument("--group-by", metavar="COLUMN", help="metric or label column (default tls_density_per_mm2)")
+    outcomes.add_argument("--cut", default=None,
+                          help="median (default), tertiles, present (> 0), a number, or optimal (exploratory, on the "
+                               "first survival endpoint)")
+    outcomes.add_argument("--metrics", metavar="M1,M2", help="metrics for ROC (default: the TLS metrics present)")
+    outcomes.add_argument("--ci", choices=["clopper-pearson", "wilson"], default="clopper-pearson",
+                          help="confidence interval of ORR and DCR (default clopper-pearson)")
+    outcomes.add_argument("--exclude-ne", action="store_true", help="leave NE patients out of the ORR/DCR denominator")
+    outcomes.add_argument("--min-share", type=float, default=0.1, help="optimal cut: least share per group (default 0.1)")
+    outcomes.add_argument("--cut-correction", choices=["permutation", "lausen-schumacher"], default="permutation",
+                          help="optimal cut: p-value correction for the search (default permutation)")
+    outcomes.add_argument("--permutations", type=int, default=2000, help="optimal cut: permutations (default 2000)")
+    outcomes.add_argument("--seed", type=int, default=0, help="optimal cut: random seed of the permutations")
+    outcomes.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    outcomes.set_defaults(func=cmd_outcomes)
 
     analyze = sub.add_parser("analyze", help="find, stage and measure the TLS of one slide")
     analyze.add_argument("slide", help="QPTIFF, OME-TIFF, TIFF, OME-Zarr or zarr path")
