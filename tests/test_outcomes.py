@@ -324,3 +324,20 @@ def test_outcomes_command_writes_tables_figures_and_an_escaped_report(tmp_path, 
     assert "<b>" not in page and "&lt;b&gt;A|x&lt;/b&gt;" in page
     assert "&lt;b&gt;A\\|x&lt;/b&gt;" in markdown and "B\\_y" in markdown
     assert "Methods" in markdown and "Clopper–Pearson" in markdown
+
+
+def test_cohort_report_embeds_the_outcome_section(tmp_path):
+    pytest.importorskip("lifelines")
+    from tlsquant.outcomes import SurvivalEndpoint, analyze_outcomes
+    from tlsquant.report import write_report
+    from tlsquant.stats import compare_groups
+    from tlsquant.synthetic_outcomes import synthetic_outcome_cohort
+
+    cohort = synthetic_outcome_cohort(30, seed=2)
+    cohort["orr"] = np.where(cohort.response.isin(["CR", "PR"]), "responder", "non-responder")
+    stats = compare_groups(cohort, "orr", metrics=["tls_density_per_mm2"])
+    outcomes = analyze_outcomes(cohort, response="response", survival=[SurvivalEndpoint("PFS", "pfs_months", "pfs_event")])
+    written = write_report(cohort, stats, "orr", tmp_path, outcomes=outcomes)
+    markdown, page = written["markdown"].read_text(), written["html"].read_text()
+    assert "## Clinical outcomes" in markdown and "figures/km_PFS.png" in markdown and "Brookmeyer–Crowley" in markdown
+    assert "<h2>Clinical outcomes</h2>" in page and (tmp_path / "outcomes_survival_tests.csv").is_file()

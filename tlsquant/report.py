@@ -67,8 +67,12 @@ def thumbnail(qc_png: Path, out: Path, *, width: int = 240) -> Path | None:
 
 
 def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str | Path, *,
-                 slides_dir: Path | None = None, title: str = "TLS group comparison") -> dict[str, Path]:
-    """stats.csv, figures/<metric>.{png,svg}, thumbnails/, report.md and report.html in ``outdir``."""
+                 slides_dir: Path | None = None, title: str = "TLS group comparison", outcomes=None) -> dict[str, Path]:
+    """stats.csv, figures/<metric>.{png,svg}, thumbnails/, report.md and report.html in ``outdir``.
+
+    ``outcomes``: an :class:`tlsquant.outcomes.OutcomeResult` of the same cohort, added as a
+    clinical-outcomes section (its CSVs and figures written beside the report).
+    """
     outdir = Path(outdir)
     (outdir / "figures").mkdir(parents=True, exist_ok=True)
     with atomic_path(outdir / "stats.csv") as temporary:
@@ -107,6 +111,12 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
     lines += ["", "## Figures", ""]
     for metric, paths in figures.items():
         lines.append(f"![{metric}]({paths[0].relative_to(outdir)})")
+    outcome_md = outcome_html = ""
+    if outcomes is not None:
+        from .outcome_report import outcome_sections, write_outcome_files
+
+        outcome_md, outcome_html = outcome_sections(outcomes, write_outcome_files(outcomes, outdir), outdir)
+        lines += ["", outcome_md]
     if thumbs:
         lines += ["", "## Slides (QC)", ""]
         lines += [f"- {slide_id} ({label}): ![{slide_id}]({path})" for slide_id, label, path in thumbs]
@@ -127,7 +137,7 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{margin:4px}}figure{{display:inline-block}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>
 <table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in shown)}</tr>{rows_html}</table>
-<h2>Figures</h2>{figures_html}<h2>Slides (QC)</h2>{thumbs_html}</body></html>
+<h2>Figures</h2>{figures_html}{outcome_html}<h2>Slides (QC)</h2>{thumbs_html}</body></html>
 """
     page_path = write_text_atomic(outdir / "report.html", page)
     return {"stats": outdir / "stats.csv", "markdown": markdown, "html": page_path}
