@@ -80,3 +80,10 @@ def assign_groups(df: pd.DataFrame, by: str, *, cut: str | float | None = None) 
     labels[present & (values <= threshold)] = "low"
     labels[present & (values > threshold)] = "high"
     return labels, rule
+
+
+def group_order(groups: pd.Series) -> list[str]:
+    """Distinct labels in reporting order: low before high, absent before present, else sorted."""
+    order = {"low": 0, "high": 1, "absent": 0, "present": 1}
+    labels = sorted({str(v) for v in groups.dropna()})
+    return sorted(labels, key=lambda label: (order.get(label, 0.5), label))

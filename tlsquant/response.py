@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .errors import TLSQuantError
+from .groups import group_order
 
 RECIST = ("CR", "PR", "SD", "PD", "NE")
 ENDPOINTS = {"ORR": ("CR", "PR"), "DCR": ("CR", "PR", "SD")}
@@ -136,7 +137,7 @@ def response_rates(df: pd.DataFrame, response: str, *, groups: pd.Series | None 
         hits = _responders(recist, endpoint, exclude_not_evaluable)
         parts = [("", "all", hits)]
         if groups is not None:
-            parts += [(group_by, label, hits[groups == label]) for label in _ordered_labels(groups)]
+            parts += [(group_by, label, hits[groups == label]) for label in group_order(groups)]
         for by, label, values in parts:
             kept = values.dropna()
             rate, low, high = proportion_ci(int(kept.sum()), int(kept.size), method=method, confidence=confidence)
@@ -144,12 +145,6 @@ def response_rates(df: pd.DataFrame, response: str, *, groups: pd.Series | None 
                          "responders": int(kept.sum()), "rate": rate, "ci_low": low, "ci_high": high,
                          "ci_method": method, "excluded": int(values.isna().sum())})
     return pd.DataFrame(rows, columns=RATE_COLUMNS)
-
-
-def _ordered_labels(groups: pd.Series) -> list[str]:
-    order = {"low": 0, "high": 1, "absent": 0, "present": 1}
-    labels = sorted({str(v) for v in groups.dropna()})
-    return sorted(labels, key=lambda label: (order.get(label, 0.5), label))
 
 
 def fisher_exact_2xk(responders: Sequence[int], totals: Sequence[int]) -> float:
@@ -192,7 +187,7 @@ def response_tests(df: pd.DataFrame, response: str, groups: pd.Series, *, group_
     otherwise) and the two-sided p.
     """
     recist = recist_categories(df[response], categories=categories, column=response)
-    labels = _ordered_labels(groups)
+    labels = group_order(groups)
     rows = []
     for endpoint in ENDPOINTS:
         hits = _responders(recist, endpoint, exclude_not_evaluable)

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .errors import TLSQuantError
+from .groups import group_order
 
 MEDIAN_COLUMNS = ["endpoint", "group_by", "group", "n", "events", "median", "median_ci_low", "median_ci_high", "ci_method"]
 TEST_COLUMNS = ["endpoint", "group_by", "test", "comparison", "statistic", "hr", "hr_ci_low", "hr_ci_high", "p", "note"]
@@ -109,18 +110,11 @@ def kaplan_meier(times: pd.Series, events: pd.Series, *, conf_type: str = "log-l
     }
 
 
-def at_risk_counts(times: pd.Series, at: np.ndarray) -> list[int]:
-    """Number still at risk (time ≥ t) at each time in ``at``, for the table under the plot."""
-    values = np.asarray(times, dtype=float)
-    return [int((values >= t).sum()) for t in at]
-
-
 def logrank(times: pd.Series, events: pd.Series, groups: pd.Series) -> dict:
     """Log-rank test across the groups (k − 1 degrees of freedom): statistic and p."""
-    lifelines = require_lifelines()
+    require_lifelines()
     from lifelines.statistics import multivariate_logrank_test
 
-    del lifelines
     result = multivariate_logrank_test(times, groups, events)
     return {"statistic": float(result.test_statistic), "p": float(result.p_value), "df": len(set(groups)) - 1}
 
@@ -164,7 +158,7 @@ def survival_by_group(df: pd.DataFrame, *, time: str, event: str, groups: pd.Ser
     """
     times, events = survival_data(df, time, event)
     usable = times.notna() & events.notna()
-    ordered = _group_order(groups[usable & groups.notna()])
+    ordered = group_order(groups[usable & groups.notna()])
     medians, curves = [], []
     for label in ["all", *ordered]:
         keep = usable if label == "all" else usable & (groups == label)
@@ -201,8 +195,3 @@ def survival_by_group(df: pd.DataFrame, *, time: str, event: str, groups: pd.Ser
             "tests": pd.DataFrame(tests, columns=TEST_COLUMNS),
             "curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)}
 
-
-def _group_order(groups: pd.Series) -> list[str]:
-    order = {"low": 0, "high": 1, "absent": 0, "present": 1}
-    labels = sorted({str(v) for v in groups})
-    return sorted(labels, key=lambda label: (order.get(label, 0.5), label))
