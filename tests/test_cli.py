@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -97,8 +98,10 @@ def test_demo_runs_the_whole_flow_and_matches_the_truth(capsys, tmp_path):
     assert "synthetic-a: done" in (tmp_path / "batch.log").read_text()
     assert "cells: not measured" in out  # 2.5 µm/px cannot resolve nuclei, and the demo says so
     # outcome analysis on the seeded synthetic patients: response rates, PFS by TLS group, report
-    assert "clinical outcomes on a synthetic cohort of 60 patients" in out and "log-rank" in out
-    assert (tmp_path / "outcomes" / "outcomes.html").is_file() and (tmp_path / "outcomes" / "figures" / "km_PFS.png").is_file()
+    assert "clinical outcomes on a synthetic cohort of 60 patients" in out and "ORR" in out
+    assert (tmp_path / "outcomes" / "outcomes.html").is_file()
+    if importlib.util.find_spec("lifelines"):  # the survival part needs the [outcomes] extra
+        assert "log-rank" in out and (tmp_path / "outcomes" / "figures" / "km_PFS.png").is_file()
     for stem in ("synthetic-a", "synthetic-b", "synthetic-c"):
         truth = json.loads((TEST_IMAGES / f"{stem}.truth.json").read_text())
         summary = json.loads((tmp_path / "slides" / stem / "summary.json").read_text())

@@ -453,7 +453,13 @@ def _demo_outcomes(outroot: Path) -> None:
     patients = synthetic_outcome_cohort(60, seed=0)
     patients_path = outroot / "outcome_cohort.csv"
     patients.to_csv(patients_path, index=False)
-    result = analyze_outcomes(patients, response="response", survival=[SurvivalEndpoint("PFS", "pfs_months", "pfs_event")])
+    try:
+        import lifelines  # noqa: F401
+        survival = [SurvivalEndpoint("PFS", "pfs_months", "pfs_event")]
+    except ImportError:
+        survival = []
+        print('\nsurvival analysis skipped: it needs lifelines (pip install -e ".[outcomes]")')
+    result = analyze_outcomes(patients, response="response", survival=survival)
     written = write_outcome_report(result, outroot / "outcomes", title="tlsquant demo: TLS and outcomes (synthetic patients)")
     print(f"\nclinical outcomes on a synthetic cohort of {len(patients)} patients (seeded; simulated TLS density, "
           f"RECIST response and PFS): {patients_path}")
