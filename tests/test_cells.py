@@ -77,6 +77,34 @@ def test_specks_clumps_and_empty_images_give_no_nuclei():
     assert segment_nuclei(np.zeros((30, 30), np.uint16), pixel_size_um=PIXEL, threshold=10).max() == 0
 
 
+@pytest.mark.parametrize("pixel", [(0.5, 0.5), (0.4, 0.6), (0.325, 0.325)])
+def test_footprint_filters_equal_scipys(pixel, rng):
+    from tlsquant.cells import _ellipse, _footprint_filter, _px
+
+    image = rng.random((61, 83)).astype(np.float32)
+    image[rng.random(image.shape) < 0.3] = 0
+    for radius_um in (1.5, 3.0):
+        footprint = _ellipse(_px(radius_um, pixel))
+        for mode, cval in (("constant", np.inf), ("nearest", 0.0)):
+            np.testing.assert_array_equal(_footprint_filter(np.maximum, image, footprint, mode=mode, cval=cval),
+                                          ndi.maximum_filter(image, footprint=footprint, mode=mode, cval=cval))
+            np.testing.assert_array_equal(_footprint_filter(np.minimum, image, footprint, mode=mode, cval=cval),
+                                          ndi.minimum_filter(image, footprint=footprint, mode=mode, cval=cval))
+
+
+def test_compiled_and_numpy_nucleus_splits_agree(monkeypatch):
+    pytest.importorskip("numba")
+    import tlsquant.cells as cells
+
+    centres = [(5.0 + 5.6 * i + 0.8 * (j % 2), 5.0 + 5.4 * j) for i in range(6) for j in range(6)]
+    image = _discs((80, 80), centres, [2.4 + 0.1 * (k % 5) for k in range(36)], pixel=PIXEL)
+    compiled = segment_nuclei(image, pixel_size_um=PIXEL, threshold=500)
+    monkeypatch.setattr(cells, "_claim_compiled", lambda: None)
+    plain = segment_nuclei(image, pixel_size_um=PIXEL, threshold=500)
+    assert compiled.max() > 20
+    np.testing.assert_array_equal(compiled, plain)
+
+
 def test_blurred_clumps_are_split_at_stain_maxima():
     # a 5 x 5 lattice of nuclei 6 µm apart, blurred as out of focus: the foreground merges
     # into one slab thicker than any nucleus; each nucleus is still a maximum of the stain
