@@ -337,3 +337,30 @@ def test_hostile_xml_is_refused_fast_without_expanding(corpus):
         with pytest.raises(SlideFormatError, match="DTD or entities"):
             open_slide(path)
         assert time.perf_counter() - started < 2.0
+
+
+def test_compare_treats_cohort_values_as_data_not_markup_or_paths(tmp_path, capsys):
+    slides = tmp_path / "run" / "slides"
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "qc.png").write_bytes(b"not read")  # where "../../x" would point
+    for slide_id in ("a1", "a2", "a3"):
+        (slides / slide_id).mkdir(parents=True)
+    script = "<script>alert(1)</script>"
+    cohort = pd.DataFrame({
+        "slide_id": ["a1", "a2", "a3", "../../x", "b2", "b3"],
+        "arm": [script] * 3 + ["*bold* | pipe"] * 3,
+        "tls_density_per_mm2": [0.3, 0.4, 0.5, 0.01, 0.02, 0.0],
+        "tls_area_pct": [0.5, 0.6, 0.7, 0.0, 0.1, 0.05],
+    })
+    cohort.to_csv(tmp_path / "run" / "cohort.csv", index=False)
+    out = tmp_path / "run" / "stats"
+    assert main(["compare", str(tmp_path / "run" / "cohort.csv"), "--group", "arm", "-o", str(out)]) == 0
+    capsys.readouterr()
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(str(p).startswith("run") or str(p).startswith("x") for p in written)
+    assert sorted(p.name for p in outside.iterdir()) == ["qc.png"]
+    markdown = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert script not in markdown and script not in page
+    assert "&lt;script&gt;" in page and "\\*bold\\* \\| pipe" in markdown

@@ -308,6 +308,9 @@ def cmd_compare(args) -> int:
     if groups is not None and len(groups) != 2:
         raise TLSQuantError(f"--groups expects two labels A,B, got {args.groups!r}")
     metrics = args.metrics.split(",") if args.metrics else None
+    from .io.atomic import check_output_dir
+
+    check_output_dir(args.output)
     stats = compare_groups(table, args.group, metrics=metrics, groups=groups)
     slides_dir = cohort_path.parent / "slides"
     written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .batch import is_safe_id
 from .io.atomic import atomic_path, write_text_atomic
+from .outcome_report import md_escape
 
 METRIC_LABELS = {
     "tls_density_per_mm2": "TLS density (per mm² tumour)",
@@ -24,6 +27,12 @@ def _format_p(p) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "n/a"
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def file_stem(name) -> str:
+    """A column or slide name as a file name that stays in its folder (no separators, no leading dot)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".")
+    return stem[:100] or "_"
 
 
 def metric_figure(df: pd.DataFrame, group: str, metric: str, row: pd.Series, outdir: Path) -> list[Path]:
@@ -46,7 +55,7 @@ def metric_figure(df: pd.DataFrame, group: str, metric: str, row: pd.Series, out
     figure.tight_layout()
     written = []
     for suffix in ("png", "svg"):
-        path = outdir / f"{metric}.{suffix}"
+        path = outdir / f"{file_stem(metric)}.{suffix}"
         with atomic_path(path) as temporary:
             figure.savefig(temporary, format=suffix)
         written.append(path)
@@ -84,6 +93,8 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
     if slides_dir is not None and "slide_id" in df.columns:
         (outdir / "thumbnails").mkdir(exist_ok=True)
         for slide_id, label in zip(df["slide_id"], df[group].astype(str)):
+            if not is_safe_id(str(slide_id)):  # a cohort file is data, never a path: no "../" out of slides/
+                continue
             made = thumbnail(Path(slides_dir) / str(slide_id) / "qc.png", outdir / "thumbnails" / f"{slide_id}.png")
             if made:
                 thumbs.append((str(slide_id), label, made.relative_to(outdir)))
@@ -98,19 +109,22 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
         return str(value)
 
     a, b = stats["group_a"].iloc[0], stats["group_b"].iloc[0]
-    intro = (f"Groups from column `{group}`: **{a}** (a) vs **{b}** (b); two-sided Mann–Whitney U per metric, "
+    method = ("two-sided Mann–Whitney U per metric, "
              "exact p in small samples (up to 50 per group; with ties the exact permutation distribution given "
              "the ties), otherwise the normal approximation with tie correction, as stated per row; "
              "effect size = rank-biserial correlation (+1: every a above every b); Hodges–Lehmann shift a − b "
              "with its 95 % confidence interval from inverting the same test (– when the samples are too small "
              "to reach 95 %); "
              "q = Benjamini–Hochberg across metrics.")
-    lines = [f"# {title}", "", intro, "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    intro = f"Groups from column {md_escape(group)}: **{md_escape(a)}** (a) vs **{md_escape(b)}** (b); {method}"
+    intro_html = (f"Groups from column <code>{html.escape(str(group))}</code>: <b>{html.escape(str(a))}</b> (a) vs "
+                  f"<b>{html.escape(str(b))}</b> (b); {html.escape(method)}")
+    lines = [f"# {md_escape(title)}", "", intro, "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, row in stats.iterrows():
-        lines.append("| " + " | ".join(cell(row[c]) for c in shown) + " |")
+        lines.append("| " + " | ".join(md_escape(cell(row[c])) for c in shown) + " |")
     lines += ["", "## Figures", ""]
     for metric, paths in figures.items():
-        lines.append(f"![{metric}]({paths[0].relative_to(outdir)})")
+        lines.append(f"![{md_escape(metric)}]({paths[0].relative_to(outdir)})")
     outcome_md = outcome_html = ""
     if outcomes is not None:
         from .outcome_report import outcome_sections, write_outcome_files
@@ -119,7 +133,8 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
         lines += ["", outcome_md]
     if thumbs:
         lines += ["", "## Slides (QC)", ""]
-        lines += [f"- {slide_id} ({label}): ![{slide_id}]({path})" for slide_id, label, path in thumbs]
+        lines += [f"- {md_escape(slide_id)} ({md_escape(label)}): ![{md_escape(slide_id)}]({path})"
+                  for slide_id, label, path in thumbs]
     markdown = write_text_atomic(outdir / "report.md", "\n".join(lines) + "\n")
 
     rows_html = "".join(
@@ -135,7 +150,7 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{margin:4px}}figure{{display:inline-block}}</style>
-</head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>
+</head><body><h1>{html.escape(title)}</h1><p>{intro_html}</p>
 <table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in shown)}</tr>{rows_html}</table>
 <h2>Figures</h2>{figures_html}{outcome_html}<h2>Slides (QC)</h2>{thumbs_html}</body></html>
 """
