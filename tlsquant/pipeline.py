@@ -71,6 +71,8 @@ class SlideResult:
     cells: pd.DataFrame | None = None  # one row per cell, when ``outputs.cells_table`` is set
     debris_mask: np.ndarray | None = None  # fine grid: artefacts excluded (debris, red blood cells, edge rims)
     signal_histograms: dict[str, dict] = field(default_factory=dict)  # level-0 sample per channel, for QC
+    # TLS candidates dropped, for annotations.geojson: (reason, box (slices), cells in the box) on the fine grid
+    rejected_candidates: list[tuple] = field(default_factory=list)
 
 
 def available_memory_gb() -> float:
@@ -338,7 +340,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         t_zone_width_um=config.tls.t_zone_width_um,
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
         nuclei_fraction=fine_fraction("nuclei"), min_nuclear_fraction=config.tls.min_nuclear_fraction,
-        min_contrast=config.tls.min_contrast,
+        min_contrast=config.tls.min_contrast, rejected=(rejected := []),
     )
     del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
     t_tls = time.perf_counter()
@@ -459,6 +461,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         tumour_mask=tumour, fine_factor=fine_factor, coarse_factor=coarse_factor, pixel_size_um=(px, py),
         config=config, warnings=warnings, cells=cells.table if cells is not None else None, debris_mask=debris,
         signal_histograms={role: signal.histograms[roles[role]] for role in role_names},
+        rejected_candidates=rejected,
     )
 
 

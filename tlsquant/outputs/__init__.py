@@ -1,4 +1,4 @@
-"""Per-slide output files: summary.json, tls.csv, tls.geojson, qc.png, thresholds.png, masks.ome.zarr, cells.csv.gz.
+"""Per-slide output files: summary.json, tls.csv, tls.geojson, annotations.geojson, qc.png, thresholds.png, masks.ome.zarr, cells.csv.gz.
 
 This package sits above the pipeline: it takes a :class:`~tlsquant.pipeline.SlideResult`
 and writes files; nothing below it imports it.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import output_error, remove_partials, write_text_atomic
+from .annotations import annotation_features
 from .geojson import geojson_features
 from .masks import write_masks
 from .tables import write_cells_table, write_tls_table
@@ -21,6 +22,7 @@ from .tables import write_cells_table, write_tls_table
 SUMMARY = "summary.json"
 TLS_TABLE = "tls.csv"
 GEOJSON = "tls.geojson"
+ANNOTATIONS = "annotations.geojson"
 QC_PICTURE = "qc.png"
 THRESHOLD_PICTURE = "thresholds.png"
 MASKS = "masks.ome.zarr"
@@ -39,7 +41,7 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE)
+ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE)
 
 
 def _remove(path: Path) -> None:
@@ -69,6 +71,8 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     remove_partials(outdir)
     written = {"tls": write_tls_table(result, outdir / TLS_TABLE)}
     written["geojson"] = write_text_atomic(outdir / GEOJSON, json.dumps(geojson_features(result), default=_json_default))
+    written["annotations"] = write_text_atomic(outdir / ANNOTATIONS,
+                                               json.dumps(annotation_features(result), default=_json_default))
     config = result.config
     if config.outputs.qc_png and slide is not None:
         from .qc import write_qc_picture

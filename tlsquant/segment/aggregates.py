@@ -20,6 +20,11 @@ def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float
     return zone
 
 
+def _reject(rejected: list | None, reason: str, box, region) -> None:
+    if rejected is not None:
+        rejected.append((reason, box, region))
+
+
 def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, level_fraction: float,
                        reach: int):
     """Seeds above ``seed``, each outlined at ``level_fraction`` of its own plateau.
@@ -53,7 +58,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
                       max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
                       t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0,
                       nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
-                      min_contrast: float = 0.0) -> tuple[np.ndarray, dict]:
+                      min_contrast: float = 0.0, rejected: list | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
@@ -68,6 +73,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     ``min_contrast`` > 0 an aggregate's B-cell density must reach that multiple of the
     density in a band 10-40 µm around it: a TLS is a bounded aggregate, a dense patch of
     a loose infiltrate is not.
+
+    Given a list as ``rejected``, each dropped candidate is appended to it as
+    ``(reason, box, region)``: the reason (``small``, ``debris``, ``no_nuclei``,
+    ``low_contrast``, ``no_t_zone``), its box (slices) and its cells in that box.
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
@@ -93,12 +102,15 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
         area_um2 = region.sum() * cell_area
         if area_um2 < min_area_um2:
             info["rejected_small"] += 1
+            _reject(rejected, "small", box, region)
             continue
         if debris is not None and debris[box][region].mean() > max_debris_fraction:
             info["rejected_debris"] += 1
+            _reject(rejected, "debris", box, region)
             continue
         if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
             info["rejected_no_nuclei"] += 1
+            _reject(rejected, "no_nuclei", box, region)
             continue
         if min_contrast > 0:
             band = ndi.binary_dilation(region, structure=disk(40.0, cell_um)) & ~ndi.binary_dilation(
@@ -106,11 +118,13 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             inside = float(b_fraction[box][region].mean())
             if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
                 info["rejected_low_contrast"] += 1
+                _reject(rejected, "low_contrast", box, region)
                 continue
         if min_t_fraction > 0 and t_fraction is not None:
             rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region
             if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
                 info["rejected_no_t_zone"] += 1
+                _reject(rejected, "no_t_zone", box, region)
                 continue
         kept.append((box, region))
     out = np.zeros(labels.shape, np.int32)
