@@ -294,6 +294,13 @@ def _corpus(root):
     add("symlink-loop.tif", lambda p: os.symlink(p, p), "")
     add("float-nan.ome.tiff", lambda p: tifffile.imwrite(p, np.full((2, 64, 64), np.nan, np.float32),
                                                           metadata={"axes": "CYX"}), "")
+    def nan_slide(path):
+        names = ["DAPI", "CD3", "CD20", "CD21", "CD23", "TFE3"]
+        data = np.zeros((6, 96, 96), np.float32)
+        data[:, :40] = np.nan
+        data[:, 50:60] = np.inf
+        tifffile.imwrite(path, data, metadata={"axes": "CYX", "Channel": {"Name": names}})
+    add("nan-padding.ome.tiff", nan_slide, None)  # non-finite values read as 0: an empty slide, analysed
     add("int-dtype.ome.tiff", lambda p: tifffile.imwrite(p, np.zeros((2, 64, 64), np.int32),
                                                           metadata={"axes": "CYX"}), "")
     return items

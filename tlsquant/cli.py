@@ -611,6 +611,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tlsquant {args.command}: error: out of memory; use fewer --workers, smaller compute.chunk_px, "
               f"or a machine with more memory", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an input nobody foresaw: one line, the traceback under -v
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"tlsquant {args.command}: internal error: {type(exc).__name__}: {first} (rerun with -v for the "
+              f"traceback and please report it)", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,10 @@ def slide_id_from_name(name: str) -> str:
     return name
 
 
+def _finite(block: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 @dataclass(frozen=True)
 class Level:
     """One pyramid level: a lazy (C, Y, X) dask array and its downsample factors vs level 0."""
@@ -108,6 +112,12 @@ class Slide:
                     f"{where}: pyramid level {index} has shape {level.shape} {level.data.dtype}, "
                     f"expected {base.shape[0]} channels of {base.dtype}"
                 )
+        if np.dtype(base.dtype).kind == "f" and not self.metadata.get("non_finite"):
+            # NaN/inf (padding of stitched or unmixed exports) would poison every statistic: no signal
+            levels = tuple(Level(level.data.map_blocks(_finite, dtype=level.data.dtype), level.downsample_y,
+                                 level.downsample_x) for level in self.levels)
+            object.__setattr__(self, "levels", levels)
+            object.__setattr__(self, "metadata", {**self.metadata, "non_finite": "NaN and infinite values read as 0"})
 
     # -- geometry ---------------------------------------------------------------------------
     @property
