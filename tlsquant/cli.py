@@ -206,6 +206,21 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from .review import review_slide, write_review
+
+    result = review_slide(args.slide_folder, args.tls, annotations=args.annotations)
+    write_review(result, args.slide_folder)
+    diff, s = result.diff, result.summary
+    print(f"{s['slide_id']}: reviewed {s['tls_count']} TLS ({len(diff['added'])} added, {len(diff['removed'])} removed, "
+          f"{len(diff['restaged'])} restaged, {len(diff['redrawn'])} redrawn); density "
+          f"{_fmt(s['tls_density_per_mm2'], '.3f')} /mm², area {_fmt(s['tls_area_pct'], '.3f')} %")
+    for key, change in diff["metrics_changed"].items():
+        print(f"  {key}: {change['automatic']} -> {change['reviewed']}")
+    print(f"outputs in {args.slide_folder}: summary.reviewed.json, tls.reviewed.csv")
+    return 0
+
+
 def _batch_logging(outdir: Path) -> logging.Handler:
     outdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(outdir / "batch.log", encoding="utf-8")
@@ -553,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_slide_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
+
+    review = sub.add_parser("review", help="recompute a slide's TLS metrics from outlines reviewed in QuPath")
+    review.add_argument("slide_folder", help="the slide's output folder (from analyze, or OUTDIR/slides/<id>)")
+    review.add_argument("--tls", required=True, metavar="GEOJSON",
+                        help="the reviewed TLS exported from QuPath (classes 'TLS: <stage>')")
+    review.add_argument("--annotations", metavar="GEOJSON",
+                        help="reviewed regions (tumour bed, exclusions); default: the folder's annotations.geojson")
+    review.set_defaults(func=cmd_review)
 
     info = sub.add_parser("info", help="describe slides: format, channels, pixel size, pyramid, where each came "
                                        "from and what you must still supply (exit 1 if a pixel size is missing)")

@@ -169,6 +169,17 @@ class Cells:
 
 
 @dataclass(frozen=True)
+class Annotations:
+    """QuPath annotations read with ``--annotations``: class names (case-insensitive, ``*`` wildcards) per role."""
+
+    tumour_classes: tuple[str, ...] = ("Tumor", "Tumour")
+    tumour_mode: str = "replace"  # replace: the drawn tumour bed (on tissue) | restrict: the automatic bed within it
+    exclude_classes: tuple[str, ...] = ("Ignore*", "Necrosis", "Fold", "Artefact", "Edge")
+    roi_classes: tuple[str, ...] = ("Region*", "ROI")
+    tls_classes: tuple[str, ...] = ("TLS",)  # reviewed and manual TLS (review, validate); the stage is the derived class
+
+
+@dataclass(frozen=True)
 class Outputs:
     qc_png: bool = True
     qc_max_px: int = 1200
@@ -216,6 +227,7 @@ class Config:
     location: Location = Location()
     debris: Debris = Debris()
     cells: Cells = Cells()
+    annotations: Annotations = Annotations()
     outputs: Outputs = Outputs()
     compute: Compute = Compute()
     cluster: Cluster = Cluster()
@@ -348,6 +360,9 @@ def _validate(config: Config, source: str) -> Config:
     if not 2 <= config.debris.min_positive_channels <= 4:
         raise ConfigError(f"{source}: debris.min_positive_channels must be 2-4 (of tumour, B-cell, T-cell, network), "
                           f"got {config.debris.min_positive_channels}")
+    if config.annotations.tumour_mode not in ("replace", "restrict"):
+        raise ConfigError(f"{source}: annotations.tumour_mode must be 'replace' or 'restrict', "
+                          f"got {config.annotations.tumour_mode!r}")
     if config.compute.scheduler not in ("threads", "sync", "processes", "distributed"):
         raise ConfigError(f"{source}: compute.scheduler must be threads, sync, processes or distributed, got {config.compute.scheduler!r}")
     if config.compute.chunk_px < 0 or config.compute.workers < 0:
