@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from tlsquant import load_config, synthetic
@@ -31,3 +35,12 @@ def analyse_into(slide: Path, outdir: Path, *overrides: str, annotations=None):
 
 def load(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@functools.cache
+def shared_analysis():
+    """(SlideResult, slide folder, slide path) of the default small slide, made once per test session."""
+    folder = Path(tempfile.mkdtemp(prefix="tlsquant-loop-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    slide = small_slide(folder)
+    return analyse_into(slide, folder / "slide"), folder / "slide", slide

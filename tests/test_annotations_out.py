@@ -13,16 +13,14 @@ from tlsquant.outputs.annotations import margin_band
 from tlsquant.polygons import mask_polygons, rasterise, ring_area
 from tlsquant.qupath import NAMESPACE, feature, measurement_values, object_id
 
-from .loop_helpers import analyse_into, load, small_slide
+from .loop_helpers import analyse_into, load, shared_analysis
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("out")
-    slide = small_slide(folder)
-    result = analyse_into(slide, folder / "slide")
-    result.slide_path = slide
-    return result, folder / "slide"
+def analysed():
+    result, folder, _ = shared_analysis()
+    assert len(result.tls) >= 2 and result.summary["tumour_area_mm2"] > 0
+    return result, folder
 
 
 def qupath_accepts(item: dict) -> None:
@@ -158,7 +156,7 @@ def test_measurements_never_null_or_boolean():
 
 def test_a_slide_without_tumour_writes_no_null_measurement(analysed, tmp_path):
     # an impossible tumour threshold: every TLS is distal with no distance to the tumour
-    result = analyse_into(analysed[0].slide_path, tmp_path / "out", "tumour.min_area_mm2=1000")
+    result = analyse_into(shared_analysis()[2], tmp_path / "out", "tumour.min_area_mm2=1000")
     assert result.summary["tumour_area_mm2"] == 0 and len(result.tls)
     for item in load(tmp_path / "out" / "tls.geojson")["features"]:
         qupath_accepts(item)

@@ -13,15 +13,14 @@ from scipy import ndimage as ndi
 from tlsquant.cli import main
 from tlsquant.review import ReviewError, review_slide
 
-from .loop_helpers import analyse_into, load, small_slide
+from .loop_helpers import load, shared_analysis
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("review")
-    result = analyse_into(small_slide(folder), folder / "slide")
+def analysed():
+    result, folder, _ = shared_analysis()
     assert len(result.tls) >= 2 and result.summary["tumour_area_mm2"] > 0
-    return result, folder / "slide"
+    return result, folder
 
 
 def write(path, collection):

@@ -9,8 +9,8 @@ What is done with bad geometry, and recorded:
 
 - a self-intersecting ring is filled by the even-odd rule (a bow-tie gives its two lobes), noted;
 - a polygon partly outside the slide is clipped to it, noted;
-- a polygon wholly outside the slide, or coordinates that fit the slide only when read as µm,
-  is an :class:`~tlsquant.qupath.AnnotationError` (QuPath exports level-0 pixels);
+- a polygon wholly outside the slide, or one reaching more than 10 % beyond it that fits the
+  slide when read as µm, is an :class:`~tlsquant.qupath.AnnotationError` (QuPath exports level-0 pixels);
 - a file whose outlines all fit within the top-left ``pixel size`` share of the slide (µm on a
   slide finer than 1 µm/px) gets a warning.
 """
@@ -96,11 +96,6 @@ class RegionMasks:
                 "excluded_area_mm2": round(self.excluded_area_mm2, 6), "notes": list(self.notes)}
 
 
-def automatic_record() -> dict[str, Any]:
-    """The summary record of a slide analysed without annotations."""
-    return {"annotations": None, "tissue": "automatic", "tumour": "automatic", "tls": "automatic"}
-
-
 def role_of(item: Annotation, settings: AnnotationSettings) -> str | None:
     """tumour, exclude, roi or tls by the item's class; None for any other class."""
     for role, patterns in (("exclude", settings.exclude_classes), ("roi", settings.roi_classes),
@@ -123,7 +118,8 @@ def check_geometry(items: list[Annotation], *, slide_shape: tuple[int, int], pix
         boxes.append((x0, y0, x1, y1))
         outside = x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1
         fits_as_um = x0 >= -1 and y0 >= -1 and x1 / pixel_size_um <= width + 1 and y1 / pixel_size_um <= height + 1
-        if outside and fits_as_um and pixel_size_um > 1:
+        far_outside = x1 > 1.1 * width or y1 > 1.1 * height  # a small overhang is a drawing past the edge
+        if far_outside and fits_as_um and pixel_size_um > 1:
             raise AnnotationError(
                 f"{source}: {item.label()} reaches x {x1:.0f}, y {y1:.0f}, beyond the slide ({width} x {height} "
                 f"level-0 px) but within it in µm ({width * pixel_size_um:.0f} x {height * pixel_size_um:.0f} µm): "

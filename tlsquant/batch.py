@@ -52,6 +52,7 @@ class SlideJob:
     path: Path
     pixel_size_um: float | None
     clinical: dict[str, Any] = field(default_factory=dict, compare=False)
+    annotations: Path | None = None  # QuPath GeoJSON of the slide's regions (manifest column ``annotations``)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def read_manifest(path: str | Path) -> Manifest:
     if errors:
         raise ManifestError(f"{path}: {len(errors)} problem(s) in the manifest:\n  " + "\n  ".join(errors))
     jobs, problems = [], []
-    clinical_columns = [c for c in table.columns if c not in ("slide_id", "path", "pixel_size_um")]
+    clinical_columns = [c for c in table.columns if c not in ("slide_id", "path", "pixel_size_um", "annotations")]
     for line, values in zip(range(2, len(table) + 2), table.to_dict("records")):
         slide_id, slide_path = values["slide_id"], values["path"]
         resolved = (path.parent / slide_path) if slide_path else None
@@ -119,10 +120,14 @@ def read_manifest(path: str | Path) -> Manifest:
                     raise ValueError
             except ValueError:
                 error = ("ManifestError", f"line {line}: pixel_size_um must be a positive number in µm, got {pixel_text!r}")
+        annotations_text = values.get("annotations", "")
+        annotations = (path.parent / annotations_text) if annotations_text else None
+        if not error and annotations is not None and not annotations.is_file():
+            error = ("ManifestError", f"{annotations}: annotations file not found (manifest line {line})")
         if error:
             problems.append({"slide_id": slide_id, "path": slide_path, "error_type": error[0], "error": error[1]})
             continue
-        jobs.append(SlideJob(slide_id, resolved, pixel_size, {c: values[c] for c in clinical_columns}))
+        jobs.append(SlideJob(slide_id, resolved, pixel_size, {c: values[c] for c in clinical_columns}, annotations))
     return Manifest(path, table, jobs, problems)
 
 
@@ -162,7 +167,7 @@ def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: in
 
     analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
                       pixel_size_um=job.pixel_size_um, scheduler="threads" if threads > 1 else "sync",
-                      num_workers=threads)
+                      num_workers=threads, annotations=job.annotations)
     return job.slide_id
 
 

@@ -167,14 +167,16 @@ def _progress(enabled: bool):
     return ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr)
 
 
-def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=None, progress=False):
+def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=None, progress=False,
+                 annotations=None):
     from .io.atomic import check_output_dir
     from .io.lock import output_lock
     from .workflow import analyze_to_folder
 
     outdir = check_output_dir(outdir)  # before any work: a bad -o fails in a second, not after the analysis
     with output_lock(outdir), _progress(progress):
-        result = analyze_to_folder(slide_path, outdir, config, pixel_size_um=pixel_size, channel_names=channels)
+        result = analyze_to_folder(slide_path, outdir, config, pixel_size_um=pixel_size, channel_names=channels,
+                                   annotations=annotations)
     for warning in result.warnings:
         log.warning("%s: %s", result.slide_id, warning)
     return result
@@ -192,7 +194,8 @@ def cmd_analyze(args) -> int:
         config = replace(config, compute=replace(config.compute, workers=args.workers))
     outdir = Path(args.output)
     result = _analyze_one(args.slide, outdir, config, pixel_size=args.pixel_size,
-                          channels=_channel_names(args.channels), progress=sys.stderr.isatty() and not args.quiet)
+                          channels=_channel_names(args.channels), progress=sys.stderr.isatty() and not args.quiet,
+                          annotations=args.annotations)
     s = result.summary
     print(f"{s['slide_id']}: tumour {s['tumour_area_mm2']:.3f} mm², {s['tls_count']} TLS "
           f"({s['tls_mature_count']} mature, {s['tls_primary_count']} primary; {s['tls_counted']} counted), "
@@ -565,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override one setting, e.g. --set tls.min_area_um2=8000 (repeatable)")
     analyze.add_argument("--workers", type=int, help="threads for the full-resolution passes (default: cores)")
     analyze.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz (one row per cell)")
+    analyze.add_argument("--annotations", metavar="GEOJSON",
+                         help="QuPath annotations of this slide: tumour bed, exclusions, region of interest "
+                              "(classes mapped by the [annotations] config section)")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_slide_options(analyze)
     analyze.set_defaults(func=cmd_analyze)

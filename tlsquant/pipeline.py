@@ -197,7 +197,7 @@ def _grid_factors(slide: Slide, config: Config) -> tuple[int, int]:
 
 
 def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, scheduler=None,
-                  num_workers: int | None = None) -> SlideResult:
+                  num_workers: int | None = None, annotations=None) -> SlideResult:
     """Find, stage and measure the TLS of one slide, and count its cells by marker.
 
     Two full-resolution passes: positive pixels into coarse evidence maps (tissue, tumour,
@@ -212,6 +212,9 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         Defaults to :func:`tlsquant.load_config` ().
     scheduler, num_workers : optional
         Passed to ``dask.compute`` (default: ``config.compute``).
+    annotations : path or list of :class:`tlsquant.qupath.Annotation`, optional
+        QuPath annotations: a drawn tumour bed, exclusions and a region of interest
+        (classes mapped by ``config.annotations``; see :mod:`tlsquant.annotations`).
 
     Returns
     -------
@@ -307,6 +310,14 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         closing_um=config.tumour.closing_um, min_area_mm2=config.tumour.min_area_mm2, tissue=tissue,
     )
     coarse_pixels = evidence.pixels("coarse")
+    regions = None
+    if annotations is not None:  # drawn tumour bed, exclusions, region of interest (QuPath annotations)
+        from .annotations import region_masks
+
+        regions = region_masks(annotations, config.annotations, slide_shape=slide.shape[1:], pixel_size_um=pixel_um,
+                               fine_factor=fine_factor, coarse_factor=coarse_factor)
+        tissue, tumour = regions.apply_coarse(tissue, tumour, pixel_area_um2=px * py, coarse_pixels=coarse_pixels)
+        warnings.extend(note for note in regions.notes if note.startswith("warning"))
     tissue_area_mm2 = float(coarse_pixels[tissue].sum(dtype=np.float64) * px * py / 1e6)
     tumour_area_mm2 = float(coarse_pixels[tumour].sum(dtype=np.float64) * px * py / 1e6)
     del coarse_pixels
@@ -342,6 +353,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         nuclei_fraction=fine_fraction("nuclei"), min_nuclear_fraction=config.tls.min_nuclear_fraction,
         min_contrast=config.tls.min_contrast, rejected=(rejected := []),
     )
+    if regions is not None:
+        labels = regions.apply_fine(labels)
     del b_fraction, t_fraction  # whole-slide float maps: free them before the per-TLS pass
     t_tls = time.perf_counter()
 
@@ -442,6 +455,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         "pixel_size_y_um": py,
         **metrics,
         "excluded_artefact_area_mm2": round(artefact_area_mm2, 6),
+        "regions": regions.record() if regions is not None else {"annotations": None, "tissue": "automatic",
+                                                                 "tumour": "automatic", "tls": "automatic"},
         "thresholds": thresholds,
         "segmentation": {"fine_grid_um": fine_um, "coarse_grid_um": coarse_um,
                          "background": {"source": signal.source, "glass_found": signal.has_glass,

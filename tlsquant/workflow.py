@@ -10,13 +10,15 @@ from .config import Config
 
 def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, slide_id: str | None = None,
                       pixel_size_um: float | tuple[float, float] | None = None,
-                      channel_names: Sequence[str] | None = None, scheduler=None, num_workers: int | None = None):
+                      channel_names: Sequence[str] | None = None, scheduler=None, num_workers: int | None = None,
+                      annotations: str | Path | None = None):
     """Analyse the slide at ``path`` and write its outputs into ``outdir``; returns the SlideResult.
 
     ``slide_id`` replaces the id taken from the file name (a manifest's). Every dask
     computation, the output pictures included, runs on ``scheduler`` (default: the
     config's), never on a distributed client the caller happens to run inside: a batch
-    worker finishes its slide without queueing behind other slides.
+    worker finishes its slide without queueing behind other slides. ``annotations``: a QuPath
+    GeoJSON of the slide's regions (tumour bed, exclusions, region of interest).
     """
     import dask
 
@@ -30,7 +32,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
     # "distributed" asks for the current client on purpose; anything else stays in this process
     settings = {} if chosen == "distributed" or not isinstance(chosen, str) else {"scheduler": chosen}
     with dask.config.set(**settings):
-        result = analyze_slide(slide, config, scheduler=scheduler, num_workers=num_workers)
+        result = analyze_slide(slide, config, scheduler=scheduler, num_workers=num_workers, annotations=annotations)
         if slide_id is not None:
             result.summary["slide_id"] = slide_id
             result.slide_id = slide_id
