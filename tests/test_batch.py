@@ -94,8 +94,8 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     for name in ("tls_density_per_mm2.png", "tls_density_per_mm2.svg", "tls_area_pct.png"):
         assert (out / "stats" / "figures" / name).is_file()
     html = (out / "stats" / "report.html").read_text()
-    assert "thumbnails/case0.png" in html and "0.057" in html
-    assert "| tls_density_per_mm2 |" in (out / "stats" / "report.md").read_text()
+    assert 'alt="case0"' in html and "0.057" in html and 'src="thumbnails/' not in html  # embedded
+    assert "| TLS density (per mm² tumour) | good vs poor | 3 vs 4 |" in (out / "stats" / "report.md").read_text()
 
 
 def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path):

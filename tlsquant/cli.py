@@ -315,26 +315,36 @@ def cmd_collect(args) -> int:
 def cmd_compare(args) -> int:
     import pandas as pd
 
+    from .io.atomic import check_output_dir
     from .report import write_report
-    from .stats import compare_groups
+    from .stats import compare_groups, compare_many
 
     cohort_path = Path(args.cohort)
     if not cohort_path.is_file():
         raise TLSQuantError(f"{cohort_path}: cohort table not found")
     table = pd.read_csv(cohort_path)
-    groups = args.groups.split(",") if args.groups else None
-    if groups is not None and len(groups) != 2:
-        raise TLSQuantError(f"--groups expects two labels A,B, got {args.groups!r}")
+    groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
     metrics = args.metrics.split(",") if args.metrics else None
-    from .io.atomic import check_output_dir
-
     check_output_dir(args.output)
-    stats = compare_groups(table, args.group, metrics=metrics, groups=groups)
+    if args.group not in table.columns:
+        raise TLSQuantError(f"{cohort_path}: --group column {args.group!r} not found; columns: "
+                            f"{', '.join(map(str, table.columns))}")
+    present = table[args.group].dropna().astype(str).unique()
+    omnibus = None
+    if (groups is None and len(present) > 2) or (groups is not None and len(groups) > 2):
+        omnibus, stats = compare_many(table, args.group, metrics=metrics, groups=groups)
+    else:
+        stats = compare_groups(table, args.group, metrics=metrics, groups=groups)
     slides_dir = cohort_path.parent / "slides"
-    written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None)
-    shown = stats[["metric", "n_a", "n_b", "median_a", "median_b", "u", "p", "q", "method"]]
+    failures_path = cohort_path.parent / cohort_path.name.replace("cohort", "failures", 1)
+    failures = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() and failures_path != cohort_path else None
+    written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None,
+                           omnibus=omnibus, failures=failures)
+    if omnibus is not None:
+        print(omnibus[["metric", "n", "h", "p", "q"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    shown = stats[["metric", "group_a", "group_b", "n_a", "n_b", "median_a", "median_b", "p", "q", "method"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"report: {written['html']}  (also {written['markdown'].name}, stats.csv, figures/)")
+    print(f"report: {written['html']}  (self-contained; also {written['markdown'].name}, stats.csv, figures/)")
     return 0
 
 
@@ -529,10 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     collect.set_defaults(func=cmd_collect)
 
-    compare = sub.add_parser("compare", help="Mann-Whitney comparison of two groups, with figures and a report")
+    compare = sub.add_parser("compare", help="Mann-Whitney comparison of two groups (Kruskal-Wallis and pairwise tests for more), with figures "
+                                          "and a self-contained report")
     compare.add_argument("cohort", help="cohort.csv from tlsquant batch")
     compare.add_argument("--group", required=True, help="column holding the group labels")
-    compare.add_argument("--groups", metavar="A,B", help="the two labels to compare (default: the two present)")
+    compare.add_argument("--groups", metavar="A,B[,C...]", help="the labels to compare, in order (default: every "
+                         "label present; three or more get a Kruskal-Wallis test and pairwise tests)")
     compare.add_argument("--metrics", metavar="M1,M2", help="columns to test (default: TLS density, area %%, ...)")
     compare.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     compare.set_defaults(func=cmd_compare)

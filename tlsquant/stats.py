@@ -317,3 +317,54 @@ def compare_groups(df: pd.DataFrame, group: str, metrics: Sequence[str] | None =
     table = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if c != "q"])
     table["q"] = benjamini_hochberg(list(table["p"]))
     return table[STATS_COLUMNS]
+
+
+OMNIBUS_COLUMNS = ["metric", "groups", "n", "excluded", "medians", "h", "dof", "p", "method", "q"]
+
+
+def compare_many(df: pd.DataFrame, group: str, metrics: Sequence[str] | None = None,
+                 groups: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Three or more groups: a Kruskal–Wallis test per metric, then every pair by Mann–Whitney.
+
+    Returns ``(omnibus, pairwise)``: one row per metric (H, degrees of freedom, p with tie
+    correction from the chi-square approximation, q by Benjamini–Hochberg across metrics),
+    and the :func:`compare_groups` rows of every pair with their q recomputed by
+    Benjamini–Hochberg across the pairs of each metric (the post-hoc family).
+    """
+    from itertools import combinations
+
+    from scipy import stats as scipy_stats
+
+    from .errors import TLSQuantError
+
+    if group not in df.columns:
+        raise TLSQuantError(f"group column {group!r} not found; columns: {', '.join(map(str, df.columns))}")
+    present = sorted(str(v) for v in df[group].dropna().unique())
+    groups = [str(g) for g in groups] if groups is not None else present
+    unknown = [g for g in groups if g not in present]
+    if unknown:
+        raise TLSQuantError(f"group(s) {', '.join(map(repr, unknown))} not in column {group!r}; groups: {', '.join(present)}")
+    if len(groups) < 3:
+        raise TLSQuantError(f"compare_many needs 3 or more groups, got {len(groups)}; use compare_groups for two")
+    pairwise = [compare_groups(df, group, metrics=metrics, groups=pair) for pair in combinations(groups, 2)]
+    pairwise = pd.concat(pairwise, ignore_index=True)
+    for metric, rows in pairwise.groupby("metric", sort=False):
+        pairwise.loc[rows.index, "q"] = benjamini_hochberg(list(rows["p"]))
+    labels = df[group].astype(str)
+    omnibus = []
+    for metric in dict.fromkeys(pairwise["metric"]):
+        values = pd.to_numeric(df[metric], errors="coerce")
+        samples = [values[labels == g].dropna().to_numpy(float) for g in groups]
+        excluded = [int(values[labels == g].isna().sum()) for g in groups]
+        row = {"metric": metric, "groups": ", ".join(groups), "n": ", ".join(str(s.size) for s in samples),
+               "excluded": ", ".join(map(str, excluded)),
+               "medians": ", ".join(f"{np.median(s):.4g}" if s.size else "–" for s in samples),
+               "h": None, "dof": len(groups) - 1, "p": None, "method": "Kruskal–Wallis, chi-square with tie correction"}
+        usable = [s for s in samples if s.size]
+        if len(usable) >= 2 and np.ptp(np.concatenate(usable)) > 0:
+            result = scipy_stats.kruskal(*usable)
+            row.update(h=float(result.statistic), p=float(result.pvalue), dof=len(usable) - 1)
+        omnibus.append(row)
+    omnibus = pd.DataFrame(omnibus, columns=[c for c in OMNIBUS_COLUMNS if c != "q"])
+    omnibus["q"] = benjamini_hochberg(list(omnibus["p"]))
+    return omnibus[OMNIBUS_COLUMNS], pairwise[STATS_COLUMNS]
