@@ -235,9 +235,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     pixel_um = max(slide.pixel_size_x_um, slide.pixel_size_y_um)
     measure_cells = config.cells.enabled and pixel_um <= config.cells.max_pixel_size_um
     cell_markers = resolve_cell_markers(slide, config, roles) if measure_cells else []
+    cells_skipped = "cells.enabled is false" if not config.cells.enabled else ""
     if config.cells.enabled and not measure_cells:
-        warnings.append(f"cells not measured: pixel size {pixel_um:g} µm is coarser than cells.max_pixel_size_um "
-                        f"({config.cells.max_pixel_size_um:g} µm), too coarse to separate nuclei")
+        cells_skipped = (f"cells not measured: pixel size {pixel_um:g} µm is coarser than cells.max_pixel_size_um "
+                         f"({config.cells.max_pixel_size_um:g} µm), too coarse to separate nuclei")
+        warnings.append(cells_skipped)
 
     # 1. the signal model: each channel's background on the coarse grid (glass, autofluorescence,
     #    illumination) and how far above it stain begins, from a low-resolution level and a
@@ -442,8 +444,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         cell_info = {"measured": True, "nuclear_threshold": cell_thresholds[roles["nuclei"]], "markers": marker_info,
                      "halo_px": plan.halo_px}
     else:
-        reason = "cells.enabled is false" if not config.cells.enabled else warnings[-1] if warnings else ""
-        cell_info = {"measured": False, "reason": reason}
+        cell_info = {"measured": False, "reason": cells_skipped}
     finished = time.perf_counter()
     summary = {
         "slide_id": slide.name,
