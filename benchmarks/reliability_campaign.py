@@ -165,39 +165,32 @@ def sizes(skip_large: bool) -> dict:
     pyramid = ensure_slide("M")
     single = DATA / "bench-M-single-level.ome.tiff"
     if not single.is_file():
-        import zarr
+        from tlsquant import open_slide
 
-        with tifffile.TiffFile(pyramid) as tif:
-            level0 = tif.series[0].levels[0]
-            shape, dtype = level0.shape, level0.dtype
-            array = zarr.open(level0.aszarr(), mode="r")
+        source = open_slide(pyramid)
+        data = source.levels[0].data
+        shape, dtype = tuple(data.shape), data.dtype
 
-            def tiles():  # level 0 only, tile by tile: never the whole slide in memory
-                for c in range(shape[0]):
-                    for y in range(0, shape[1], 512):
-                        for x in range(0, shape[2], 512):
-                            tile = np.zeros((512, 512), dtype)
-                            block = array[c, y:y + 512, x:x + 512]
-                            tile[: block.shape[0], : block.shape[1]] = block
-                            yield tile
+        def tiles():  # level 0 only, one 512-row strip at a time: never the whole slide in memory
+            for c in range(shape[0]):
+                for y in range(0, shape[1], 512):
+                    strip = np.asarray(data[c, y:y + 512])
+                    for x in range(0, shape[2], 512):
+                        tile = np.zeros((512, 512), dtype)
+                        block = strip[:, x:x + 512]
+                        tile[: block.shape[0], : block.shape[1]] = block
+                        yield tile
 
-            with tifffile.TiffWriter(single, bigtiff=True) as writer:
-                writer.write(tiles(), shape=shape, dtype=dtype, tile=(512, 512), compression="zstd",
-                             photometric="minisblack", metadata={"axes": "CYX", "PhysicalSizeX": 0.5,
-                                                                  "PhysicalSizeY": 0.5,
-                                                                  "Channel": {"Name": tif_names(pyramid)}})
+        with tifffile.TiffWriter(single, bigtiff=True) as writer:
+            writer.write(tiles(), shape=shape, dtype=dtype, tile=(512, 512), compression="zstd",
+                         photometric="minisblack", metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                                              "Channel": {"Name": list(source.channel_names)}})
     runs = {}
     for label, path in (("pyramidal", pyramid), ("single-level", single)):
         code, seconds, peak = peak_rss_run("analyze", str(path), "-o", str(DATA / f"out-{label}"), *FAST)
         runs[label] = {"exit": code, "seconds": seconds, "peak_rss_mb": peak}
     result["twenty_k"] = runs
     return result
-
-
-def tif_names(path: Path) -> list[str]:
-    from tlsquant.io import open_slide
-
-    return list(open_slide(path).channel_names)
 
 
 def write(results: dict) -> None:
@@ -251,13 +244,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="reuse the phases a crashed run finished")
     args = parser.parse_args()
     rng = random.Random(2026)
     manifest = make_cohort()
     results = {"meta": {"tlsquant_version": __version__, "date": time.strftime("%Y-%m-%d"),
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}}
-    results["kills"] = kill_campaign(manifest, args.kills, rng)
-    results["concurrency"] = concurrency(manifest)
+    partial = DATA / "partial.json"  # a phase that crashes does not cost the ones before it
+    saved = json.loads(partial.read_text()) if args.resume and partial.is_file() else {}
+    results["kills"] = saved.get("kills") or kill_campaign(manifest, args.kills, rng)
+    partial.write_text(json.dumps({**saved, "kills": results["kills"]}))
+    results["concurrency"] = saved.get("concurrency") or concurrency(manifest)
+    partial.write_text(json.dumps({**saved, "kills": results["kills"], "concurrency": results["concurrency"]}))
     results["sizes"] = sizes(args.skip_large)
     write(results)
     print((RESULTS / "reliability.md").read_text())
