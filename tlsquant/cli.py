@@ -224,6 +224,27 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .agreement import validate
+
+    cohort = validate(args.results, args.manual, args.output, min_iou=args.min_iou, figures=not args.no_figures)
+
+    def show(value):
+        return _fmt(value, ".3f")
+
+    print(f"{cohort['slides']} slide(s): TLS precision {show(cohort['precision'])}, recall {show(cohort['recall'])}, "
+          f"F1 {show(cohort['f1'])}, mean Dice {show(cohort['mean_dice'])}, stage kappa {show(cohort['stage_kappa'])}")
+    for metric in ("tls_density_per_mm2", "tls_area_pct"):
+        m = cohort[metric]
+        print(f"  {metric}: bias {show(m['bias'])} (LoA {show(m['loa_low'])} to {show(m['loa_high'])}), "
+              f"Lin's CCC {show(m['lins_ccc'])}, ICC(2,1) {show(m['icc_2_1'])}")
+    if cohort["slides_without_manual"]:
+        print(f"  no manual annotations for: {', '.join(cohort['slides_without_manual'])}")
+    print(f"outputs in {args.output}: agreement_slides.csv, agreement_tls.csv, stage_confusion.csv, agreement.json"
+          + ("" if args.no_figures else ", bland_altman.png, agreement_scatter.png"))
+    return 0
+
+
 def _batch_logging(outdir: Path) -> logging.Handler:
     outdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(outdir / "batch.log", encoding="utf-8")
@@ -594,6 +615,17 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--annotations", metavar="GEOJSON",
                         help="reviewed regions (tumour bed, exclusions); default: the folder's annotations.geojson")
     review.set_defaults(func=cmd_review)
+
+    validate = sub.add_parser("validate", help="agreement of analysed slides with manual QuPath annotations")
+    validate.add_argument("results", help="a slide folder, or a batch output folder (slides/<id>/)")
+    validate.add_argument("--manual", required=True, metavar="GEOJSON|FOLDER",
+                          help="the manual annotations: one GeoJSON for one slide, or a folder of <slide_id>.geojson "
+                               "(TLS classed 'TLS: <stage>'; a tumour outline optional)")
+    validate.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for tables and figures")
+    validate.add_argument("--min-iou", type=float, default=0.25,
+                          help="least intersection over union of a matched TLS pair (default 0.25)")
+    validate.add_argument("--no-figures", action="store_true", help="tables only")
+    validate.set_defaults(func=cmd_validate)
 
     info = sub.add_parser("info", help="describe slides: format, channels, pixel size, pyramid, where each came "
                                        "from and what you must still supply (exit 1 if a pixel size is missing)")

@@ -158,7 +158,8 @@ class ReviewResult:
     diff: dict[str, Any]
 
 
-def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: str | Path | None = None) -> ReviewResult:
+def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: str | Path | None = None,
+                 unstaged: str | None = None) -> ReviewResult:
     """Recompute a slide's TLS metrics from reviewed outlines (see the module docstring).
 
     Parameters
@@ -166,6 +167,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
     folder : slide folder written by ``tlsquant analyze``
     reviewed_tls : GeoJSON of the reviewed TLS (QuPath export; classes ``TLS: <stage>``)
     annotations : GeoJSON of the regions (default: the folder's annotations.geojson)
+    unstaged : the stage of a TLS classified plain ``TLS`` (default: such a TLS is an error)
 
     Returns
     -------
@@ -239,7 +241,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
         if original in seen:
             original = None  # a duplicated outline is a new TLS
         before = automatic_rows.get(original) if original is not None else None
-        stage = _stage_of(item, grid.stages, before["stage"] if before is not None else None, str(reviewed_tls))
+        stage = _stage_of(item, grid.stages, before["stage"] if before is not None else unstaged, str(reviewed_tls))
         cells = rasterise(item.polygons, grid.fine_shape, grid.fine_factor) & ~drop
         if not cells.any():
             notes.append(f"{item.label()}: covers no {grid.fine_factor}-px grid cell centre (or only excluded "
