@@ -239,6 +239,35 @@ def write_ome_zarr(
     return path
 
 
+# omero colours: DAPI blue, the rest cycling through colours that stay distinct on black
+_NUCLEAR = ("dapi", "hoechst", "nuclei", "dna")
+_PALETTE = ("00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FF8000", "8080FF", "FFFFFF", "80FF80", "FF8080")
+
+
+def channel_colour(name: str, index: int) -> str:
+    """Hex RGB (``"0000FF"``) for a channel in viewers: blue for a nuclear stain, else a fixed cycle."""
+    if any(word in str(name).lower() for word in _NUCLEAR):
+        return "0000FF"
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def display_windows(level: ArrayLike) -> list[dict[str, float]]:
+    """omero ``window`` per channel: 0.1-99.9th percentile of a (small) level, within the dtype's range."""
+    data = np.asarray(level.compute() if isinstance(level, da.Array) else level)
+    if np.issubdtype(data.dtype, np.integer):
+        low, high = float(np.iinfo(data.dtype).min), float(np.iinfo(data.dtype).max)
+    else:
+        finite = data[np.isfinite(data)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    windows = []
+    for plane in data:
+        values = plane[np.isfinite(plane)] if not np.issubdtype(data.dtype, np.integer) else plane.ravel()
+        start, end = (np.percentile(values, [0.1, 99.9]) if values.size else (low, high))
+        end = max(float(end), float(start) + 1.0)
+        windows.append({"min": low, "max": high, "start": float(start), "end": end})
+    return windows
+
+
 def _write_ngff(target, levels, channel_names, pixel_size_um, chunk, version, zarr_format, name) -> None:
     import zarr
 
@@ -255,10 +284,14 @@ def _write_ngff(target, levels, channel_names, pixel_size_um, chunk, version, za
             da.store(level.rechunk((1, chunk * 4, chunk * 4)), array, lock=False)
         else:
             array[...] = level
+        size_y, size_x = pixel_size_um[1] * factor_y, pixel_size_um[0] * factor_x
         datasets.append({
             "path": str(index),
+            # origin at the top-left edge of level-0 pixel (0, 0): a pixel's centre lies half a pixel in
+            # (the frame of tls.csv and of masks.ome.zarr)
             "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, pixel_size_um[1] * factor_y, pixel_size_um[0] * factor_x]}
+                {"type": "scale", "scale": [1.0, size_y, size_x]},
+                {"type": "translation", "translation": [0.0, 0.5 * size_y, 0.5 * size_x]},
             ],
         })
     multiscale = {
@@ -270,7 +303,12 @@ def _write_ngff(target, levels, channel_names, pixel_size_um, chunk, version, za
         ],
         "datasets": datasets,
     }
-    omero = {"channels": [{"label": name, "active": True} for name in channel_names]}
+    # colour and window per channel: napari-ome-zarr fails on omero channels without a colour
+    omero = {
+        "channels": [{"label": label, "active": True, "color": channel_colour(label, index), "window": window}
+                     for index, (label, window) in enumerate(zip(channel_names, display_windows(levels[-1])))],
+        "rdefs": {"model": "color"},
+    }
     if version == "0.5":
         group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale], "omero": omero}
     else:
