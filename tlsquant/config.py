@@ -185,6 +185,7 @@ class Outputs:
     qc_max_px: int = 1200
     masks_zarr: bool = False
     cells_table: bool = False
+    cells_format: tuple[str, ...] = ("csv",)  # cell table files: csv (cells.csv.gz), parquet, h5ad
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,8 @@ def _validate(config: Config, source: str) -> Config:
     if config.annotations.tumour_mode not in ("replace", "restrict"):
         raise ConfigError(f"{source}: annotations.tumour_mode must be 'replace' or 'restrict', "
                           f"got {config.annotations.tumour_mode!r}")
+    if not config.outputs.cells_format or set(config.outputs.cells_format) - {"csv", "parquet", "h5ad"}:
+        raise ConfigError(f"{source}: outputs.cells_format must list csv, parquet and/or h5ad, got {list(config.outputs.cells_format)}")
     if config.compute.scheduler not in ("threads", "sync", "processes", "distributed"):
         raise ConfigError(f"{source}: compute.scheduler must be threads, sync, processes or distributed, got {config.compute.scheduler!r}")
     if config.compute.chunk_px < 0 or config.compute.workers < 0:

@@ -17,7 +17,7 @@ from ..io.atomic import output_error, remove_partials, write_text_atomic
 from .annotations import annotation_features
 from .geojson import geojson_features
 from .masks import write_masks
-from .tables import write_cells_table, write_tls_table
+from .tables import CELL_FILES, write_cell_tables, write_tls_table
 
 SUMMARY = "summary.json"
 TLS_TABLE = "tls.csv"
@@ -26,7 +26,9 @@ ANNOTATIONS = "annotations.geojson"
 QC_PICTURE = "qc.png"
 THRESHOLD_PICTURE = "thresholds.png"
 MASKS = "masks.ome.zarr"
-CELLS_TABLE = "cells.csv.gz"
+CELLS_TABLE = CELL_FILES["csv"]
+CELLS_PARQUET = CELL_FILES["parquet"]
+CELLS_H5AD = CELL_FILES["h5ad"]
 
 
 def _json_default(value):
@@ -41,7 +43,7 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE)
+ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE, CELLS_PARQUET, CELLS_H5AD)
 
 
 def _remove(path: Path) -> None:
@@ -85,7 +87,7 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     if config.outputs.masks_zarr:
         written["masks"] = write_masks(result, outdir / MASKS)
     if result.cells is not None:
-        written["cells"] = write_cells_table(result.cells, outdir / CELLS_TABLE)
+        written.update(write_cell_tables(result, outdir))  # outputs.cells_format: csv, parquet, h5ad
     summary = dict(result.summary)
     if slide is not None:  # where names and pixel size came from; file values the user overrode
         summary["source"] = {**summary.get("source", {}), "reader": slide.metadata}
