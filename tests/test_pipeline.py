@@ -125,7 +125,9 @@ def test_no_tls_gives_zero_counts_and_headers(tmp_path):
     table = pd.read_csv(tmp_path / "out" / "tls.csv")
     assert len(table) == 0 and {"tls_id", "area_um2", "stage", "location", "counted"} <= set(table.columns)
     collection = json.loads((tmp_path / "out" / "tls.geojson").read_text())
-    assert [f["id"] for f in collection["features"]] == ["tumour"]
+    assert collection["features"] == []  # the tumour bed is in annotations.geojson
+    regions = json.loads((tmp_path / "out" / "annotations.geojson").read_text())
+    assert "Tumor" in {f["properties"]["classification"].get("name") for f in regions["features"]}
 
 
 def test_output_files_follow_the_contract(tmp_path):
@@ -134,7 +136,8 @@ def test_output_files_follow_the_contract(tmp_path):
     result = analyze_slide(slide, load_config(None, ["outputs.masks_zarr=true"]))
     written = write_slide_outputs(result, tmp_path / "out", slide=slide)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["masks.ome.zarr", "qc.png", "summary.json", "thresholds.png", "tls.csv", "tls.geojson"]
+    assert sorted(p.name for p in out.iterdir()) == ["annotations.geojson", "masks.ome.zarr", "qc.png", "summary.json",
+                                                     "thresholds.png", "tls.csv", "tls.geojson"]
     summary = json.loads((out / "summary.json").read_text())
     for key in ("slide_id", "tlsquant_version", "pixel_size_um", "tissue_area_mm2", "tumour_area_mm2", "tls_count",
                 "tls_mature_count", "tls_primary_count", "tls_density_per_mm2", "tls_area_pct", "thresholds",
@@ -158,7 +161,8 @@ def test_output_files_follow_the_contract(tmp_path):
             assert ring[:, 1].min() >= 0 and ring[:, 1].max() <= height
             x, y = ring[:, 0], ring[:, 1]
             assert 0.5 * np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0  # exterior ring, right-hand rule
-        assert feature["properties"]["classification"]["name"]
+        classification = feature["properties"]["classification"]  # QuPath writes derived classes as "names"
+        assert classification.get("name") or classification["names"][:1] == ["TLS"]
     for feature, row in zip(collection["features"], table.itertuples()):
         ring = np.asarray(feature["geometry"]["coordinates"][0])
         x, y = ring[:, 0], ring[:, 1]
@@ -173,7 +177,7 @@ def test_output_files_follow_the_contract(tmp_path):
     scale = labels.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [2.5, 2.5]
     assert not [p for p in out.rglob(".*partial*")]
-    assert set(written) == {"tls", "geojson", "qc", "thresholds", "masks", "summary"}
+    assert set(written) == {"tls", "geojson", "annotations", "qc", "thresholds", "masks", "summary"}
     assert (out / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

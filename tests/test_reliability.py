@@ -371,3 +371,25 @@ def test_compare_treats_cohort_values_as_data_not_markup_or_paths(tmp_path, caps
     page = (out / "report.html").read_text()
     assert script not in markdown and script not in page
     assert "&lt;script&gt;" in page and "\\*bold\\* \\| pipe" in markdown
+
+
+def test_an_edited_annotations_file_makes_the_result_stale(tmp_path):
+    import time
+
+    from tlsquant.provenance import completion, provenance
+
+    slide = tmp_path / "s.tif"
+    slide.write_bytes(b"pixels")
+    regions = tmp_path / "regions.geojson"
+    regions.write_text('{"type": "FeatureCollection", "features": []}')
+    config = load_config(overrides=FAST)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"slide_id": "s", "outputs": [],
+                                                    "provenance": provenance(config, slide, annotations=regions)}))
+    assert completion(folder, "s", provenance(config, slide, annotations=regions)).complete
+    assert "annotations file changed" in completion(folder, "s", provenance(config, slide)).reason
+    time.sleep(0.01)
+    regions.write_text('{"type": "FeatureCollection", "features": [], "edited": true}')
+    status = completion(folder, "s", provenance(config, slide, annotations=regions))
+    assert not status.complete and status.stale and "annotations file changed" in status.reason

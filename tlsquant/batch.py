@@ -340,10 +340,14 @@ def config_provenance(config: Config) -> dict[str, Any]:
 def _input(job: SlideJob) -> dict[str, Any]:
     from .provenance import input_signature
 
+    record: dict[str, Any] = {"annotations": None}
     try:
-        return {"input": {"path": str(job.path), **input_signature(job.path)}}
+        record["input"] = {"path": str(job.path), **input_signature(job.path)}
+        if job.annotations is not None:
+            record["annotations"] = {"path": str(job.annotations), **input_signature(job.annotations)}
     except OSError:
-        return {}
+        pass
+    return record
 
 
 def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progress, done, total) -> list[str]:

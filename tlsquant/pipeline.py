@@ -449,7 +449,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     summary = {
         "slide_id": slide.name,
         "tlsquant_version": __version__,
-        "provenance": provenance(config, slide.path),
+        "provenance": provenance(config, slide.path, annotations=annotations),
         "source": {"path": str(slide.path), "format": slide.format, "shape": list(slide.shape),
                    "dtype": slide.dtype.name, "channels": list(slide.channel_names)},
         "pixel_size_um": px,

@@ -43,11 +43,13 @@ def input_signature(path: str | Path) -> dict[str, Any]:
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def provenance(config: Config, path: str | Path | None) -> dict[str, Any]:
-    """The record written into summary.json."""
+def provenance(config: Config, path: str | Path | None, *, annotations: str | Path | None = None) -> dict[str, Any]:
+    """The record written into summary.json (``annotations``: the QuPath regions file used, if any)."""
     record: dict[str, Any] = {"tlsquant_version": __version__, "config_hash": config_hash(config)}
     if path is not None and Path(path).exists():
         record["input"] = {"path": str(Path(path).resolve()), **input_signature(path)}
+    record["annotations"] = ({"path": str(Path(annotations).resolve()), **input_signature(annotations)}
+                             if isinstance(annotations, (str, Path)) and Path(annotations).is_file() else None)
     return record
 
 
@@ -97,4 +99,9 @@ def completion(folder: str | Path, slide_id: str, expected: dict[str, Any]) -> C
     was, now = made.get("input"), expected.get("input")
     if now is not None and was is not None and (was.get("bytes"), was.get("mtime_ns")) != (now["bytes"], now["mtime_ns"]):
         return Completion(False, "the slide file changed since (size or modification time)", whole=True)
+    if "annotations" in expected:
+        was, now = made.get("annotations"), expected["annotations"]
+        if (was is None) != (now is None) or (now is not None and (was.get("bytes"), was.get("mtime_ns")) !=
+                                              (now["bytes"], now["mtime_ns"])):
+            return Completion(False, "the annotations file changed since (added, removed or edited)", whole=True)
     return Completion(True, "", whole=True)
