@@ -172,7 +172,7 @@ def test_output_files_follow_the_contract(tmp_path):
     assert (out / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import zarr
 
-    labels = zarr.open_group(str(out / "masks.ome.zarr"), mode="r")["tls_labels"]
+    labels = zarr.open_group(str(out / "masks.ome.zarr"), mode="r")["labels/tls"]
     assert int(np.asarray(labels["0"]).max()) == summary["tls_count"]
     scale = labels.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [2.5, 2.5]

@@ -434,66 +434,38 @@ def cmd_outcomes(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The whole flow on the bundled slides: manifest -> batch -> cohort -> comparison -> report."""
-    import json
-    import os
+    """The whole flow on the demo slides: manifest -> batch -> cohort -> comparison -> report."""
+    from .demo import run_demo
 
-    import pandas as pd
-
-    from .batch import run_batch
-    from .config import load_config
-    from .report import write_report
-    from .slide import slide_id_from_name
-    from .stats import compare_groups
-
-    images = Path(__file__).resolve().parents[1] / "test_images"
-    if not images.is_dir():
-        raise TLSQuantError(f"{images}: the bundled test images are missing (run from a source checkout)")
-    slides = sorted(p for p in images.iterdir() if ".truth." not in p.name and not p.name.startswith("."))
     outroot = Path(args.output)
-    outroot.mkdir(parents=True, exist_ok=True)
-    groups = ["good", "poor"]
-    manifest = pd.DataFrame({
-        "slide_id": [slide_id_from_name(p.name) for p in slides],
-        "path": [os.path.relpath(p, outroot) for p in slides],
-        "response": [groups[i % 2] for i in range(len(slides))],
-    })
-    manifest_path = outroot / "manifest.csv"
-    manifest.to_csv(manifest_path, index=False)
     _quiet_dask(args.verbose)
     handler = _batch_logging(outroot)
     try:
-        result = run_batch(manifest_path, outroot, load_config(), workers=args.workers,
-                           progress=None if args.quiet else _progress_line)
+        run = run_demo(outroot, workers=args.workers, progress=None if args.quiet else _progress_line)
     finally:
         logging.getLogger("tlsquant").removeHandler(handler)
         handler.close()
-    cohort = result.cohort
+    cohort = run.batch.cohort
     header = (f"{'slide':<14}{'group':<7}{'tumour mm²':>11}{'TLS':>5}{'mature':>7}{'density/mm²':>13}"
               f"{'area %':>8}   truth (density, area %)")
     print(header)
     print("-" * len(header))
     for row in cohort.itertuples(index=False):
-        truth_file = images / f"{row.slide_id}.truth.json"
-        truth = ""
-        if truth_file.exists():
-            t = json.loads(truth_file.read_text())
-            truth = f"   {t['tls_density_per_mm2']:.3f}, {t['tls_area_pct']:.3f}"
+        t = run.truth.get(row.slide_id)
+        truth = f"   {t['tls_density_per_mm2']:.3f}, {t['tls_area_pct']:.3f}" if t else ""
         print(f"{row.slide_id:<14}{row.response:<7}{row.tumour_area_mm2:>11.3f}{row.tls_count:>5}"
               f"{row.tls_mature_count:>7}{_fmt(row.tls_density_per_mm2, '.3f'):>13}{_fmt(row.tls_area_pct, '.3f'):>8}{truth}")
     if "cells_total" not in cohort.columns:
         print("cells: not measured — the bundled slides are 2-2.5 µm/px, too coarse for nuclei "
               "(cells.max_pixel_size_um = 1); try a 0.5 µm slide from `tlsquant synth`")
-    stats = compare_groups(cohort, "response", groups=groups)
-    written = write_report(cohort, stats, "response", outroot / "comparison", slides_dir=outroot / "slides",
-                           title="tlsquant demo: good vs poor (synthetic slides)")
     print()
-    print(stats[["metric", "n_a", "n_b", "median_a", "median_b", "p", "method"]].to_string(
+    print(run.stats[["metric", "n_a", "n_b", "median_a", "median_b", "p", "method"]].to_string(
         index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, qc.png, thresholds.png)")
-    print(f"cohort: {result.cohort_path}\nreport: {written['html']}")
+    print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, annotations.geojson, "
+          f"qc.png, thresholds.png)")
+    print(f"cohort: {run.batch.cohort_path}\nreport: {run.report['html']}")
     _demo_outcomes(outroot)
-    return 1 if len(result.failures) else 0
+    return 1 if len(run.batch.failures) else 0
 
 
 def _demo_outcomes(outroot: Path) -> None:
@@ -530,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="analyse the bundled test_images/ and print a summary table")
+    demo = sub.add_parser("demo", help="analyse the bundled test_images/ (or equivalent synthetic slides) and print "
+                                       "a summary table")
     demo.add_argument("-o", "--output", default="tlsquant-demo", help="output folder (default tlsquant-demo)")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
