@@ -15,14 +15,19 @@ from pathlib import Path
 import pandas as pd
 
 GROUPS = ("good", "poor")
-# name -> (make_scene arguments, realistic): the bundled test images
+# name -> (make_scene arguments, realistic): slides like the bundled test images (same seeds, sizes,
+# formats, channels and TLS per location; the generator has moved on since, so not the same pixels)
 DEMO_SLIDES = {
-    "synthetic-a.ome.tiff": (dict(seed=3, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8"), False),
+    "synthetic-a.ome.tiff": (dict(seed=3, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8",
+                                  tls_counts=(1, 2, 0), tls_radius_um=(50, 80)), False),
     "synthetic-b.qptiff": (dict(seed=4, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8",
-                                shuffle_channels=True, extra_channels=("Autofluorescence",)), False),
-    "synthetic-c.ome.zarr": (dict(seed=5, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8"), False),
+                                tls_counts=(2, 2, 0), tls_radius_um=(50, 80), shuffle_channels=True,
+                                extra_channels=("Autofluorescence",)), False),
+    "synthetic-c.ome.zarr": (dict(seed=5, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8",
+                                  tls_counts=(2, 2, 0), tls_radius_um=(50, 85)), False),
     "synthetic-d.ome.tiff": (dict(seed=12, width_um=1600, height_um=1200, pixel_size_um=2.0, dtype="uint8",
-                                  extra_channels=("Autofluorescence",)), True),
+                                  tls_counts=(1, 2, 0), tls_radius_um=(60, 70), extra_channels=("Autofluorescence",)),
+                             True),
 }
 
 
