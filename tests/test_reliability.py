@@ -393,3 +393,15 @@ def test_an_edited_annotations_file_makes_the_result_stale(tmp_path):
     regions.write_text('{"type": "FeatureCollection", "features": [], "edited": true}')
     status = completion(folder, "s", provenance(config, slide, annotations=regions))
     assert not status.complete and status.stale and "annotations file changed" in status.reason
+
+
+def test_an_absurd_header_is_refused_before_any_pixel_is_read(corpus, tmp_path, capsys):
+    import time
+
+    path = next(p for n, p, _ in corpus if n == "huge-header.tif")
+    started = time.perf_counter()
+    code = main(["analyze", str(path), "-o", str(tmp_path / "out"), "-q", "--channels", "DAPI,TFE3,CD20,CD21,CD23",
+                 "--set", "compute.max_memory_gb=16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "200,000 x 200,000 px" in err and "compute.max_memory_gb" in err, err
+    assert time.perf_counter() - started < 10
