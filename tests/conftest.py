@@ -35,6 +35,19 @@ def small_pyramid(small_scene):
     return build_pyramid(synthetic.render(small_scene).compute(), min_size=128)
 
 
+@pytest.fixture(scope="session")
+def dask_client():
+    """Two local worker processes shared by the batch tests that do not test cluster start-up itself.
+
+    Not the default client: ``dask.compute`` elsewhere in the session keeps its own scheduler.
+    """
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            yield client
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -12,6 +12,10 @@ from tlsquant.batch import ManifestError, collect, read_manifest, run_batch
 from tlsquant.cli import main
 from tlsquant.config import load_config
 
+# qc.png and thresholds.png take most of a small slide's time: the tests of parallel runs, shards, overwrite
+# and fail-fast leave them out (the end-to-end run below writes them, test_pipeline checks them)
+NO_PICTURES = load_config(None, ["outputs.qc_png=false"])
+
 
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory):
@@ -31,6 +35,12 @@ def cohort_dir(tmp_path_factory):
     rows.append({"slide_id": "lost", "path": "slides/lost.ome.tiff", "response": "good", "patient": "P08"})
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return root
+
+
+def _run_on(client, manifest, outdir, config, **options):
+    """run_batch on the shared cluster (its as_completed finds the client as the current one)."""
+    with client.as_current():
+        return run_batch(manifest, outdir, config, client=client, **options)
 
 
 def test_manifest_structural_problems_are_reported_together(tmp_path):
@@ -58,9 +68,11 @@ def test_row_problems_do_not_stop_the_manifest(tmp_path):
     assert "missing.tif: no such file" in problems["b"] and "pixel_size_um must be a positive number" in problems["c"]
 
 
-def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_path, capsys):
+def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_path, capsys, dask_client):
     out = tmp_path / "run"
-    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), "--workers", "2", "-q"])
+    # on a running scheduler (--scheduler): own local clusters are started in the tests below and in the demo
+    scheduler = ["--scheduler", dask_client.scheduler.address]
+    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-q"])
     assert code == 1  # two slides failed
     captured = capsys.readouterr()
     assert "7 analysed, 0 already complete, 2 failed" in captured.out
@@ -80,7 +92,7 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     assert good.min() > poor.max()
 
     stamp = (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns
-    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), "--workers", "2", "-q"])
+    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-q"])
     assert "0 analysed, 7 already complete, 2 failed" in capsys.readouterr().out
     assert (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "cohort.csv"), cohort)
@@ -98,15 +110,17 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     assert "| TLS density (per mm² tumour) | good vs poor | 3 vs 4 |" in (out / "stats" / "report.md").read_text()
 
 
-def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path):
-    config = load_config()
+def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path, dask_client):
+    config = NO_PICTURES
+    # one worker on a local cluster of its own; two on the shared cluster of two worker processes
     one = run_batch(cohort_dir / "manifest.csv", tmp_path / "one", config, workers=1)
-    two = run_batch(cohort_dir / "manifest.csv", tmp_path / "two", config, workers=2)
+    assert len(dask_client.scheduler_info()["workers"]) == 2
+    two = _run_on(dask_client, cohort_dir / "manifest.csv", tmp_path / "two", config)
     assert (tmp_path / "one" / "cohort.csv").read_text() == (tmp_path / "two" / "cohort.csv").read_text()
     assert len(one.cohort) == 7 and len(two.failures) == 2
     shared = tmp_path / "sharded"
     for index in range(2):
-        part = run_batch(cohort_dir / "manifest.csv", shared, config, workers=1, shard=(index, 2))
+        part = _run_on(dask_client, cohort_dir / "manifest.csv", shared, config, shard=(index, 2))
         assert (shared / f"cohort.shard-{index}-of-2.csv").is_file()
         assert len(part.cohort) + len(part.failures) == len(range(index, 9, 2))
     cohort, failures = collect(cohort_dir / "manifest.csv", shared)
@@ -114,15 +128,16 @@ def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_pat
     assert sorted(failures["slide_id"]) == ["broken", "lost"]
 
 
-def test_overwrite_and_fail_fast(cohort_dir, tmp_path):
+def test_overwrite_and_fail_fast(cohort_dir, tmp_path, dask_client):
     subset = tmp_path / "m.csv"
     table = pd.read_csv(cohort_dir / "manifest.csv")
     table["path"] = [str(cohort_dir / p) for p in table["path"]]
     table.iloc[[7, 0, 1]].to_csv(subset, index=False)
-    result = run_batch(subset, tmp_path / "ff", load_config(), workers=1, fail_fast=True)
+    # a cluster of its own: closing it stops the slides that fail-fast cancelled, so none writes into the rerun
+    result = run_batch(subset, tmp_path / "ff", NO_PICTURES, workers=1, fail_fast=True)
     assert list(result.failures["slide_id"]) == ["broken"]
     assert len(result.processed) < 2
-    again = run_batch(subset, tmp_path / "ff", load_config(), workers=1, overwrite=True)
+    again = _run_on(dask_client, subset, tmp_path / "ff", NO_PICTURES, overwrite=True)
     assert sorted(again.processed) == ["case0", "case1"] and again.skipped == []
 
 
