@@ -176,10 +176,17 @@ def _run(scene, image, chunks, plan, **kwargs):
                          **kwargs)
 
 
-def test_chunked_cells_equal_the_whole_array(cell_scene):
+@pytest.fixture(scope="module")
+def whole_cells(cell_scene):
+    """The oracle: cells of the whole array as one block."""
+    scene, image = cell_scene
+    return _run(scene, image, image.shape[1:], _plan(scene, image), scheduler="sync")
+
+
+def test_chunked_cells_equal_the_whole_array(cell_scene, whole_cells):
     scene, image = cell_scene
     plan = _plan(scene, image)
-    whole = _run(scene, image, image.shape[1:], plan, scheduler="sync")
+    whole = whole_cells
     table = whole.table
     assert whole.total == len(table) > 3000
     # cells cut by the chunk edges below: their nuclei straddle a boundary
@@ -223,12 +230,12 @@ def test_block_counts_agree_with_the_cell_table(cell_scene):
     assert table["centroid_y_um"].is_monotonic_increasing
 
 
-def test_only_counts_come_back_without_a_table(cell_scene):
+def test_only_counts_come_back_without_a_table(cell_scene, whole_cells):
     scene, image = cell_scene
-    with_table = _run(scene, image, (512, 512), _plan(scene, image), scheduler="sync")
     counts_only = _run(scene, image, (512, 512), _plan(scene, image, keep_table=False), scheduler="sync")
-    assert counts_only.table is None
-    np.testing.assert_array_equal(counts_only.counts, with_table.counts)
+    assert counts_only.table is None and whole_cells.table is not None
+    np.testing.assert_array_equal(counts_only.counts, whole_cells.counts)
+    np.testing.assert_array_equal(counts_only.tls_counts, whole_cells.tls_counts)
 
 
 def test_halo_covers_the_largest_nucleus_and_its_ring():
@@ -250,11 +257,12 @@ CASES = {
 @pytest.fixture(scope="module", params=sorted(CASES))
 def slide_with_cells(request, tmp_path_factory):
     kwargs, suffix = CASES[request.param]
-    scene = synthetic.make_scene(**{"width_um": 2000, "height_um": 1500, "tls_counts": (2, 1, 1),
-                                    "tls_radius_um": (60, 100), **kwargs})
+    # the smallest section where two TLS fit for every case: about 10 000 cells each
+    scene = synthetic.make_scene(**{"width_um": 1400, "height_um": 1050, "tls_counts": (2, 1, 1),
+                                    "tls_radius_um": (55, 75), **kwargs})
     folder = tmp_path_factory.mktemp(request.param)
     path, truth_path = synthetic.write_slide(scene, folder / f"slide{suffix}")
-    config = load_config(None, ["outputs.cells_table=true"])
+    config = load_config(None, ["outputs.cells_table=true", "outputs.qc_png=false"])  # pictures: test_pipeline
     slide = open_slide(path)
     result = analyze_slide(slide, config)
     write_slide_outputs(result, folder / "out", slide=slide)
@@ -310,7 +318,8 @@ def test_cell_table_file_matches_the_summary(slide_with_cells):
 
 
 def test_chunk_size_does_not_change_cells(tmp_path):
-    scene = synthetic.make_scene(seed=74, width_um=1200, height_um=900, pixel_size_um=0.5, tls_counts=(1, 1, 0),
+    # 1 µm pixels, the coarsest that still gets cells: every chunk size below cuts the slide and its nuclei
+    scene = synthetic.make_scene(seed=74, width_um=1200, height_um=900, pixel_size_um=1.0, tls_counts=(1, 1, 0),
                                  tls_radius_um=(55, 70))
     path, _ = synthetic.write_slide(scene, tmp_path / "inv.ome.tiff", tile=128)
     config = load_config(None, ["outputs.cells_table=true"])
@@ -374,7 +383,7 @@ def test_marker_keys_are_column_safe():
         ["cd20", "mum1", "pdl1", "foxp3", "opal570"]
 
 
-def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path):
+def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path, dask_client):
     from tlsquant.cli import main
 
     rows = []
@@ -387,7 +396,9 @@ def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path):
         assert (json.loads(truth_path.read_text())["tls_count"] > 0) == good
         rows.append({"slide_id": f"case{k}", "path": path.name, "response": "good" if good else "poor"})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    assert main(["batch", str(tmp_path / "manifest.csv"), "-o", str(tmp_path / "out"), "--workers", "2", "-q"]) == 0
+    # on the shared cluster, without the QC pictures: cluster start-up and pictures are tested in test_batch
+    assert main(["batch", str(tmp_path / "manifest.csv"), "-o", str(tmp_path / "out"), "--scheduler",
+                 dask_client.scheduler.address, "--set", "outputs.qc_png=false", "-q"]) == 0
     cohort = pd.read_csv(tmp_path / "out" / "cohort.csv")
     for row in cohort.itertuples():
         summary = json.loads((tmp_path / "out" / "slides" / row.slide_id / "summary.json").read_text())
