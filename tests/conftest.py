@@ -48,6 +48,20 @@ def dask_client():
             yield client
 
 
+@pytest.fixture(scope="session")
+def process_pool():
+    """Two spawned worker processes for ``scheduler="processes"``, started once.
+
+    Without it dask spawns a fresh pool for every ``dask.compute`` of an analysis (seconds each);
+    use it as ``with dask.config.set(pool=process_pool):`` around the processes run only.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -183,7 +184,7 @@ def whole_cells(cell_scene):
     return _run(scene, image, image.shape[1:], _plan(scene, image), scheduler="sync")
 
 
-def test_chunked_cells_equal_the_whole_array(cell_scene, whole_cells):
+def test_chunked_cells_equal_the_whole_array(cell_scene, whole_cells, process_pool):
     scene, image = cell_scene
     plan = _plan(scene, image)
     whole = whole_cells
@@ -198,7 +199,8 @@ def test_chunked_cells_equal_the_whole_array(cell_scene, whole_cells):
     for chunks, options in (((256, 256), {"scheduler": "threads", "num_workers": 2}),
                             ((300, 410), {"scheduler": "sync"}),
                             ((512, 512), {"scheduler": "processes", "num_workers": 2})):
-        chunked = _run(scene, image, chunks, plan, **options)
+        with dask.config.set(pool=process_pool if options["scheduler"] == "processes" else None):
+            chunked = _run(scene, image, chunks, plan, **options)
         pd.testing.assert_frame_equal(chunked.table, table, check_exact=True)
         np.testing.assert_array_equal(chunked.counts, whole.counts)
         np.testing.assert_array_equal(chunked.tls_counts, whole.tls_counts)

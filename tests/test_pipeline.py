@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +14,9 @@ from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.errors import ChannelError
 from tlsquant.outputs import write_slide_outputs
 from tlsquant.validate import match_tls
+
+# nothing here asserts cells: test_cells covers them, chunk sizes included
+NO_CELLS = load_config(None, ["cells.enabled=false"])
 
 CASES = {
     # name: (make_scene kwargs, file suffix)
@@ -29,7 +33,7 @@ def analysed(request, tmp_path_factory):
     kwargs, suffix = CASES[request.param]
     scene = synthetic.make_scene(**{"width_um": 4000, "height_um": 3000, "tls_counts": (4, 3, 2), **kwargs})
     path, truth_path = synthetic.write_slide(scene, tmp_path_factory.mktemp(request.param) / f"slide{suffix}")
-    return analyze_slide(path), json.loads(truth_path.read_text())
+    return analyze_slide(path, NO_CELLS), json.loads(truth_path.read_text())
 
 
 def test_accuracy_against_truth(analysed):
@@ -73,16 +77,20 @@ def _outputs(slide_path, tmp_path, name, **kwargs):
     return (tmp_path / name / "tls.csv").read_text(), summary, (tmp_path / name / "tls.geojson").read_text()
 
 
-def test_chunking_and_workers_do_not_change_results(tmp_path):
-    scene = synthetic.make_scene(seed=31, width_um=2400, height_um=1800, pixel_size_um=1.0, tls_counts=(2, 1, 1))
+def test_chunking_and_workers_do_not_change_results(tmp_path, process_pool):
+    # 2 µm pixels: 1200 x 900 px, still cut by every chunk size below
+    scene = synthetic.make_scene(seed=31, width_um=2400, height_um=1800, pixel_size_um=2.0, tls_counts=(2, 1, 1))
     path, _ = synthetic.write_slide(scene, tmp_path / "inv.ome.tiff", tile=128)
-    reference = _outputs(path, tmp_path, "ref", chunk_size=512, scheduler="threads", num_workers=2)
+    # tables, GeoJSON and summary are compared; the pictures are checked in test_output_files_follow_the_contract
+    config = load_config(None, ["cells.enabled=false", "outputs.qc_png=false"])
+    reference = _outputs(path, tmp_path, "ref", config=config, chunk_size=512, scheduler="threads", num_workers=2)
     assert "mature" in reference[0] or "primary" in reference[0]
     runs = [
-        _outputs(path, tmp_path, "c256", chunk_size=256, scheduler="threads", num_workers=1),
-        _outputs(path, tmp_path, "c1152", chunk_size=1152, scheduler="sync"),
-        _outputs(path, tmp_path, "c384p", chunk_size=384, scheduler="processes", num_workers=2),
+        _outputs(path, tmp_path, "c256", config=config, chunk_size=256, scheduler="threads", num_workers=1),
+        _outputs(path, tmp_path, "c1152", config=config, chunk_size=1152, scheduler="sync"),
     ]
+    with dask.config.set(pool=process_pool):
+        runs.append(_outputs(path, tmp_path, "c384p", config=config, chunk_size=384, scheduler="processes", num_workers=2))
     for run in runs:
         assert run[0] == reference[0]
         assert run[2] == reference[2]
