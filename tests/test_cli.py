@@ -69,10 +69,12 @@ def test_analyze_writes_outputs_and_reports(capsys, tmp_path):
 
 
 def test_analyze_counts_cells_and_writes_the_cell_table(capsys, tmp_path):
-    assert main(["synth", str(tmp_path / "fine.ome.tiff"), "--seed", "5", "--size", "1.0x0.75", "--pixel-size", "0.5",
+    # 1 µm pixels, the coarsest that gets cells; the QC pictures are checked in the test above
+    assert main(["synth", str(tmp_path / "fine.ome.tiff"), "--seed", "5", "--size", "1.0x0.75", "--pixel-size", "1.0",
                  "--tls", "1,0,0"]) == 0
     capsys.readouterr()
-    assert main(["analyze", str(tmp_path / "fine.ome.tiff"), "-o", str(tmp_path / "out"), "--cells-table", "-q"]) == 0
+    assert main(["analyze", str(tmp_path / "fine.ome.tiff"), "-o", str(tmp_path / "out"), "--cells-table", "-q",
+                 "--set", "outputs.qc_png=false"]) == 0
     text = capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert f"fine: {summary['cells']['total']} cells" in text and "cd20+" in text
