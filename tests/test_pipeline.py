@@ -20,7 +20,8 @@ NO_CELLS = load_config(None, ["cells.enabled=false"])
 
 CASES = {
     # name: (make_scene kwargs, file suffix)
-    "uint16-1um-ometiff": (dict(seed=21, pixel_size_um=1.0, dtype="uint16"), ".ome.tiff"),
+    # 3 x 2.25 mm still holds all nine TLS of every stage and location
+    "uint16-1um-ometiff": (dict(seed=21, pixel_size_um=1.0, dtype="uint16", width_um=3000, height_um=2250), ".ome.tiff"),
     "float32-2um-qptiff-shuffled": (dict(seed=22, pixel_size_um=2.0, dtype="float32", shuffle_channels=True,
                                          extra_channels=("CD8", "Autofluorescence"), noise=1.5), ".qptiff"),
     "uint8-0.8um-zarr": (dict(seed=23, pixel_size_um=0.8, dtype="uint8", width_um=3000, height_um=2250,
