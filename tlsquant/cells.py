@@ -33,6 +33,20 @@ def _ellipse(radius_px: tuple[float, float]) -> np.ndarray:
     return (y / max(radius_px[0], 1e-9)) ** 2 + (x / max(radius_px[1], 1e-9)) ** 2 <= 1.0
 
 
+def distance_to_background(mask: np.ndarray, pixel_size_um) -> np.ndarray:
+    """Euclidean distance (µm, float32) of each ``mask`` pixel to the nearest pixel outside it.
+
+    The ``edt`` package (about 5x faster than scipy's transform, the largest cost of the
+    cell pass); it agrees with scipy's to float32 rounding (one unit in the last place at
+    pixel sizes such as 0.325 µm, exactly at 0.5 or 1 µm). It is a hard dependency, not an
+    optional speed-up, so every machine cuts nuclei from the same distances.
+    """
+    import edt
+
+    return edt.edt(np.ascontiguousarray(mask), anisotropy=tuple(float(v) for v in pixel_size_um),
+                   black_border=False, parallel=1)
+
+
 def _footprint_filter(reduce, image: np.ndarray, footprint: np.ndarray, *, mode: str, cval: float = 0.0) -> np.ndarray:
     """Maximum (``np.maximum``) or minimum (``np.minimum``) over a convex, centred footprint, exactly.
 
@@ -105,7 +119,7 @@ def segment_nuclei(
     foreground = image > threshold
     if not foreground.any():
         return np.zeros(image.shape, np.int32)
-    distance = ndi.distance_transform_edt(foreground, sampling=pixel_size_um).astype(np.float32)
+    distance = distance_to_background(foreground, pixel_size_um)
     # no flooding watershed below: its outcome can hinge on pixels far away, which would make
     # a nucleus depend on the window it was cut from.
     max_radius_um = float(np.sqrt(max_area_um2 / np.pi))
