@@ -197,6 +197,16 @@ def test_cox_per_sd_and_survival_input_errors():
         survival_by_group(df.assign(pfs_event=2), time="time", event="pfs_event", groups=groups)
     with pytest.raises(TLSQuantError, match="'os' not found"):
         survival_by_group(df, time="os", event="status", groups=groups)
+    # text that is not a number is named, not dropped (n would change without a word); blanks stay missing
+    times = df["time"].astype(object)
+    times.iloc[[3, 7]] = ["12mo", "n/a"]
+    with pytest.raises(TLSQuantError, match=r"'time': survival times must be numbers.*1 other value.*'12mo'"):
+        survival_by_group(df.assign(time=times), time="time", event="status", groups=groups)
+    with pytest.raises(TLSQuantError, match=r"'yes_no': events .* must be numbers.*'yes'"):
+        survival_by_group(df.assign(yes_no=np.where(df.status == 1, "yes", "no")), time="time", event="yes_no", groups=groups)
+    times.iloc[3] = ""
+    medians = survival_by_group(df.assign(time=times), time="time", event="status", groups=groups)["medians"]
+    assert medians.loc[medians.group == "all", "n"].iloc[0] == len(df) - 2
 
 
 # --- maximally selected log-rank statistics -----------------------------------------------------------------
@@ -318,6 +328,11 @@ def test_outcomes_command_writes_tables_figures_and_an_escaped_report(tmp_path, 
     assert (out / "figures" / "km_PFS.png").is_file() and (out / "figures" / "roc.svg").is_file()
     cut = pd.read_csv(out / "outcomes_cutpoints.csv").iloc[0]
     assert cut.p_corrected > cut.p_uncorrected and min(cut.n_low, cut.n_high) >= 4
+    tests = pd.read_csv(out / "outcomes_survival_tests.csv")
+    grouped = tests.test != "Cox PH (continuous)"
+    assert tests.loc[grouped, "note"].str.contains("exploratory").all()
+    assert not tests.loc[~grouped, "note"].str.contains("exploratory").any()
+    assert 'src="figures/' not in (out / "outcomes.html").read_text()  # figures inlined: the page stands alone
     assert main(["outcomes", str(path), "--response", "response", "--group-by", "arm", "-o", str(out / "arm")]) == 0
     page = (out / "arm" / "outcomes.html").read_text()
     markdown = (out / "arm" / "outcomes.md").read_text()

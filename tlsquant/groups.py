@@ -10,6 +10,25 @@ from .errors import TLSQuantError
 CUT_CHOICES = ("median", "tertiles", "present", "<number>", "optimal (survival only)")
 
 
+def numeric_column(df: pd.DataFrame, column: str, *, what: str = "values") -> pd.Series:
+    """A column as floats; empty cells stay missing, any other text that is not a number is an error.
+
+    Silently dropping "12mo" or "yes" would change n without a word, so those are named instead.
+    """
+    if column not in df.columns:
+        raise TLSQuantError(f"column {column!r} not found; columns: {', '.join(map(str, df.columns))}")
+    raw = df[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    text = raw.astype(str).str.strip()
+    blank = raw.isna() | text.eq("") | text.str.lower().isin(("na", "nan", "n/a", "none", "null", "-"))
+    bad = raw[values.isna() & ~blank]
+    if len(bad):
+        shown = ", ".join(repr(v) for v in list(dict.fromkeys(map(str, bad)))[:5])
+        raise TLSQuantError(f"column {column!r}: {what} must be numbers (empty cells count as missing); "
+                            f"found {len(bad)} other value(s): {shown}")
+    return values.astype(float)
+
+
 def parse_cut(text: str | float | None) -> str | float | None:
     """Read a cut-point specification: ``median``, ``tertiles``, ``present``, ``optimal`` or a number."""
     if text is None or isinstance(text, int | float):

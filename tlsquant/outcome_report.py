@@ -60,6 +60,8 @@ def km_figure(curves: pd.DataFrame, medians: pd.DataFrame, tests: pd.DataFrame, 
             table_axes.text(tick, len(groups) - 1 - index, str(count), ha="center", va="center", fontsize=7, color=colour)
     logrank = tests[(tests.endpoint == endpoint) & (tests.test == "log-rank")]
     title = endpoint if logrank.empty else f"{endpoint}: log-rank p = {logrank['p'].iloc[0]:.3g}"
+    if not logrank.empty and "exploratory" in str(logrank["note"].iloc[0]):
+        title += " (uncorrected, optimal cut: exploratory)"
     axes.set_title(title, fontsize=9)
     axes.set_ylabel(f"{endpoint} probability")
     axes.set_ylim(0, 1.02)
@@ -211,18 +213,33 @@ def outcome_sections(result: OutcomeResult, figures: dict[str, Path], outdir: Pa
     return "\n".join(md), "\n".join(page)
 
 
+def embed_images(page: str, outdir: Path) -> str:
+    """Every <img src="relative path"> inlined as a data URI: the page stands alone (e-mail, archive)."""
+    import base64
+
+    def inline(match):
+        source = html.unescape(match.group(1))
+        path = (outdir / source).resolve()
+        if source.startswith(("data:", "http:", "https:")) or outdir.resolve() not in path.parents or not path.is_file():
+            return match.group(0)
+        kind = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+        return f'src="data:{kind};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+    return re.sub(r'src="([^"]+)"', inline, page)
+
+
 def write_outcome_report(result: OutcomeResult, outdir: str | Path, *, title: str = "TLS and clinical outcomes") -> dict[str, Path]:
     """CSVs, figures, ``outcomes.md`` and ``outcomes.html`` in ``outdir``."""
     outdir = Path(outdir)
     written = write_outcome_files(result, outdir)
     markdown, page = outcome_sections(result, written, outdir)
     written["markdown"] = write_text_atomic(outdir / "outcomes.md", f"# {md_escape(title)}\n\n{markdown}")
-    written["html"] = write_text_atomic(outdir / "outcomes.html", f"""<!doctype html>
+    written["html"] = write_text_atomic(outdir / "outcomes.html", embed_images(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{margin:4px;max-width:560px}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 {page}
 </body></html>
-""")
+""", outdir))
     return written

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .errors import TLSQuantError
-from .groups import assign_groups
+from .groups import assign_groups, numeric_column
 from .maxstat import CUTPOINT_COLUMNS, maxstat_cutpoint
 from .response import ENDPOINTS, recist_categories, response_rates, response_tests
 from .roc import roc_table
@@ -105,9 +105,7 @@ def analyze_outcomes(df: pd.DataFrame, *, response: str | None = None, survival:
             raise TLSQuantError("cut 'optimal' is chosen on survival: give time and event columns (e.g. --pfs TIME,EVENT)")
         first = survival[0]
         times, events = survival_data(df, first.time, first.event)
-        values = pd.to_numeric(df[group_by], errors="coerce") if group_by in df.columns else None
-        if values is None:
-            raise TLSQuantError(f"grouping column {group_by!r} not found; columns: {', '.join(map(str, df.columns))}")
+        values = numeric_column(df, group_by, what="values to cut")
         keep = values.notna() & times.notna() & events.notna()
         best = maxstat_cutpoint(values[keep], times[keep], events[keep], min_share=min_share, method=cut_correction,
                                 n_permutations=n_permutations, seed=seed)
@@ -140,6 +138,11 @@ def analyze_outcomes(df: pd.DataFrame, *, response: str | None = None, survival:
         metric = group_by if group_by in metrics or _is_numeric(df[group_by]) else None
         part = survival_by_group(df, time=endpoint.time, event=endpoint.event, groups=groups, endpoint=endpoint.name,
                                  group_by=group_by, metric=metric, conf_type=conf_type)
+        if cut == "optimal":
+            # the groups were chosen to maximise this very statistic: only the maxstat-corrected p is a test
+            grouped = part["tests"]["test"] != "Cox PH (continuous)"
+            part["tests"].loc[grouped, "note"] = part["tests"].loc[grouped, "note"].astype(str) + (
+                "; exploratory: groups from the optimal cut on this data, p not corrected (see cut-point p_corrected)")
         medians.append(part["medians"])
         tests.append(part["tests"])
         curves.append(part["curves"])

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .batch import is_safe_id
 from .io.atomic import atomic_path, write_text_atomic
-from .outcome_report import md_escape
+from .outcome_report import embed_images, md_escape
 
 METRIC_LABELS = {
     "tls_density_per_mm2": "TLS density (per mm² tumour)",
@@ -94,21 +94,6 @@ def thumbnail(qc_png: Path, out: Path, *, width: int = 320) -> Path | None:
     with atomic_path(out) as temporary:
         mpimg.imsave(temporary, np.clip(small, 0, 1), format="png")
     return out
-
-
-def _embed_images(page: str, outdir: Path) -> str:
-    """Every <img src="relative path"> inlined as a data URI: the page stands alone (e-mail, archive)."""
-    import base64
-
-    def inline(match):
-        source = html.unescape(match.group(1))
-        path = (outdir / source).resolve()
-        if source.startswith(("data:", "http:", "https:")) or outdir.resolve() not in path.parents or not path.is_file():
-            return match.group(0)
-        kind = "image/svg+xml" if path.suffix == ".svg" else "image/png"
-        return f'src="data:{kind};base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
-
-    return re.sub(r'src="([^"]+)"', inline, page)
 
 
 def _run_facts(df: pd.DataFrame, slides_dir: Path | None) -> dict:
@@ -311,5 +296,5 @@ figure{{display:inline-block;margin:4px}}figcaption{{font-size:12px}}</style>
 {body}
 </body></html>
 """
-    page_path = write_text_atomic(outdir / "report.html", _embed_images(document, outdir))
+    page_path = write_text_atomic(outdir / "report.html", embed_images(document, outdir))
     return {"stats": outdir / "stats.csv", "markdown": markdown, "html": page_path}

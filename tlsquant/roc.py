@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .errors import TLSQuantError
+from .groups import numeric_column
 
 ROC_COLUMNS = ["metric", "endpoint", "n_responders", "n_non_responders", "auc", "auc_ci_low", "auc_ci_high", "ci_method", "excluded"]
 CURVE_COLUMNS = ["metric", "endpoint", "threshold", "fpr", "tpr"]
@@ -79,7 +80,7 @@ def roc_table(df: pd.DataFrame, responder: pd.Series, metrics: Sequence[str], *,
     for metric in metrics:
         if metric not in df.columns:
             raise TLSQuantError(f"metric column {metric!r} not found; columns: {', '.join(map(str, df.columns))}")
-        values = pd.to_numeric(df[metric], errors="coerce")
+        values = numeric_column(df, metric, what="metric values")
         keep = values.notna() & responder.notna()
         scores, positive = values[keep].to_numpy(float), responder[keep].to_numpy(float) == 1
         auc, low, high = auc_delong(scores, positive, confidence=confidence)

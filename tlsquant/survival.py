@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .errors import TLSQuantError
-from .groups import group_order
+from .groups import group_order, numeric_column
 
 MEDIAN_COLUMNS = ["endpoint", "group_by", "group", "n", "events", "median", "median_ci_low", "median_ci_high", "ci_method"]
 TEST_COLUMNS = ["endpoint", "group_by", "test", "comparison", "statistic", "hr", "hr_ci_low", "hr_ci_high", "p", "note"]
@@ -38,8 +38,8 @@ def survival_data(df: pd.DataFrame, time: str, event: str) -> tuple[pd.Series, p
     for column in (time, event):
         if column not in df.columns:
             raise TLSQuantError(f"survival column {column!r} not found; columns: {', '.join(map(str, df.columns))}")
-    times = pd.to_numeric(df[time], errors="coerce")
-    events = pd.to_numeric(df[event], errors="coerce")
+    times = numeric_column(df, time, what="survival times")
+    events = numeric_column(df, event, what="events (1 = progression/death, 0 = censored)")
     if (times.dropna() < 0).any():
         raise TLSQuantError(f"column {time!r}: times must be ≥ 0, found {times.min():g}")
     bad = sorted(set(events.dropna().unique()) - {0, 1})
@@ -184,7 +184,7 @@ def survival_by_group(df: pd.DataFrame, *, time: str, event: str, groups: pd.Ser
             tests.append({"endpoint": endpoint, "group_by": group_by, "test": "Cox PH (groups)",
                           "comparison": f"{label} vs {reference}", **cox, "note": "Wald p, Efron ties"})
     if metric is not None:
-        values = pd.to_numeric(df[metric], errors="coerce")
+        values = numeric_column(df, metric, what="metric values")
         keep = usable & values.notna()
         sd = float(values[keep].std(ddof=1)) if keep.sum() > 1 else 0.0
         if sd > 0 and math.isfinite(sd):
