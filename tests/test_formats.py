@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 
 import dask
 import numpy as np
@@ -15,7 +16,7 @@ import zarr
 
 from tlsquant import open_slide
 from tlsquant.errors import ChannelError, PixelSizeError, SlideFormatError
-from tlsquant.markers import find_marker, marker_key
+from tlsquant.markers import find_marker, marker_key, unique_names
 
 CM = "CENTIMETER"
 
@@ -76,7 +77,8 @@ def test_cli_info_pixel_size_overrides_a_pixel_unit(tmp_path, rng, capsys):
 # -- 2. names wherever files keep them, tolerant matching -----------------------------------------
 
 
-@pytest.mark.parametrize("written", ["CD20", "CD-20", "cd20 (164)", "CD20 Opal 520", "164Dy_CD20", "CD20 (Dy164)"])
+@pytest.mark.parametrize("written", ["CD20", "CD-20", "cd20 (164)", "CD20 Opal 520", "164Dy_CD20", "CD20 (Dy164)",
+                                     "Opal 520 CD20", "Cy5_CD20", "CD20 - BX007", "CD20 : Opal 520", "AF488-CD20"])
 def test_marker_matching_tolerates_case_separators_and_tags(written):
     assert marker_key(written) == "cd20"
     assert find_marker(["DAPI", written, "CD3"], "CD20") == 1
@@ -87,7 +89,19 @@ def test_marker_matching_keeps_distinct_markers_apart():
     assert find_marker(["CD3D", "CD45RO"], "CD3") is None
     assert find_marker(["Opal 520", "Opal 570"], "Opal 570") == 1
     assert find_marker(["CD20 (164)", "CD20 (165)"], "CD20") is None  # ambiguous
+    assert find_marker(["Cy5_CD20", "Cy3_CD20"], "CD20") is None  # two fluorophores, one marker: ambiguous
     assert marker_key("Marker_Ki67") == "markerki67"
+    assert marker_key("Opal 520") == "opal520" and marker_key("Cy5") == "cy5"  # only a tag: kept
+    assert find_marker(["DAPI", "Opal 520", "Opal 570"], "Opal 570") == 2
+
+
+def test_repeated_names_are_made_unique_and_matching_finds_the_first():
+    names, repeated = unique_names(["DAPI", "CD20", "dapi", "Blank", "DAPI", "Blank"])
+    assert names == ["DAPI", "CD20", "dapi (2)", "Blank", "DAPI (3)", "Blank (2)"]
+    assert repeated == {"DAPI": 3, "Blank": 2}
+    assert unique_names(["A", "A", "A (2)"])[0] == ["A", "A (3)", "A (2)"]  # never a name already taken
+    assert find_marker(names, "dapi") == 0 and find_marker(names, "DAPI (3)") == 4
+    assert find_marker(["CD20 Opal 520", "CD3", "CD20 Opal 520 (2)"], "CD20") == 0  # repeats of one: the first
 
 
 def test_names_from_pagename_tags_json_and_xml_descriptions(tmp_path, rng):
@@ -378,6 +392,7 @@ def _stale_ome(path, data, **changes):
     ({"SizeC": 5}, "promises 5 planes but the file holds only 3"),
     ({"SizeX": 96, "SizeY": 80}, "says 3 planes of 80 x 96 px"),
     ({"SizeC": 40, "SizeY": 3}, "says 40 planes of 3 x 48 px"),  # SizeC and SizeY swapped
+    ({"SizeC": 2}, "says 2 planes of 40 x 48 px (SizeC/Z/T, SizeY, SizeX) but the file stores 3"),  # never drop one
 ])
 def test_stale_ome_xml_is_read_as_stored_with_a_warning(tmp_path, rng, changes, words, caplog):
     data = rng.integers(1, 255, (3, 40, 48), dtype=np.uint8)
@@ -406,3 +421,199 @@ def test_info_names_every_source_and_what_is_missing(tmp_path, rng, capsys):
     assert "inForm component <Biomarker>/<Name>" in out and "tiff resolution tags" in out
     assert main(["info", "--json", str(good)]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "inform-component"
+
+
+# -- 9. what the reader audit found --------------------------------------------------------------
+
+
+def _qptiff_description(image_type: str, name: str) -> str:
+    return ('<?xml version="1.0" encoding="utf-16"?><PerkinElmer-QPI-ImageDescription>'
+            f"<DescriptionVersion>2</DescriptionVersion><ImageType>{image_type}</ImageType><Name>{name}</Name>"
+            "</PerkinElmer-QPI-ImageDescription>")
+
+
+def test_brightfield_qptiff_and_16_bit_rgb_are_refused(tmp_path, rng):
+    qptiff = tmp_path / "he.qptiff"
+    with tifffile.TiffWriter(qptiff) as tw:  # Vectra Polaris brightfield: one RGB FullResolution page
+        tw.write(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8), photometric="rgb", metadata=None,
+                 description=_qptiff_description("FullResolution", "Brightfield"), resolution=_res(0.5),
+                 resolutionunit=CM)
+    with pytest.raises(SlideFormatError, match=r"he.qptiff: this is a brightfield RGB image \(Akoya QPTIFF, 3 x uint8"):
+        open_slide(qptiff)
+    rgb16 = tmp_path / "he16.tif"
+    tifffile.imwrite(rgb16, rng.integers(0, 65535, (32, 40, 3), dtype=np.uint16), photometric="rgb")
+    with pytest.raises(SlideFormatError, match=r"brightfield RGB image \(RGB TIFF, 3 x uint16"):
+        open_slide(rgb16, pixel_size_um=0.5)
+
+
+def test_repeated_channel_names_in_files_and_marker_lists(tmp_path, rng, capsys):
+    from tlsquant.cli import main
+
+    data = rng.integers(0, 255, (4, 24, 32), dtype=np.uint8)
+    comet = tmp_path / "comet.ome.tif"  # COMET writes a DAPI per cycle
+    tifffile.imwrite(comet, data, ome=True, metadata={
+        "axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "Channel": {"Name": ["DAPI", "CD20", "CD3", "DAPI"]}})
+    slide = open_slide(comet)
+    assert slide.channel_names == ("DAPI", "CD20", "CD3", "DAPI (2)")
+    assert slide.metadata["channel_names_repeated"] == {"DAPI": 2}
+    assert slide.channel_index("dapi") == 0 and slide.channel_index("DAPI (2)") == 3
+    np.testing.assert_array_equal(slide.channel("DAPI (2)").compute(), data[3])
+    assert main(["info", str(comet)]) == 0
+    assert "repeats are read as DAPI (2)" in capsys.readouterr().out.replace("\n", " ")
+    with pytest.raises(ChannelError, match="unique.*repeated: DAPI"):  # names the user gives stay checked
+        open_slide(comet, channel_names=["DAPI", "CD20", "CD3", "dapi"])
+
+    image = tmp_path / "core.ome.tif"
+    tifffile.imwrite(image, data, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65})
+    (tmp_path / "markers.csv").write_text("cycle,marker_name\n1,Blank\n1,CD20\n2,Blank\n2,Blank\n")
+    slide = open_slide(image)
+    assert slide.channel_names == ("Blank", "CD20", "Blank (2)", "Blank (3)")
+    assert any("Blank x3" in warning for warning in slide.metadata["reader_warnings"])
+
+
+def test_inform_folder_of_several_slides_or_resolutions_is_refused(tmp_path, rng):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("SlideA_[5000,12000]", "SlideA_[5015,12000]", "SlideB_[40000,9000]"):
+        write_inform_field(batch / f"{name}_component_data.tif", rng.random((3, 10, 12), dtype=np.float32))
+    with pytest.raises(SlideFormatError, match=r"fields of 2 slides or cores: SlideA \(2 fields\), SlideB \(1 field\); "
+                                               r"a mosaic is one slide: move each slide's fields into a folder"):
+        open_slide(batch)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    write_inform_field(mixed / "S_[1000,1000]_component_data.tif", rng.random((3, 10, 12), dtype=np.float32))
+    write_inform_field(mixed / "S_[1006,1000]_component_data.tif", rng.random((3, 10, 12), dtype=np.float32),
+                       pixel_size_um=0.25)
+    with pytest.raises(SlideFormatError, match=r"S_\[1006,1000\]_component_data.tif has pixel size 0.25 x 0.25 µm/px, "
+                                               r"expected 0.5 x 0.5 µm/px"):
+        open_slide(mixed, pixel_size_um=0.5)
+
+
+def test_inform_mosaic_user_pixel_size_places_named_fields_and_sparse_fields_warn(tmp_path, rng):
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    for centre_x in (1000, 1010):  # 10 µm apart: 20 px at the files' 0.5 µm/px, 40 px at 0.25
+        write_inform_field(folder / f"S_[{centre_x},500]_component_data.tif", rng.random((3, 10, 12), dtype=np.float32))
+    assert open_slide(folder).shape == (3, 10, 32)
+    slide = open_slide(folder, pixel_size_um=0.25)
+    assert slide.shape == (3, 10, 52) and slide.pixel_size_um == 0.25
+    assert "reader_warnings" not in slide.metadata
+
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    for centre_x in (1000, 1500):  # 1000 px apart: two 12 px wide fields cover 2.4 % of the box
+        write_inform_field(sparse / f"S_[{centre_x},500]_component_data.tif", rng.random((3, 10, 12), dtype=np.float32))
+    slide = open_slide(sparse)
+    assert slide.shape == (3, 10, 1012)
+    assert any("the 2 fields cover only 2.4% of the mosaic's 10 x 1012 px" in w for w in slide.metadata["reader_warnings"])
+
+
+@pytest.mark.parametrize("tile", [None, (16, 16)])
+def test_planar_separate_samples_are_channels(tmp_path, rng, tile):
+    data = rng.integers(0, 65535, (3, 40, 48), dtype=np.uint16)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate", tile=tile,
+                     resolution=_res(0.5), resolutionunit=CM)
+    slide = open_slide(path, chunk_size=16)
+    assert slide.shape == (3, 40, 48) and slide.pixel_size_um == pytest.approx(0.5)
+    np.testing.assert_array_equal(slide.levels[0].data.compute(), data)
+
+
+def test_z_stacks_and_time_series_are_refused(tmp_path, rng):
+    stack = rng.integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    ome = tmp_path / "z.ome.tif"
+    tifffile.imwrite(ome, stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    with pytest.raises(SlideFormatError, match=r"z.ome.tif: a z-stack: axis 'Z' has 3 planes \(axes 'ZYX'.*"
+                                               r"needs one 2-D multichannel image.*maximum projection"):
+        open_slide(ome)
+    imagej = tmp_path / "t.tif"
+    tifffile.imwrite(imagej, stack, imagej=True, metadata={"axes": "TYX"})
+    with pytest.raises(SlideFormatError, match="t.tif: a time series: axis 'T' has 3 planes.*one time point"):
+        open_slide(imagej, pixel_size_um=0.5)
+    group = zarr.open_group(str(tmp_path / "z.ome.zarr"), mode="w", zarr_format=2)
+    _ngff_image(group, stack[:, None], axes="zcyx")
+    with pytest.raises(SlideFormatError, match="a z-stack: axis 'z' has 3 planes.*maximum projection"):
+        open_slide(tmp_path / "z.ome.zarr")
+
+
+@pytest.mark.parametrize("name, head, found", [
+    ("scan.czi", b"ZISRAWFILE" + b"\0" * 22, "Zeiss CZI"),
+    ("renamed.bin", b"ZISRAWFILE" + b"\0" * 22, "Zeiss CZI"),  # by its first bytes
+    ("exp.lif", b"\x70\0\0\0\x10\0\0\0\x2a" + b"\0" * 23, "Leica LIF"),
+    ("well.nd2", b"\xda\xce\xbe\x0a" + b"\0" * 28, "Nikon ND2"),
+    ("slide.mrxs", b"[GENERAL]\n", "3DHISTECH MRXS"),
+    ("slide.vsi", b"II*\x00" + b"\0" * 28, "Olympus/Evident VSI"),  # a TIFF wrapper: refused by its name
+    ("overview.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 24, "PNG"),
+], ids=["czi", "czi-by-magic", "lif", "nd2", "mrxs", "vsi", "png"])
+def test_vendor_formats_are_named_with_a_conversion(tmp_path, name, head, found):
+    path = tmp_path / name
+    path.write_bytes(head)
+    with pytest.raises(SlideFormatError, match=rf"{name}: detected format {re.escape(found)}; tlsquant reads TIFF .*"
+                                               r"bfconvert .*\(OME-TIFF\) or 'bioformats2raw .*\(OME-Zarr\)"):
+        open_slide(path)
+
+
+def test_multi_scene_ome_tiff_says_which_image_is_read(tmp_path, rng):
+    scenes = rng.integers(0, 255, (2, 2, 16, 16), dtype=np.uint8)
+    path = tmp_path / "scenes.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for scene, (name, markers) in zip(scenes, [("scene A", ["DAPI", "CD20"]), ("scene B", ["DAPI", "CD3"])]):
+            tw.write(scene, metadata={"axes": "CYX", "Name": name, "Channel": {"Name": markers},
+                                      "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(np.zeros((8, 8, 3), np.uint8), photometric="rgb", metadata={"axes": "YXS", "Name": "label"})
+    slide = open_slide(path)
+    assert slide.channel_names == ("DAPI", "CD20") and slide.metadata["ome_images"] == 3
+    np.testing.assert_array_equal(slide.levels[0].data.compute(), scenes[0])
+    warning = " ".join(slide.metadata["reader_warnings"])
+    assert "holds 2 images; read image 0 'scene A'" in warning and "ignored 1 'scene B'" in warning
+    assert "bfconvert -series" in warning and "label" not in warning
+
+
+def test_hidden_files_in_a_channel_folder_are_skipped(tmp_path, rng):
+    folder = tmp_path / "point"
+    folder.mkdir()
+    for name in ("CD20", "dsDNA"):
+        tifffile.imwrite(folder / f"{name}.tif", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    (folder / "._CD20.tif").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 20)  # macOS AppleDouble
+    assert open_slide(folder, pixel_size_um=0.5).channel_names == ("CD20", "dsDNA")
+
+
+def test_ngff_channel_axis_found_by_its_type(tmp_path, rng):
+    data = rng.integers(0, 255, (2, 8, 8), dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "ch.ome.zarr"), mode="w", zarr_format=2)
+    _ngff_image(group, data, labels=["DAPI", "CD20"])
+    group.attrs["multiscales"] = [{**group.attrs["multiscales"][0], "axes": [
+        {"name": "ch", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}]}]
+    slide = open_slide(tmp_path / "ch.ome.zarr")
+    assert slide.channel_names == ("DAPI", "CD20")
+    np.testing.assert_array_equal(slide.levels[0].data.compute(), data)
+
+
+@pytest.mark.parametrize("unit, per_px", [("nm", 500.0), ("mm", 0.0005), ("micron", 0.5), ("\\u00B5m", 0.5), ("um", 0.5)])
+def test_imagej_length_units_are_converted(tmp_path, rng, unit, per_px):
+    path = tmp_path / "imagej.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, (2, 8, 8), dtype=np.uint8), imagej=True,
+                     resolution=(1 / per_px, 1 / per_px), metadata={"axes": "CYX", "unit": unit})
+    slide = open_slide(path)
+    assert slide.pixel_size_um == pytest.approx(0.5)
+    assert slide.metadata["pixel_size_source"] == "ImageJ unit + resolution tags"
+
+
+def test_bioformats2raw_series_are_listed_by_number(tmp_path, rng):
+    root_path = tmp_path / "b2r.zarr"
+    root = zarr.open_group(str(root_path), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    for index in range(11):  # series 10 is the slide and OME Image 10: after 9, not after 1
+        size = 24 if index == 10 else 4
+        _ngff_image(root.create_group(str(index)), rng.integers(0, 255, (1, size, size), dtype=np.uint8), unit=None)
+    root.create_group("OME")
+    images = "".join(
+        f'<Image ID="Image:{i}"><Pixels SizeC="1" SizeX="4" SizeY="4" SizeZ="1" SizeT="1" Type="uint8" '
+        f'PhysicalSizeX="{0.65 if i == 10 else 9}" PhysicalSizeY="{0.65 if i == 10 else 9}">'
+        f'<Channel ID="Channel:{i}:0" Name="{"CD20" if i == 10 else "label"}"/></Pixels></Image>' for i in range(11))
+    (root_path / "OME" / "METADATA.ome.xml").write_text(
+        f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">{images}</OME>')
+    slide = open_slide(root_path)
+    assert slide.metadata["bioformats2raw_series"] == "10" and slide.shape == (1, 24, 24)
+    assert slide.channel_names == ("CD20",) and slide.pixel_size_um == pytest.approx(0.65)

@@ -30,7 +30,7 @@ FAST = ["cells.enabled=false", "outputs.qc_png=false"]
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
     with distributed.Client(cluster) as connected:
         yield connected
     cluster.close()
@@ -233,7 +233,7 @@ def _corpus(root):
     add("empty.tif", b"", "not a")
     add("noise.tif", np.random.default_rng(1).bytes(5000), "not a")
     add("text.ome.tiff", b"hello, not an image\n" * 50, "not a")
-    add("png.tif", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "not a")
+    add("png.tif", b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "detected format PNG")
     add("header-only.tif", b"II*\x00" + b"\x00" * 64, "not a")
     for fraction in (0.02, 0.1, 0.3, 0.6, 0.95):
         add(f"cut-{fraction}.ome.tiff", data_d[: int(len(data_d) * fraction)], "truncated or corrupt")

@@ -160,8 +160,9 @@ class Slide:
     def channel_index(self, name: str) -> int:
         """Index of marker ``name``; raises ChannelError listing the channels.
 
-        Case-insensitive; spaces, hyphens and a trailing mass or fluorophore tag are
-        ignored when no exact match exists (``"CD-20"`` finds ``"CD20 (164)"``).
+        Case-insensitive; spaces, hyphens and a mass, fluorophore or barcode tag are
+        ignored when no exact match exists (``"CD-20"`` finds ``"CD20 (164)"``); of a
+        repeated name (``"DAPI"``, ``"DAPI (2)"``) the first is found.
         """
         index = find_marker(self.channel_names, name)
         if index is None:

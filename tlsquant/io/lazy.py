@@ -30,8 +30,9 @@ class TiffPlane:
 
     ``series`` None means ``page`` indexes the file's top-level pages; otherwise
     the plane is page ``page`` of pyramid level ``level`` of tifffile series ``series``.
-    ``sample`` selects one sample of an interleaved (Y, X, S) page. ``path`` and ``stamp``
-    name another file than the level's (a folder of one TIFF per channel).
+    ``sample`` selects one sample of an interleaved (Y, X, S) page, or of a planar-separate
+    (S, Y, X) page when ``sample_first``. ``path`` and ``stamp`` name another file than the
+    level's (a folder of one TIFF per channel).
     """
 
     page: int
@@ -40,6 +41,7 @@ class TiffPlane:
     sample: int | None = None
     path: str | None = None
     stamp: tuple[int, int] | None = None
+    sample_first: bool = False  # PlanarConfiguration 2: each sample is a plane of its own
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,18 @@ def _plane_array(source: TiffLevelSource, plane: TiffPlane):
     return _PLANE_ARRAYS.get((path, stamp, plane), factory)
 
 
+def _region(array, plane: TiffPlane, y: slice, x: slice) -> np.ndarray:
+    if plane.sample is None:
+        return array[y, x]
+    if plane.sample_first:
+        return array[plane.sample, y, x]
+    return array[y, x][..., plane.sample]
+
+
 def read_plane_region(plane: TiffPlane, y: slice, x: slice) -> np.ndarray:
     """Pixels [y, x] of a plane that names its own file (``plane.path`` and ``plane.stamp``)."""
     source = TiffLevelSource(plane.path, (), plane.stamp)
-    region = _plane_array(source, plane)[y, x]
-    return region if plane.sample is None else region[..., plane.sample]
+    return _region(_plane_array(source, plane), plane, y, x)
 
 
 def _read_tiff_block(source: TiffLevelSource, dtype: str, block_info=None) -> np.ndarray:
@@ -124,12 +133,12 @@ def _read_tiff_block(source: TiffLevelSource, dtype: str, block_info=None) -> np
     out = np.empty((c1 - c0, y1 - y0, x1 - x0), dtype=dtype)
     for k, plane in enumerate(source.planes[c0:c1]):
         try:
-            region = _plane_array(source, plane)[y0:y1, x0:x1]
+            region = _region(_plane_array(source, plane), plane, slice(y0, y1), slice(x0, x1))
         except Exception as exc:  # a tile that cannot be decoded: name where, whatever the codec raised
             raise CorruptSlideError(
                 f"{plane.path or source.path}: cannot read channel {c0 + k + 1}, rows {y0}-{y1}, columns {x0}-{x1} "
                 f"({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
-        out[k] = region if plane.sample is None else region[..., plane.sample]
+        out[k] = region
     return out
 
 

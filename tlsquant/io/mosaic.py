@@ -28,6 +28,8 @@ from ..slide import Level
 from .lazy import TiffPlane, chunk_grid, file_stamp, read_plane_region
 
 _NAME_CENTRE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\][^\[]*$")
+# below this share of the mosaic's bounding box covered by fields, the fields are likely not one slide
+SPARSE_COVERAGE = 0.2
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,42 @@ def _name_centre_um(path: Path) -> tuple[float, float] | None:
     return (float(match.group(1)), float(match.group(2))) if match else None
 
 
+def _slide_prefix(path: Path) -> str | None:
+    """The slide part of an inForm field name (``SlideA`` of ``SlideA_[5000,12000]_component_data.tif``)."""
+    match = _NAME_CENTRE.search(path.name)
+    return path.name[: match.start()].rstrip("_ ") if match else None
+
+
+def _refuse_several_slides(folder: Path, files: list[Path]) -> None:
+    """Fields of more than one slide (or TMA core) in one folder make no mosaic: say which slides."""
+    slides: dict[str, int] = {}
+    for path in files:
+        prefix = _slide_prefix(path)
+        if prefix is not None:
+            slides[prefix] = slides.get(prefix, 0) + 1
+    if len(slides) > 1:
+        listed = ", ".join(f"{name or '(no name)'} ({count} field{'s' * (count > 1)})" for name, count in slides.items())
+        example = next(iter(slides))
+        raise SlideFormatError(
+            f"{folder}: holds inForm fields of {len(slides)} slides or cores: {listed}; a mosaic is one slide: "
+            f"move each slide's fields into a folder of its own (e.g. {folder / example}/ for the "
+            f"{example}_[x,y]_component_data.tif files) and open that folder"
+        )
+
+
+def _refuse_mixed_pixel_sizes(folder: Path, files: list[Path], layouts) -> None:
+    """Fields at different resolutions cannot share one pixel grid, whatever pixel size the user gives."""
+    known = [(path, layout.pixel_size_xy_um) for path, layout in zip(files, layouts) if layout.pixel_size_xy_um]
+    for path, size in known[1:]:
+        first_path, first = known[0]
+        if any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(size, first)):
+            raise SlideFormatError(
+                f"{folder}: field {path.name} has pixel size {size[0]:g} x {size[1]:g} µm/px, expected "
+                f"{first[0]:g} x {first[1]:g} µm/px like {first_path.name}; a mosaic needs every field at one "
+                f"resolution: export the fields again with the same settings"
+            )
+
+
 def _field_offsets(files, layouts, pixel_size_um) -> tuple[list[tuple[float, float]], str]:
     """Top-left corner (y, x) in px of every field, and where the positions came from."""
     tagged = [_tag_position_px(path) for path in files]
@@ -83,7 +121,7 @@ def _field_offsets(files, layouts, pixel_size_um) -> tuple[list[tuple[float, flo
         )
     offsets = []
     for (x_um, y_um), layout in zip(centres, layouts):
-        size = layout.pixel_size_xy_um or pixel_size_um
+        size = pixel_size_um or layout.pixel_size_xy_um  # the user's pixel size wins, as everywhere
         if size is None:
             raise SlideFormatError(
                 f"{files[0].parent}: the fields are placed by their _[x,y] centre in µm, which needs "
@@ -98,7 +136,9 @@ def read_inform_mosaic(folder: Path, *, chunk_px: int | None, pixel_size_um=None
     """The pieces of a Slide from every ``*component_data.tif`` field in ``folder``."""
     from .tiff import read_tiff_layout
 
-    files = sorted(p for p in folder.iterdir() if p.name.lower().endswith("component_data.tif"))
+    files = sorted(p for p in folder.iterdir()
+                   if p.name.lower().endswith("component_data.tif") and not p.name.startswith("."))
+    _refuse_several_slides(folder, files)
     layouts = [read_tiff_layout(path) for path in files]
     first = layouts[0]
     for path, layout in zip(files[1:], layouts[1:]):
@@ -108,6 +148,7 @@ def read_inform_mosaic(folder: Path, *, chunk_px: int | None, pixel_size_um=None
                 f"expected {first.channel_names} ({first.dtype}) like {files[0].name}; export every "
                 f"field with the same spectral library"
             )
+    _refuse_mixed_pixel_sizes(folder, files, layouts)
     if isinstance(pixel_size_um, (int, float)):
         pixel_size_um = (float(pixel_size_um), float(pixel_size_um))
     offsets, position_source = _field_offsets(files, layouts, pixel_size_um)
@@ -123,7 +164,17 @@ def read_inform_mosaic(folder: Path, *, chunk_px: int | None, pixel_size_um=None
     source = MosaicSource(tuple(fields))
     n_channels = len(first.channel_names or first.levels[0].planes)
     data = mosaic_array(source, n_channels, shape_yx, first.dtype, chunk_px)
-    covered = len(fields) and sum(f.height * f.width for f in fields) / (shape_yx[0] * shape_yx[1])
+    covered = min(1.0, sum(f.height * f.width for f in fields) / (shape_yx[0] * shape_yx[1]))
+    notes: dict[str, Any] = {
+        "fields": len(fields),
+        "field_positions_source": position_source,
+        "field_area_over_mosaic_area": round(float(covered), 4),
+    }
+    if covered < SPARSE_COVERAGE:
+        notes["reader_warnings"] = [
+            f"the {len(fields)} fields cover only {covered:.1%} of the mosaic's {shape_yx[0]} x {shape_yx[1]} px "
+            f"bounding box; check that the folder holds the fields of one slide and that the pixel size is right"
+        ]
     return {
         "format": "inform-mosaic",
         "levels": [Level(data, 1.0, 1.0)],
@@ -134,11 +185,7 @@ def read_inform_mosaic(folder: Path, *, chunk_px: int | None, pixel_size_um=None
         "pixel_size_problem": first.pixel_size_problem,
         "tile_shape": None,
         "compression": first.compression,
-        "notes": {
-            "fields": len(fields),
-            "field_positions_source": position_source,
-            "field_area_over_mosaic_area": round(float(covered), 4),
-        },
+        "notes": notes,
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import PixelSizeError, SlideFormatError
 from ..slide import Level
 from .lazy import chunk_grid
+from .resolve import stack_refusal
 from .units import length_to_um
 
 
@@ -100,10 +101,11 @@ def _find_image(node, source: str):
 
 def _bioformats2raw_image(node, attrs: dict[str, Any], source: str):
     """The largest image series of a bioformats2raw store (label and macro images are smaller)."""
-    series = [str(s) for s in attrs.get("series", [])] or [
-        name for name in _child_groups(node) if name.isdigit()
-    ]
-    series = [name for name in series if name in node and _ngff_attributes(node[name]) is not None]
+    # series N is OME Image N: list the folders by number, "10" after "9"
+    listed = [str(s) for s in attrs.get("series", [])] or sorted(
+        (name for name in _child_groups(node) if name.isdigit()), key=int
+    )
+    series = [name for name in listed if name in node and _ngff_attributes(node[name]) is not None]
     if not series:
         raise SlideFormatError(f"{source}: bioformats2raw layout without any NGFF image series under 0/, 1/, ...")
 
@@ -112,7 +114,7 @@ def _bioformats2raw_image(node, attrs: dict[str, Any], source: str):
         return int(np.prod(node[name][ome["multiscales"][0]["datasets"][0]["path"]].shape))
 
     chosen = max(series, key=lambda name: (pixels(name), -series.index(name)))
-    xml_pixels = _bioformats2raw_pixels(node, source, series.index(chosen))
+    xml_pixels = _bioformats2raw_pixels(node, source, listed.index(chosen))
     notes = {"bioformats2raw_series": chosen}
     if len(series) > 1:
         notes["other_series"] = [name for name in series if name != chosen]
@@ -153,7 +155,11 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
     notes = {**notes, "ngff_version": version}
     if _version_note(version):
         notes["reader_warnings"] = [_version_note(version)]
-    axes = [a["name"] if isinstance(a, dict) else a for a in multiscale.get("axes", ["c", "y", "x"])]
+    # the channel axis is the one of type "channel", whatever its name ("c", "ch", "channel")
+    axes = [
+        "c" if isinstance(a, dict) and a.get("type") == "channel" else a["name"] if isinstance(a, dict) else a
+        for a in multiscale.get("axes", ["c", "y", "x"])
+    ]
     units = {
         (a["name"]): a.get("unit") for a in multiscale.get("axes", []) if isinstance(a, dict)
     }
@@ -189,6 +195,8 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
                 selection.append(slice(None))
             elif size == 1:
                 selection.append(0)
+            elif name.lower() in ("z", "t"):
+                raise SlideFormatError(stack_refusal(source, name, size, f"axes {axes}, shape {array.shape}"))
             else:
                 raise SlideFormatError(
                     f"{source}: axis {name!r} has {size} planes; expected a single 2D multichannel "

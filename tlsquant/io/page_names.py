@@ -85,8 +85,8 @@ def page_channel_names(tif, pages) -> tuple[list[str] | None, str | None]:
         if not found or any(name is None for name, _ in found):
             return None, None
         names, source = [name for name, _ in found], found[0][1]
-    if len({n.casefold() for n in names}) != len(names):
-        return None, None
+    if len(names) > 1 and len({n.casefold() for n in names}) == 1:
+        return None, None  # one name on every page names the file, not its channels
     return names, source
 
 
@@ -99,18 +99,22 @@ def aperio_mpp(description: str) -> float | None:
         return None
 
 
-def brightfield_refusal(tif, series, source: str) -> str | None:
-    """A message refusing a brightfield RGB image (Aperio SVS, H&E, RGB TIFF), or None."""
-    page = series.keyframe
+def brightfield_refusal(tif, page, source: str, *, kind: str | None = None) -> str | None:
+    """A message refusing a brightfield RGB image (Aperio SVS, H&E, RGB TIFF, QPTIFF), or None.
+
+    ``page`` is the image's first full-resolution page (a series' keyframe); ``kind`` names the
+    format in the message when the caller knows it. Photometric RGB is refused whatever its
+    bit depth (8- or 16-bit colour samples).
+    """
     photometric = getattr(page.photometric, "name", str(page.photometric))
     samples = int(getattr(page, "samplesperpixel", 1) or 1)
-    if photometric not in _RGB_PHOTOMETRIC or samples not in (3, 4) or page.dtype.name != "uint8":
+    if photometric not in _RGB_PHOTOMETRIC or samples not in (3, 4):
         return None
-    kind = "Aperio SVS" if tif.is_svs else f"{photometric} TIFF"
+    kind = kind or ("Aperio SVS" if tif.is_svs else f"{photometric} TIFF")
     mpp = aperio_mpp(tif.pages[0].description) if tif.is_svs else None
     size = f", {mpp:g} µm/px from Aperio MPP" if mpp else ""
     return (
-        f"{source}: this is a brightfield RGB image ({kind}, {samples} x uint8 colour samples per pixel"
+        f"{source}: this is a brightfield RGB image ({kind}, {samples} x {page.dtype.name} colour samples per pixel"
         f"{size}); tlsquant needs multiplex fluorescence channels (one grayscale image per marker), "
         f"not a colour rendering such as H&E or IHC"
     )

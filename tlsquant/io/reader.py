@@ -11,6 +11,7 @@ from ..errors import SlideFormatError, SlideNotFoundError
 from ..slide import Level, Slide
 from .resolve import (
     PixelSizeArg,
+    merge_notes,
     read_channel_names,
     resolve_channel_names,
     resolve_pixel_size,
@@ -20,6 +21,21 @@ from .resolve import (
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _ZARR_MARKERS = (".zgroup", ".zarray", ".zattrs", "zarr.json")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# formats Bio-Formats reads and tlsquant does not: by extension (some wrap TIFF or keep the
+# pixels in a folder beside the file), then by their first bytes
+_FOREIGN_SUFFIXES = {
+    ".czi": "Zeiss CZI", ".lif": "Leica LIF", ".lof": "Leica LOF", ".nd2": "Nikon ND2",
+    ".mrxs": "3DHISTECH MRXS", ".vsi": "Olympus/Evident VSI", ".ims": "Imaris IMS", ".oir": "Olympus OIR",
+    ".oib": "Olympus OIB", ".mcd": "Standard BioTools (Fluidigm) MCD", ".ome": "OME-XML companion",
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jp2": "JPEG 2000", ".dcm": "DICOM",
+}
+_FOREIGN_MAGIC = (
+    (b"ZISRAWFILE", "Zeiss CZI"), (b"\xda\xce\xbe\x0a", "Nikon ND2"), (b"\x89HDF\r\n\x1a\n", "HDF5 (Imaris IMS?)"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"PK\x03\x04", "ZIP archive"), (b"<?xml", "XML"),
+)
+# formats whose pixels live in a folder of the same name beside the file
+_FOLDER_FORMATS = ("3DHISTECH MRXS", "Olympus/Evident VSI")
 
 
 def open_slide(
@@ -74,7 +90,9 @@ def _open(path: Path, pixel_size_um, channel_names, chunk_size, marker_map) -> S
         raise ValueError(f"chunk_size must be a positive number of pixels, got {chunk_size!r}")
     choices = (pixel_size_um, channel_names, marker_map)
     if path.is_dir() and not _is_zarr_dir(path):
-        tiffs = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file())
+        # hidden files (macOS "._CD20.tif" resource forks) are no channels
+        tiffs = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file() and not p.name.startswith("."))
         if not tiffs:
             raise SlideFormatError(
                 f"{path}: folder holds no zarr metadata and no .tif/.tiff files; expected an OME-Zarr "
@@ -94,10 +112,24 @@ def _open(path: Path, pixel_size_um, channel_names, chunk_size, marker_map) -> S
 
         return _assemble(path, read_zarr(path, chunk_px=chunk_size), *choices)
     with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic not in _TIFF_MAGIC:
+        head = handle.read(16)
+    foreign = _foreign_format(path, head)
+    if not foreign and head[:4] not in _TIFF_MAGIC:
+        # no format we know of: an empty, cut-off or mislabelled file, not one to convert
+        size = path.stat().st_size
         raise SlideFormatError(
-            f"{path}: not a TIFF/QPTIFF/OME-TIFF file (first bytes {magic!r}) nor a zarr directory"
+            f"{path}: not a TIFF file ({'empty, 0 bytes' if size == 0 else f'first bytes {head[:4]!r}, {size} bytes'}) "
+            f"and of no image format tlsquant recognises; expected QPTIFF, OME-TIFF, inForm TIFF, OME-Zarr or zarr "
+            f"(is the file complete, e.g. not cut off by a copy?)"
+        )
+    if foreign:
+        found = f"detected format {foreign}"
+        stem = path.name.split(".")[0] or path.stem
+        beside = f" (keep its folder {stem}/ beside it)" if foreign in _FOLDER_FORMATS else ""
+        raise SlideFormatError(
+            f"{path}: {found}; tlsquant reads TIFF (QPTIFF, OME-TIFF, inForm), OME-Zarr and zarr, not this: "
+            f"convert it with Bio-Formats{beside}: 'bfconvert -pyramid-resolutions 4 {path.name} {stem}.ome.tiff' "
+            f"(OME-TIFF) or 'bioformats2raw {path.name} {stem}.ome.zarr' (OME-Zarr)"
         )
     from .tiff import read_tiff_layout, tiff_slide
 
@@ -117,6 +149,15 @@ def _open(path: Path, pixel_size_um, channel_names, chunk_size, marker_map) -> S
     )
 
 
+def _foreign_format(path: Path, head: bytes) -> str | None:
+    """The name of a format tlsquant does not read, from the extension or the first bytes, or None."""
+    if path.suffix.lower() in _FOREIGN_SUFFIXES:
+        return _FOREIGN_SUFFIXES[path.suffix.lower()]
+    if head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a":
+        return "Leica LIF"
+    return next((name for magic, name in _FOREIGN_MAGIC if head.startswith(magic)), None)
+
+
 def _assemble(path, parts, pixel_size_um, channel_names, marker_map) -> Slide:
     parts = {**parts, "n_channels": parts["levels"][0].shape[0]}
     names, size, metadata = _resolve(path, parts, pixel_size_um, channel_names, marker_map)
@@ -134,7 +175,7 @@ def _assemble(path, parts, pixel_size_um, channel_names, marker_map) -> Slide:
         levels=tuple(levels),
         tile_shape=parts["tile_shape"],
         compression=parts["compression"],
-        metadata={**metadata, **parts["notes"]},
+        metadata=merge_notes(metadata, parts["notes"]),
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChannelError, PixelSizeError, SlideNotFoundError
-from ..markers import rename_markers
+from ..markers import rename_markers, unique_names
 from ..slide import SUPPORTED_DTYPES, slide_id_from_name
 from .units import PIXEL_SIZE_HINT, check_pixel_size
 
@@ -152,11 +152,45 @@ def resolve_channel_names(
             metadata["channel_names_before_marker_map"] = names
             source += " + fluorophore map"
             names = renamed
+    if channel_names is None or sidecar is not None:  # per-cycle DAPI, PhenoCycler "Blank": unique, and said
+        unique, repeated = unique_names(names)
+        if repeated:
+            metadata["channel_names_repeated"] = repeated
+            metadata["reader_warnings"] = [_repeated_names_warning(names, unique, repeated)]
+            names = unique
     if file_names and names != file_names:
         metadata["channel_names_file"] = file_names
         metadata["channel_names_file_source"] = parts.get("channel_names_source") or "file"
     metadata["channel_names_source"] = source
     return names, metadata
+
+
+def _repeated_names_warning(names: Sequence[str], unique: Sequence[str], repeated: Mapping[str, int]) -> str:
+    """The warning for channel names a file repeats, naming what the repeats are now called."""
+    counts = ", ".join(f"{name} x{count}" for name, count in repeated.items())
+    renamed = ", ".join(after for before, after in zip(names, unique) if after != before)
+    return (f"channel names repeat ({counts}); the repeats are read as {renamed} and marker matching finds "
+            f"the first; name every channel with --channels (or open_slide(channel_names=...))")
+
+
+_STACK_AXES = {"z": ("z-stack", "a maximum projection (Fiji: Image > Stack > Z Project) or one z plane"),
+               "t": ("time series", "one time point")}
+
+
+def stack_refusal(source: str, axis: str, size: int, found: str) -> str:
+    """The message refusing a z-stack or time series (``axis`` "z" or "t" with ``size`` > 1 planes)."""
+    kind, remedy = _STACK_AXES[axis.lower()]
+    return (f"{source}: a {kind}: axis {axis!r} has {size} planes ({found}); tlsquant needs one 2-D "
+            f"multichannel image (C, Y, X): save {remedy} as OME-TIFF and open that")
+
+
+def merge_notes(metadata: Mapping[str, Any], notes: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` updated with a reader's ``notes``, their ``reader_warnings`` lists joined."""
+    merged = {**metadata, **notes}
+    warnings = [*metadata.get("reader_warnings", []), *notes.get("reader_warnings", [])]
+    if warnings:
+        merged["reader_warnings"] = warnings
+    return merged
 
 
 def supported_dtype(dtype: np.dtype) -> tuple[np.dtype, str | None]:

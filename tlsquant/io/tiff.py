@@ -16,7 +16,7 @@ from ..errors import CorruptSlideError, PixelSizeError, SlideFormatError
 from ..slide import Level, Slide
 from .lazy import TiffLevelSource, TiffPlane, file_stamp, tiff_level_array
 from .page_names import brightfield_refusal, page_channel_names
-from .resolve import supported_dtype
+from .resolve import merge_notes, stack_refusal, supported_dtype
 from .units import length_to_um, resolution_to_um
 from .xmlsafe import UnsafeXMLError, parse_xml
 
@@ -127,7 +127,15 @@ def _qptiff_layout(tif, source: str) -> TiffLayout:
             skipped.append(image_type or "unknown")
     if not full:
         raise SlideFormatError(f"{source}: QPTIFF without any FullResolution page")
+    refusal = brightfield_refusal(tif, full[0][1], source, kind="Akoya QPTIFF")
+    if refusal:  # Vectra/PhenoImager brightfield scans: one RGB FullResolution page
+        raise SlideFormatError(refusal)
     base_shape = full[0][1].shape
+    if len(base_shape) != 2:
+        raise SlideFormatError(
+            f"{source}: QPTIFF FullResolution page {full[0][0]} has shape {base_shape}; expected one "
+            f"grayscale (Y, X) plane per channel"
+        )
     for index, page, _ in full:
         if page.shape != base_shape or page.dtype != full[0][1].dtype:
             raise SlideFormatError(
@@ -192,13 +200,18 @@ def _series_planes(series_index: int, series, level_index: int, source: str) -> 
     level = series.levels[level_index]
     axes = level.axes
     shape = level.shape
+    for axis, size in zip(axes, shape):
+        if axis in "ZT" and size > 1:
+            raise SlideFormatError(stack_refusal(source, axis, size, f"axes {axes!r}, shape {shape}"))
     if axes in ("YX",):
         return (TiffPlane(page=0, series=series_index, level=level_index),)
-    if axes in ("YXS",):
+    if axes in ("YXS", "SYX"):  # interleaved or planar-separate samples of one page
+        first = axes == "SYX"
         return tuple(
-            TiffPlane(page=0, series=series_index, level=level_index, sample=s) for s in range(shape[2])
+            TiffPlane(page=0, series=series_index, level=level_index, sample=s, sample_first=first)
+            for s in range(shape[0 if first else 2])
         )
-    if len(axes) == 3 and axes.endswith("YX"):  # C, I (pages), Q, Z... of one plane each
+    if len(axes) == 3 and axes.endswith("YX"):  # C, I (pages), Q ... of one plane each
         return tuple(TiffPlane(page=c, series=series_index, level=level_index) for c in range(shape[0]))
     raise SlideFormatError(
         f"{source}: expected a 2D multichannel image (axes CYX), got axes {axes!r} with shape "
@@ -212,13 +225,32 @@ def _choose_series(tif) -> int:
     return int(np.argmax(sizes))
 
 
+def _other_images(tif, series_index: int, n_levels_as_series: int) -> list[str]:
+    """The OME Images (scenes) of the file that are not read: neither the chosen one nor its levels.
+
+    RGB label and macro images are left out; they are never fluorescence channels.
+    """
+    used = range(series_index, series_index + 1 + n_levels_as_series)
+    others = []
+    for index, candidate in enumerate(tif.series):
+        if index in used:
+            continue
+        photometric = getattr(candidate.keyframe.photometric, "name", "")
+        if photometric in ("RGB", "YCBCR"):
+            continue
+        shape = " x ".join(str(n) for n in candidate.shape)
+        others.append(f"{index} {candidate.name!r} ({candidate.axes} {shape})" if candidate.name
+                      else f"{index} ({candidate.axes} {shape})")
+    return others
+
+
 def _ome_image_element(tif, series_index: int, source: str) -> ET.Element | None:
     root = _xml_root(tif.ome_metadata or "", f"{source} OME-XML")
     images = [el for el in root if _local(el.tag) == "Image"]
     name = tif.series[series_index].name
-    for image in images:  # tifffile names series after the Image's Name
-        if image.get("Name") == name:
-            return image
+    named = [image for image in images if image.get("Name") == name]
+    if len(named) == 1:  # tifffile names series after the Image's Name; scenes may share one
+        return named[0]
     return images[series_index] if series_index < len(images) else None
 
 
@@ -271,19 +303,24 @@ def _ome_mismatch(pixels: ET.Element | None, n_planes: int, shape_yx: tuple[int,
     )
 
 
-def _imagej_pixel_size(tif, page) -> tuple[float, float] | None:
+def _imagej_pixel_size(tif, page, source: str) -> tuple[tuple[float, float] | None, str | None]:
+    """((x, y) µm or None, problem or None) from ImageJ's ``unit`` and the resolution tags."""
     metadata = tif.imagej_metadata or {}
-    unit = str(metadata.get("unit", "")).replace("\\u00B5", "µ")
-    if unit.lower() not in ("micron", "microns", "µm", "um", "μm"):
-        return None
+    unit = str(metadata.get("unit", "")).replace("\\u00B5", "µ").strip()
+    if not unit or unit.lower() in ("pixel", "pixels"):  # ImageJ's "no calibration"
+        return None, None
     tags = page.tags
     if "XResolution" not in tags:
-        return None
+        return None, None
     num, den = tags["XResolution"].value
     ynum, yden = tags["YResolution"].value if "YResolution" in tags else (num, den)
     if num == 0 or ynum == 0:
-        return None
-    return den / num, yden / ynum
+        return None, None
+    try:
+        return (length_to_um(den / num, unit, source=f"{source} ImageJ unit"),
+                length_to_um(yden / ynum, unit, source=f"{source} ImageJ unit")), None
+    except PixelSizeError as exc:
+        return None, str(exc).split("; pass ")[0]
 
 
 def _levels_stored_as_series(tif, series_index: int, source: str) -> list[_LevelLayout]:
@@ -306,23 +343,43 @@ def _levels_stored_as_series(tif, series_index: int, source: str) -> list[_Level
     return levels
 
 
+def _top_level_pages(tif):
+    """(index, page) of every top-level page, as full pages (frames left by series parsing lack a shape)."""
+    return ((index, tif.pages.get(index, aspage=True)) for index in range(len(tif.pages)))
+
+
 def _stored_planes(tif, series) -> _LevelLayout:
     """Level 0 as the file stores it: the top-level pages of the series' plane shape."""
     shape = series.keyframe.shape
-    pages = [index for index, page in enumerate(tif.pages) if page.shape == shape]
+    pages = [index for index, page in _top_level_pages(tif) if page.shape == shape]
     return _LevelLayout(tuple(shape[:2]), tuple(TiffPlane(page=i) for i in pages), _page_tile(series.keyframe))
+
+
+def _unclaimed_planes(tif, series) -> list[int]:
+    """Top-level pages of the series' plane shape and type that no series reads.
+
+    An OME-XML whose SizeC is smaller than the planes written leaves the extra planes out
+    of every tifffile series; they are channels all the same.
+    """
+    claimed = {page.index for candidate in tif.series for page in candidate.levels[0].pages if page is not None}
+    keyframe = series.keyframe
+    return [index for index, page in _top_level_pages(tif) if index not in claimed
+            and page.shape == keyframe.shape and page.dtype == keyframe.dtype]
 
 
 def _series_layout(tif, source: str) -> TiffLayout:
     series_index = _choose_series(tif)
     series = tif.series[series_index]
-    refusal = brightfield_refusal(tif, series, source)
+    refusal = brightfield_refusal(tif, series.keyframe, source)
     if refusal:
         raise SlideFormatError(refusal)
     first_page = series.levels[0].keyframe
     notes: dict[str, Any] = {"series": series_index, "axes": series.axes}
     warnings: list[str] = []
     missing = sum(page is None for page in series.levels[0].pages)
+    one_sample = len(series.keyframe.shape) == 2
+    extra = _unclaimed_planes(tif, series) if tif.is_ome and not missing and one_sample else []
+    levels_as_series = 0
     if missing:
         # tifffile zero-fills planes the OME-XML promises but the file lacks: never analyse those
         levels = [_stored_planes(tif, series)]
@@ -330,6 +387,12 @@ def _series_layout(tif, source: str) -> TiffLayout:
             f"the OME-XML promises {len(series.levels[0].pages)} planes but the file holds only "
             f"{len(levels[0].planes)}; read the {len(levels[0].planes)} stored planes, XML channel names ignored"
         )
+    elif extra:
+        # the OME-XML claims fewer planes than the file stores: read every stored plane, drop none
+        _series_planes(series_index, series, 0, source)  # refuses a z-stack or time series first
+        read = [page.index for page in series.levels[0].pages]
+        levels = [_LevelLayout(tuple(series.keyframe.shape[:2]), tuple(TiffPlane(page=i) for i in read + extra),
+                               _page_tile(series.keyframe))]
     else:
         levels = []
         for level_index, level in enumerate(series.levels):
@@ -338,6 +401,7 @@ def _series_layout(tif, source: str) -> TiffLayout:
             levels.append(_LevelLayout(shape_yx, planes, _page_tile(level.keyframe)))
         if len(levels) == 1:
             levels += _levels_stored_as_series(tif, series_index, source)
+            levels_as_series = len(levels) - 1
     names = None
     names_source = None
     pixel_size = None
@@ -350,7 +414,17 @@ def _series_layout(tif, source: str) -> TiffLayout:
         names, pixel_size, problem = _ome_metadata(pixels, source)
         mismatch = _ome_mismatch(pixels, len(levels[0].planes), levels[0].shape_yx)
         if mismatch and not missing:
-            warnings.append(f"{mismatch}; read as stored")
+            unlisted = f", page{'s' * (len(extra) > 1)} {', '.join(map(str, extra))} too" if extra else ""
+            warnings.append(f"{mismatch}; read as stored{unlisted}")
+        others = _other_images(tif, series_index, levels_as_series)
+        if others:
+            notes["ome_images"] = len(tif.series)
+            warnings.append(
+                f"the file holds {1 + len(others)} images; read image {series_index} {series.name!r} "
+                f"({series.axes} {' x '.join(str(n) for n in series.shape)}) and ignored {'; '.join(others)}; "
+                f"tlsquant reads one image per file: save each scene as its own OME-TIFF "
+                f"(bfconvert -series N in.ome.tif scene_N.ome.tif) to analyse the others"
+            )
         if pixel_size is not None:
             pixel_source = "OME PhysicalSizeX/Y"
         if missing or not names or len(names) != len(levels[0].planes) or not all(names):
@@ -364,7 +438,8 @@ def _series_layout(tif, source: str) -> TiffLayout:
         ]
         names, names_source = page_channel_names(tif, pages)
     if pixel_size is None and tif.is_imagej:
-        pixel_size = _imagej_pixel_size(tif, first_page)
+        pixel_size, imagej_problem = _imagej_pixel_size(tif, first_page, source)
+        problem = problem or imagej_problem
         pixel_source = "ImageJ unit + resolution tags" if pixel_size else None
     if pixel_size is None:
         try:
@@ -501,5 +576,5 @@ def tiff_slide(
         levels=tuple(levels),
         tile_shape=layout.levels[0].tile_yx,
         compression=layout.compression,
-        metadata={**metadata, **layout.notes},
+        metadata=merge_notes(metadata, layout.notes),
     )
