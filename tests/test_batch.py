@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -73,7 +74,7 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     # on a running scheduler (--scheduler): own local clusters are started in the tests below and in the demo
     scheduler = ["--scheduler", dask_client.scheduler.address]
     code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-q"])
-    assert code == 1  # two slides failed
+    assert code == 1, (out / "failures.csv").read_text()  # two slides failed
     captured = capsys.readouterr()
     assert "7 analysed, 0 already complete, 2 failed" in captured.out
     failures = pd.read_csv(out / "failures.csv")
@@ -92,8 +93,20 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     assert good.min() > poor.max()
 
     stamp = (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns
-    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-q"])
-    assert "0 analysed, 7 already complete, 2 failed" in capsys.readouterr().out
+    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-v"])  # -v after the command
+    captured = capsys.readouterr()
+    assert "0 analysed, 7 already complete, 2 failed" in captured.out
+    # not a terminal: one plain line per event, no carriage-return redraws; each failure listed once
+    assert "\r" not in captured.err, repr(captured.err)
+    assert "1/9 lost: failed" in captured.err
+    assert captured.err.count("broken.ome.tiff") == 1 and captured.err.count("lost:") == 2  # progress + list
+    assert main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "--json"]) == 1
+    printed = capsys.readouterr().out
+    outcome = json.loads(printed)
+    assert outcome["analysed"] == [] and len(outcome["already_complete"]) == 7
+    assert [f["slide_id"] for f in outcome["failed"]] == ["broken", "lost"]
+    log_text = (out / "batch.log").read_text()
+    assert "config " in log_text and '"min_area_um2"' in log_text and "batch finished in" in log_text
     assert (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "cohort.csv"), cohort)
 
@@ -108,6 +121,11 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     html = (out / "stats" / "report.html").read_text()
     assert 'alt="case0"' in html and "0.057" in html and 'src="thumbnails/' not in html  # embedded
     assert "| TLS density (per mm² tumour) | good vs poor | 3 vs 4 |" in (out / "stats" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", str(out / "cohort.csv"), "--group", "response", "--groups", "good,poor",
+                 "-o", str(out / "stats2"), "--json"]) == 0
+    compared = {row["metric"]: row for row in json.loads(capsys.readouterr().out)["comparisons"]}
+    assert compared["tls_density_per_mm2"]["p"] == pytest.approx(2 / 35)
 
 
 def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path, dask_client):

@@ -65,7 +65,13 @@ def test_analyze_writes_outputs_and_reports(capsys, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["maturation"]["scheme"] == "silina"
     assert summary["config"]["compute"]["workers"] == 1
-    assert set(summary["tls_count_by_stage"]) == {"early", "primary_follicle", "secondary_follicle"}
+    by_stage = summary["tls_count_by_stage"]
+    assert set(by_stage) == {"early", "primary_follicle", "secondary_follicle"}
+    # Silina counts under its own names: no "primary" count that silently holds the early TLS
+    assert "tls_primary_count" not in summary
+    assert summary["tls_early_count"] == by_stage["early"] and summary["tls_primary_follicle_count"] == by_stage["primary_follicle"]
+    assert summary["tls_mature_count"] == by_stage["secondary_follicle"] and sum(by_stage.values()) == summary["tls_count"]
+    assert f"{by_stage['early']} early" in text
 
 
 def test_analyze_counts_cells_and_writes_the_cell_table(capsys, tmp_path):

@@ -161,14 +161,22 @@ def is_complete(outdir: Path, slide_id: str, expected: dict[str, Any] | None = N
     return status.complete if expected is not None else status.whole
 
 
-def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: int = 1) -> str:
-    """Analyse one slide and write its outputs (runs inside a worker). Returns the slide id."""
+def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: int = 1) -> float | Exception:
+    """Analyse one slide and write its outputs (runs inside a worker).
+
+    Returns the seconds it took, or the exception that stopped it: a failed slide is a result
+    of the batch, not a task failure (which dask.distributed would log with a traceback).
+    """
     from .workflow import analyze_to_folder
 
-    analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
-                      pixel_size_um=job.pixel_size_um, scheduler="threads" if threads > 1 else "sync",
-                      num_workers=threads, annotations=job.annotations)
-    return job.slide_id
+    started = time.perf_counter()
+    try:
+        analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
+                          pixel_size_um=job.pixel_size_um, scheduler="threads" if threads > 1 else "sync",
+                          num_workers=threads, annotations=job.annotations)
+    except Exception as exc:
+        return exc
+    return time.perf_counter() - started
 
 
 def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -300,8 +308,13 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
                 log.warning("%s: outputs %s: analysing again", job.slide_id, status.reason)
             todo.append(job)
     total = len(jobs) + len(rejected)
-    done = len(skipped) + len(failures)
+    done = 0
+    for failure in failures:  # rejected up front (manifest) or refused as stale
+        done += 1
+        if progress:
+            progress(failure["slide_id"], "failed", done, total)
     for slide_id in skipped:
+        done += 1
         log.info("%s: complete outputs exist, skipped", slide_id)
         if progress:
             progress(slide_id, "skipped", done, total)
@@ -313,8 +326,10 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
 
             n_workers = workers or os.cpu_count() or 1
             own_cluster = LocalCluster(n_workers=min(n_workers, len(todo)), threads_per_worker=threads_per_worker,
-                                       processes=True, dashboard_address=None)
+                                       processes=True, dashboard_address=":0")  # ":0": any free port, no clash warning
             client = Client(own_cluster)
+            log.info("local cluster: %d worker processes x %d threads, dashboard %s", len(own_cluster.workers),
+                     threads_per_worker, own_cluster.dashboard_link)
         try:
             processed = _run_jobs(client, todo, outdir, config, threads_per_worker, failures, fail_fast,
                                   progress, done, total)
@@ -363,7 +378,9 @@ def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progre
         job = futures[future]
         done += 1
         try:
-            future.result()
+            seconds = future.result()
+            if isinstance(seconds, Exception):
+                raise seconds
         except Exception as exc:  # a failed slide is recorded, the batch goes on
             failures.append({"slide_id": job.slide_id, "path": str(job.path), "error_type": type(exc).__name__,
                              "error": str(exc)})
@@ -379,7 +396,7 @@ def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progre
                 break
             continue
         processed.append(job.slide_id)
-        log.info("%s: done", job.slide_id)
+        log.info("%s: done in %.1f s", job.slide_id, seconds)
         if progress:
             progress(job.slide_id, "done", done, total)
     if stopped:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -182,23 +183,57 @@ def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=
     return result
 
 
+ANALYZE_JSON_KEYS = ("slide_id", "tlsquant_version", "pixel_size_um", "tissue_area_mm2", "tumour_area_mm2", "tls_count",
+                     "tls_counted", "tls_mature_count", "tls_primary_count", "tls_early_count",
+                     "tls_primary_follicle_count", "tls_count_by_stage", "tls_count_by_location",
+                     "tls_density_per_mm2", "tls_mature_density_per_mm2", "tls_area_pct", "excluded_artefact_area_mm2",
+                     "cells", "warnings")
+
+
+def _print_json(value) -> None:
+    """One JSON document on stdout (NaN as null), for scripts."""
+    import numpy as np
+
+    def plain(item):
+        if isinstance(item, dict):
+            return {str(k): plain(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [plain(v) for v in item]
+        if isinstance(item, np.generic):
+            item = item.item()
+        if isinstance(item, float) and item != item:
+            return None
+        return item
+
+    print(json.dumps(plain(value), indent=2, ensure_ascii=False, default=str))
+
+
+def _stage_counts(summary: dict) -> str:
+    """"2 mature, 3 primary" (binary) or "1 early, 2 primary_follicle, 2 secondary_follicle" (Silina)."""
+    return ", ".join(f"{count} {stage}" for stage, count in summary["tls_count_by_stage"].items())
+
+
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def cmd_analyze(args) -> int:
     config = _load_config(args)
-    if args.workers is not None:
+    if args.threads is not None:
         from dataclasses import replace
 
-        config = replace(config, compute=replace(config.compute, workers=args.workers))
+        config = replace(config, compute=replace(config.compute, workers=args.threads))
     outdir = Path(args.output)
     result = _analyze_one(args.slide, outdir, config, pixel_size=args.pixel_size,
-                          channels=_channel_names(args.channels), progress=sys.stderr.isatty() and not args.quiet,
+                          channels=_channel_names(args.channels),
+                          progress=sys.stderr.isatty() and not args.quiet and not args.json,
                           annotations=args.annotations)
     s = result.summary
+    if args.json:
+        _print_json({key: s.get(key) for key in ANALYZE_JSON_KEYS if key in s} | {"output": str(outdir)})
+        return 0
     print(f"{s['slide_id']}: tumour {s['tumour_area_mm2']:.3f} mm², {s['tls_count']} TLS "
-          f"({s['tls_mature_count']} mature, {s['tls_primary_count']} primary; {s['tls_counted']} counted), "
+          f"({_stage_counts(s)}; {s['tls_counted']} counted), "
           f"density {_fmt(s['tls_density_per_mm2'], '.3f')} /mm², area {_fmt(s['tls_area_pct'], '.3f')} %")
     if "cells" in s:
         b_key = s["segmentation"]["cells"]["markers"].get(s["segmentation"]["channel_roles"]["b_cells"], {}).get("key")
@@ -263,6 +298,10 @@ def _quiet_dask(verbose: bool) -> None:
 
 
 def _progress_line(slide_id: str, status: str, done: int, total: int) -> None:
+    """A bar redrawn in place on a terminal; one plain line per slide in a log file or a pipe."""
+    if not sys.stderr.isatty():
+        print(f"{done}/{total} {slide_id}: {status}", file=sys.stderr, flush=True)
+        return
     width = 30
     filled = int(width * done / max(total, 1))
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {slide_id}: {status}".ljust(90),
@@ -283,13 +322,17 @@ def cmd_batch(args) -> int:
 
 def _batch(args, config, manifest, outdir: Path) -> int:
     from .batch import parse_shard, run_batch
+    from .provenance import config_hash
 
     _quiet_dask(args.verbose)
     handler = _batch_logging(outdir)
+    console_quiet = _BatchConsoleFilter()  # slide failures are listed once, at the end
+    for console in logging.root.handlers:
+        console.addFilter(console_quiet)
     log.info("tlsquant %s batch: %d slides in %s (%d rejected up front)", __version__,
              len(manifest.jobs) + len(manifest.problems), args.manifest, len(manifest.problems))
-    for problem in manifest.problems:
-        print(f"manifest: {problem['slide_id']}: {problem['error']}", file=sys.stderr)
+    log.info("config %s: %s", config_hash(config), _config_json(config))
+    started = time.perf_counter()
     client = cluster = None
     try:
         if args.scheduler:
@@ -305,9 +348,12 @@ def _batch(args, config, manifest, outdir: Path) -> int:
             cluster.scale(jobs=config.cluster.jobs)
             client = Client(cluster)
         result = run_batch(manifest, outdir, config, client=client, workers=args.workers,
+                           threads_per_worker=args.threads,
                            shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite,
                            refuse_stale=args.no_overwrite, fail_fast=args.fail_fast,
-                           progress=None if args.quiet else _progress_line, lock=False)
+                           progress=None if args.quiet or args.json else _progress_line, lock=False)
+        log.info("batch finished in %.1f s: %d analysed, %d already complete, %d failed", time.perf_counter() - started,
+                 len(result.processed), len(result.skipped), len(result.failures))
     finally:
         if client is not None:
             client.close()
@@ -315,6 +361,13 @@ def _batch(args, config, manifest, outdir: Path) -> int:
             cluster.close()
         logging.getLogger("tlsquant").removeHandler(handler)
         handler.close()
+        for console in logging.root.handlers:
+            console.removeFilter(console_quiet)
+    if args.json:
+        _print_json({"analysed": result.processed, "already_complete": result.skipped,
+                     "failed": result.failures.to_dict("records"), "cohort": str(result.cohort_path),
+                     "failures": str(result.failures_path) if len(result.failures) else None})
+        return 1 if len(result.failures) else 0
     print(f"{len(result.processed)} analysed, {len(result.skipped)} already complete, "
           f"{len(result.failures)} failed; cohort: {result.cohort_path}")
     if len(result.failures):
@@ -323,6 +376,19 @@ def _batch(args, config, manifest, outdir: Path) -> int:
             print(f"  {row.slide_id}: {row.error_type}: {row.error}", file=sys.stderr)
         return 1
     return 0
+
+
+class _BatchConsoleFilter(logging.Filter):
+    """Keeps the batch's per-slide errors off the console (batch.log has them): the CLI lists them once at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "tlsquant.batch"
+
+
+def _config_json(config) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(config), sort_keys=True, default=str)
 
 
 def cmd_collect(args) -> int:
@@ -361,6 +427,11 @@ def cmd_compare(args) -> int:
     failures = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() and failures_path != cohort_path else None
     written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None,
                            omnibus=omnibus, failures=failures)
+    if args.json:
+        _print_json({"comparisons": stats.to_dict("records"),
+                     "omnibus": omnibus.to_dict("records") if omnibus is not None else None,
+                     "report": str(written["html"])})
+        return 0
     if omnibus is not None:
         print(omnibus[["metric", "n", "h", "p", "q"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     shown = stats[["metric", "group_a", "group_b", "n_a", "n_b", "median_a", "median_b", "p", "q", "method"]]
@@ -493,6 +564,17 @@ def _demo_outcomes(outroot: Path) -> None:
           f"same as: tlsquant outcomes {patients_path} --response response --pfs pfs_months,pfs_event -o {outroot / 'outcomes'}")
 
 
+def _subparser_class(common: argparse.ArgumentParser):
+    """Subcommand parsers that all share the options of ``common``."""
+
+    class SubcommandParser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("parents", []).append(common)
+            super().__init__(*args, **kwargs)
+
+    return SubcommandParser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsquant",
@@ -500,7 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlsquant {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # -v also after the subcommand; SUPPRESS keeps an absent one from resetting the global one
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_subparser_class(verbose))
 
     demo = sub.add_parser("demo", help="analyse the bundled test_images/ (or equivalent synthetic slides) and print "
                                        "a summary table")
@@ -525,7 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "failures (default: analyse such slides again)")
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first failed slide")
     batch.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz per slide (one row per cell)")
+    batch.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="threads per worker process for each slide's full-resolution passes (default 1)")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    batch.add_argument("--json", action="store_true", help="print the outcome as one JSON object (no progress bar)")
     batch.set_defaults(func=cmd_batch)
 
     collect = sub.add_parser("collect", help="merge the outputs of sharded batch runs into cohort.csv")
@@ -541,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "label present; three or more get a Kruskal-Wallis test and pairwise tests)")
     compare.add_argument("--metrics", metavar="M1,M2", help="columns to test (default: TLS density, area %%, ...)")
     compare.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    compare.add_argument("--json", action="store_true", help="print the comparisons as one JSON object")
     compare.set_defaults(func=cmd_compare)
 
     outcomes = sub.add_parser("outcomes", help="response rates, ROC and survival by TLS group, with figures and a report")
@@ -572,7 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", metavar="TOML", help="configuration file (default: built-in defaults)")
     analyze.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override one setting, e.g. --set tls.min_area_um2=8000 (repeatable)")
-    analyze.add_argument("--workers", type=int, help="threads for the full-resolution passes (default: cores)")
+    analyze.add_argument("--threads", type=int, metavar="N", help="threads for the full-resolution passes (default: cores)")
+    analyze.add_argument("--workers", type=int, dest="threads", help=argparse.SUPPRESS)  # old name of --threads
+    analyze.add_argument("--json", action="store_true", help="print the slide's headline metrics as one JSON object")
     analyze.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz (one row per cell)")
     analyze.add_argument("--annotations", metavar="GEOJSON",
                          help="QuPath annotations of this slide: tumour bed, exclusions, region of interest "

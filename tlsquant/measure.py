@@ -48,13 +48,17 @@ def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2:
         "tls_count": len(tls),
         "tls_counted": len(counted),
         "tls_mature_count": int(sum(is_mature(s) for s in tls["stage"])) if len(tls) else 0,
-        "tls_primary_count": int(sum(not is_mature(s) for s in tls["stage"])) if len(tls) else 0,
         "tls_counted_mature_count": int(sum(is_mature(s) for s in counted["stage"])) if len(counted) else 0,
         "tls_count_by_stage": {s: int((tls["stage"] == s).sum()) if len(tls) else 0 for s in stages},
         "tls_count_by_location": {loc: int((tls["location"] == loc).sum()) if len(tls) else 0 for loc in locations},
         "tls_total_area_um2": float(tls["area_um2"].sum()) if len(tls) else 0.0,
         "tls_counted_area_um2": float(counted["area_um2"].sum()) if len(counted) else 0.0,
     }
+    # one count per stage under the scheme's own names: "primary" means one thing in each scheme
+    # (binary: not mature; Silina: primary follicle-like, with "early" counted apart)
+    for stage in stages:
+        if not is_mature(stage):
+            metrics[f"tls_{stage}_count"] = metrics["tls_count_by_stage"][stage]
     if tumour_area_mm2 > 0:
         metrics["tls_density_per_mm2"] = metrics["tls_counted"] / tumour_area_mm2
         metrics["tls_mature_density_per_mm2"] = metrics["tls_counted_mature_count"] / tumour_area_mm2

@@ -36,10 +36,14 @@ def file_stem(name) -> str:
     return stem[:100] or "_"
 
 
-COUNT_METRICS = ("tls_count", "tls_counted", "tls_mature_count", "tls_primary_count")
+COUNT_METRICS = ("tls_count", "tls_counted", "tls_mature_count", "tls_primary_count", "tls_early_count",
+                 "tls_primary_follicle_count", "tls_secondary_follicle_count")
 # per-slide table of the report: (column, heading), those present are shown
 SLIDE_COLUMNS = (("tumour_area_mm2", "tumour mm²"), ("tls_count", "TLS"), ("tls_mature_count", "mature"),
-                 ("tls_primary_count", "primary"), ("tls_counted", "counted"), ("tls_density_per_mm2", "density /mm²"),
+                 ("tls_primary_count", "primary"), ("tls_early_count", "early"),
+                 ("tls_primary_follicle_count", "primary follicle"), ("tls_count_by_location_intratumoral", "intratumoral"),
+                 ("tls_count_by_location_peritumoral", "peritumoral"), ("tls_count_by_location_distal", "distal"),
+                 ("tls_counted", "counted"), ("tls_density_per_mm2", "density /mm²"),
                  ("tls_area_pct", "area %"), ("cd20_pct", "CD20+ %"), ("warnings", "warnings"))
 POINTS_ONLY_BELOW = 6  # a box of fewer points hides more than it shows
 

@@ -40,7 +40,7 @@ from .qupath import Annotation, AnnotationError, class_matches, object_id, read_
 REVIEWED_SUMMARY = "summary.reviewed.json"
 REVIEWED_TABLE = "tls.reviewed.csv"
 HEADLINE = ("tissue_area_mm2", "tumour_area_mm2", "tls_count", "tls_counted", "tls_mature_count",
-            "tls_primary_count", "tls_density_per_mm2", "tls_mature_density_per_mm2", "tls_area_pct",
+            "tls_primary_count", "tls_early_count", "tls_primary_follicle_count", "tls_density_per_mm2", "tls_mature_density_per_mm2", "tls_area_pct",
             "tls_total_area_um2", "tls_counted_area_um2")
 CARRIED = ("b_cell_fraction", "t_cell_fraction", "fdc_fraction", "germinal_centre_fraction", "debris_fraction",
            "fdc_network_um2", "germinal_centre_network_um2", "cell_count", "b_cell_pct", "t_cell_pct")
