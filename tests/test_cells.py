@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.batch import flatten_summary
-from tlsquant.cells import CellPlan, cell_bodies, compute_cells, segment_nuclei
+from tlsquant.cells import REGIONS, CellPlan, cell_bodies, compute_cells, segment_nuclei
 from tlsquant.errors import ChannelError, ConfigError
 from tlsquant.outputs import write_slide_outputs
 from tlsquant.pipeline import marker_key
@@ -178,7 +178,9 @@ def _masks(shape, plan):
     tls[250:300, 300:420] = 2
     debris = np.zeros(fine, bool)
     debris[185:200, 220:250] = True  # mid-tissue, clear of the TLS boxes
-    return dict(tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls)
+    margin = np.zeros(coarse, bool)
+    margin[coarse[0] // 2: coarse[0] // 2 + 4] = True  # a band below the tumour half
+    return dict(tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls, margin=margin)
 
 
 def _run(scene, image, chunks, plan, **kwargs):
@@ -230,11 +232,15 @@ def test_block_counts_agree_with_the_cell_table(cell_scene):
     # cells in artefact zones are counted, but left out of the tumour, TLS and marker shares
     artefact = table["in_artefact"].to_numpy()
     assert cells.in_artefacts == artefact.sum() > 0
-    np.testing.assert_array_equal(cells.counts[3], [artefact.sum(), *positive[artefact].sum(0)])
+    row = {name: cells.counts[k] for k, name in enumerate(REGIONS)}
+    np.testing.assert_array_equal(row["artefact"], [artefact.sum(), *positive[artefact].sum(0)])
     tumour = table["in_tumour"].to_numpy() & ~artefact
-    np.testing.assert_array_equal(cells.counts[1], [tumour.sum(), *positive[tumour].sum(0)])
+    np.testing.assert_array_equal(row["tumour"], [tumour.sum(), *positive[tumour].sum(0)])
+    margin = table["in_margin"].to_numpy() & ~artefact
+    assert margin.sum() > 20 and not (margin & tumour).any()
+    np.testing.assert_array_equal(row["margin"], [margin.sum(), *positive[margin].sum(0)])
     in_tls = (table["tls_id"].to_numpy() > 0) & ~artefact
-    np.testing.assert_array_equal(cells.counts[2], [in_tls.sum(), *positive[in_tls].sum(0)])
+    np.testing.assert_array_equal(row["tls"], [in_tls.sum(), *positive[in_tls].sum(0)])
     np.testing.assert_array_equal(cells.scored("all"), [(~artefact).sum(), *positive[~artefact].sum(0)])
     for tls_id in (1, 2):
         assert cells.tls_counts[tls_id, 0] == ((table["tls_id"] == tls_id) & ~artefact).sum()
@@ -317,8 +323,8 @@ def test_cell_table_file_matches_the_summary(slide_with_cells):
     summary = json.loads((out / "summary.json").read_text())
     assert "cells.csv.gz" in summary["outputs"]
     assert len(table) == summary["cells"]["total"]
-    assert list(table.columns[:8]) == ["cell_id", "centroid_x_um", "centroid_y_um", "nucleus_area_um2",
-                                       "cell_area_um2", "in_tumour", "tls_id", "in_artefact"]
+    assert list(table.columns[:9]) == ["cell_id", "centroid_x_um", "centroid_y_um", "nucleus_area_um2",
+                                       "cell_area_um2", "in_tumour", "in_margin", "tls_id", "in_artefact"]
     assert table["in_artefact"].sum() == summary["cells"]["in_artefacts"]
     scored = table[~table["in_artefact"]]
     assert scored["CD20_positive"].mean() * 100 == pytest.approx(summary["cd20_pct"], abs=1e-9)
@@ -329,6 +335,15 @@ def test_cell_table_file_matches_the_summary(slide_with_cells):
     assert markers["TFE3"]["compartment"] == "nucleus" and markers["CD20"]["compartment"] == "ring"
     row = flatten_summary(summary)
     assert {"cells_total", "cells_in_tls", "cd20_pct", "cd20_pct_tumour", "cd20_pct_tls"} <= set(row)
+    # densities per region: positive cells of the region's table rows over the region's area
+    for region, column in (("tumour", "in_tumour"), ("margin", "in_margin"), ("tls", "tls_id")):
+        inside = scored[scored[column].astype(bool)]
+        assert summary["cells"][f"in_{region}"] == len(inside)
+        area = {"tumour": summary["tumour_area_mm2"], "margin": summary["margin_area_mm2"],
+                "tls": summary["tls_total_area_um2"] / 1e6}[region]
+        assert summary[f"cd20_per_mm2_{region}"] == pytest.approx(inside["CD20_positive"].sum() / area, rel=1e-5)
+        assert summary["cells"][f"per_mm2_{region}"] == pytest.approx(len(inside) / area, rel=1e-5)  # areas rounded
+    assert summary["margin_area_mm2"] > 0 and summary["cells"]["in_margin"] > 0
 
 
 def test_chunk_size_does_not_change_cells(tmp_path):

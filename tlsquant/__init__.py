@@ -1,7 +1,6 @@
 """tlsquant: quantify tertiary lymphoid structures in multiplex immunofluorescence slides."""
 
 from ._version import __version__
-from .config import Config, load_config
 from .errors import (
     ChannelError,
     ConfigError,
@@ -13,11 +12,29 @@ from .errors import (
     StaleResultError,
     TLSQuantError,
 )
-from .io import open_slide
-from .pipeline import SlideResult, analyze_slide
-from .slide import Level, Slide
-from .stats import compare_groups
-from .workflow import analyze_to_folder
+
+# the rest on first use (PEP 562): a CLI command imports only what it runs, not scipy.stats,
+# pandas and dask for `tlsquant --version` or `info`
+_LAZY = {
+    "Config": ".config", "load_config": ".config", "open_slide": ".io", "SlideResult": ".pipeline",
+    "analyze_slide": ".pipeline", "Level": ".slide", "Slide": ".slide", "compare_groups": ".stats",
+    "analyze_to_folder": ".workflow",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tlsquant' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ChannelError",

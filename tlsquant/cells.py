@@ -324,6 +324,7 @@ class RegionContext:
     coarse_origin: tuple[int, int]
     tissue: np.ndarray  # coarse, bool
     tumour: np.ndarray  # coarse, bool
+    margin: np.ndarray | None  # coarse, bool: the peritumoral band (None where the block has none)
     debris: np.ndarray | None  # fine, bool
     tls: np.ndarray | None  # fine, TLS ids (0 = none)
     # threshold maps around the window: (1 + markers, rows, cols) on the threshold grid, row 0 the nuclear stain
@@ -331,7 +332,8 @@ class RegionContext:
     threshold_origin: tuple[int, int] = (0, 0)
 
 
-def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, tumour, debris, tls_labels) -> RegionContext:
+def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, tumour, debris, tls_labels,
+                   margin=None) -> RegionContext:
     """Cut the masks covering level-0 box ``core`` = (y0, y1, x0, x1)."""
     y0, y1, x0, x1 = core
     f, c = plan.fine_factor, plan.coarse_factor
@@ -339,11 +341,13 @@ def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, t
     coarse = (slice(y0 // c, -(-y1 // c)), slice(x0 // c, -(-x1 // c)))
     tls = tls_labels[fine]
     debris_part = debris[fine]
+    margin_part = margin[coarse] if margin is not None else None
     return RegionContext(
         fine_origin=(fine[0].start, fine[1].start),
         coarse_origin=(coarse[0].start, coarse[1].start),
         tissue=tissue[coarse].copy(),
         tumour=tumour[coarse].copy(),
+        margin=margin_part.copy() if margin_part is not None and margin_part.any() else None,
         debris=debris_part.copy() if debris_part.any() else None,
         tls=tls.astype(np.min_scalar_type(max(plan.n_tls, 1))) if tls.any() else None,
     )
@@ -351,10 +355,11 @@ def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, t
 
 # regions cells are counted in (rows of BlockCells.counts). "all" is every cell centred in tissue;
 # "artefact" the part of it inside artefact zones (folds, debris, blood, edge rims), whose
-# nuclei are real but whose marker values are not trusted; "tumour" and "tls" leave those out.
-REGIONS = ("all", "tumour", "tls", "artefact")
-TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_um2", "in_tumour", "tls_id",
-              "in_artefact")
+# nuclei are real but whose marker values are not trusted; "tumour", "margin" (the peritumoral
+# band) and "tls" leave those out.
+REGIONS = ("all", "tumour", "margin", "tls", "artefact")
+TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_um2", "in_tumour", "in_margin",
+              "tls_id", "in_artefact")
 
 
 @dataclass
@@ -432,6 +437,7 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     excluded = np.array([np.count_nonzero(~counted)], np.int64)
     ids, centre_y, centre_x, in_debris = ids[counted], centre_y[counted], centre_x[counted], in_debris[counted]
     in_tumour = _grid_lookup(context.tumour, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
+    in_margin = _grid_lookup(context.margin, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
     tls_id = _grid_lookup(context.tls, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(np.int64)
 
     positive = np.zeros((ids.size, n_markers), bool)
@@ -459,8 +465,8 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
 
     present = np.ones((ids.size, 1), np.int64)
     tally = np.concatenate([present, positive.astype(np.int64)], axis=1)
-    counts = np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0), tally[(tls_id > 0) & ~in_debris].sum(0),
-                       tally[in_debris].sum(0)])
+    counts = np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0), tally[in_margin & ~in_debris].sum(0),
+                       tally[(tls_id > 0) & ~in_debris].sum(0), tally[in_debris].sum(0)])
     tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
     np.add.at(tls_counts, np.where(in_debris, 0, tls_id), tally)
     pixel_area = pixel_size[0] * pixel_size[1]
@@ -472,6 +478,7 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
             "nucleus_area_um2": (nucleus_px[ids] * pixel_area).astype(np.float32),
             "cell_area_um2": ((nucleus_px[ids] + ring_px[ids]) * pixel_area).astype(np.float32),
             "in_tumour": in_tumour,
+            "in_margin": in_margin,
             "tls_id": tls_id.astype(np.int32),
             "in_artefact": in_debris,
             **columns,
@@ -492,7 +499,7 @@ def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
 
 def table_dtypes(plan: CellPlan) -> dict[str, np.dtype]:
     """Columns of the per-cell table as a block returns them (``cell_id`` is added at the end)."""
-    dtypes = dict(zip(TABLE_BASE, map(np.dtype, ("float64", "float64", "float32", "float32", "bool", "int32", "bool"))))
+    dtypes = dict(zip(TABLE_BASE, map(np.dtype, ("float64", "float64", "float32", "float32", "bool", "bool", "int32", "bool"))))
     for marker in plan.markers:
         dtypes.update({f"{marker}_nucleus": np.dtype("float32"), f"{marker}_ring": np.dtype("float32"),
                        f"{marker}_positive": np.dtype("bool")})
@@ -553,7 +560,7 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     return chunks
 
 
-def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels,
+def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
                   halo_source=None, threshold_maps: np.ndarray | None = None, scheduler=None,
                   num_workers=None) -> CellCounts:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
@@ -563,7 +570,8 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     arrays themselves), privately for each block: no chunk is kept for a later block, so
     memory holds the blocks being worked on, whatever the slide size, for the price of
     decoding the halo tiles twice. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
-    ``tls_labels`` (fine grid) are the slide's masks; each block receives only the part
+    ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the peritumoral band,
+    optional); each block receives only the part
     around its core. ``threshold_maps`` (1 + markers, rows, cols), on the grid of
     ``plan.grid_factor`` px, give local thresholds (nuclear stain first) in place of the
     plan's global ones.
@@ -584,7 +592,8 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
         window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
                   x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
         strips = _halo_strips(core, window)
-        context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels)
+        context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels,
+                                 margin=margin)
         if threshold_maps is not None:
             f = plan.grid_factor
             rows = slice(window[0] // f, -(-window[1] // f))

@@ -12,8 +12,36 @@ TLS_COLUMNS = [
     "tls_id", "centroid_x_um", "centroid_y_um", "area_um2", "stage", "location",
     "distance_to_tumour_um", "counted", "b_cell_fraction", "t_cell_fraction", "fdc_fraction",
     "germinal_centre_fraction", "debris_fraction", "fdc_network_um2", "germinal_centre_network_um2",
+    "t_cell_zone_um2", "perimeter_um", "circularity", "max_feret_um",
     "bbox_x0_px", "bbox_y0_px", "bbox_x1_px", "bbox_y1_px", "cell_count", "b_cell_pct", "t_cell_pct",
 ]
+SHAPE_COLUMNS = ("perimeter_um", "circularity", "max_feret_um")
+
+
+def tls_shape(region: np.ndarray, *, cell_um: tuple[float, float]) -> dict[str, float]:
+    """Perimeter (µm), circularity (4πA/P², 1 for a disc) and maximum Feret diameter (µm) of one TLS.
+
+    ``region``: its grid cells (bool, any box around it); ``cell_um``: (y, x) size of a grid cell.
+    The outline is the marching-squares contour at half height (holes add their rim to the
+    perimeter), so the measures follow the same outline as tls.geojson, not the cell staircase.
+    """
+    from scipy.spatial import ConvexHull
+    from skimage.measure import find_contours
+
+    scale = np.asarray(cell_um, float)
+    contours = [c * scale for c in find_contours(np.pad(region, 1).astype(np.uint8), 0.5)]
+    perimeter = float(sum(np.hypot(*np.diff(c, axis=0).T).sum() for c in contours))
+    area = float(region.sum()) * scale[0] * scale[1]
+    points = np.unique(np.concatenate(contours), axis=0) if contours else np.zeros((0, 2))
+    if len(points) >= 3:
+        try:
+            points = points[ConvexHull(points).vertices]  # the diameter is reached between hull vertices
+        except Exception:  # collinear points (a one-cell-wide TLS): all of them are the hull
+            pass
+    feret = float(np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)).max()) if len(points) >= 2 else 0.0
+    circularity = min(1.0, 4 * np.pi * area / perimeter ** 2) if perimeter > 0 else 0.0
+    return {"perimeter_um": round(perimeter, 1), "circularity": round(float(circularity), 4),
+            "max_feret_um": round(feret, 1)}
 
 
 def signed_tumour_distance(tumour: np.ndarray, *, cell_um: tuple[float, float]) -> np.ndarray | None:
@@ -70,12 +98,15 @@ def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2:
     return metrics
 
 
-def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float) -> dict:
-    """Cell counts and, per marker key, percent positive cells overall, in the tumour bed and in TLS.
+def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float,
+                 region_areas_mm2: dict[str, float] | None = None) -> dict:
+    """Cell counts and, per marker key, percent positive cells and positive cells per mm², overall,
+    in the tumour bed, the peritumoral margin and in TLS.
 
-    ``cells`` is a :class:`tlsquant.cells.CellCounts`; ``keys`` name its markers in order.
-    Every cell centred in tissue is counted; percentages leave out the cells in artefact
-    zones, whose marker values are not trusted. Percentages of an empty region are None.
+    ``cells`` is a :class:`tlsquant.cells.CellCounts`; ``keys`` name its markers in order;
+    ``region_areas_mm2`` the areas of ``tumour``, ``margin`` and ``tls`` (densities need them).
+    Every cell centred in tissue is counted; percentages and regional densities leave out the
+    cells in artefact zones, whose marker values are not trusted. Values of an empty region are None.
     """
     from .cells import REGIONS
 
@@ -91,8 +122,18 @@ def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float) -> dict:
             "in_artefacts": cells.in_artefacts,
         }
     }
+    areas = {"all": tissue_area_mm2, **(region_areas_mm2 or {})}
+
+    def per_mm2(count, region):
+        area = areas.get(region)
+        return float(count / area) if area else None
+
+    for region in ("tumour", "margin", "tls"):
+        metrics["cells"][f"in_{region}"] = int(cells.counts[REGIONS.index(region), 0])
+        metrics["cells"][f"per_mm2_{region}"] = per_mm2(cells.counts[REGIONS.index(region), 0], region)
     for k, key in enumerate(keys):
-        for region, suffix in (("all", ""), ("tumour", "_tumour"), ("tls", "_tls")):
+        for region, suffix in (("all", ""), ("tumour", "_tumour"), ("margin", "_margin"), ("tls", "_tls")):
             row = cells.scored(region)
             metrics[f"{key}_pct{suffix}"] = float(100.0 * row[1 + k] / row[0]) if row[0] else None
+            metrics[f"{key}_per_mm2{suffix}"] = per_mm2(row[1 + k], region)
     return metrics

@@ -20,7 +20,7 @@ from .cells import CellCounts, CellPlan, compute_cells
 from .classify import BINARY_STAGES, SILINA_STAGES, largest_network_um2, stage
 from .config import LOCATIONS, Channels, Config, load_config
 from .errors import ChannelError, SlideTooLargeError
-from .measure import TLS_COLUMNS, cell_metrics, empty_tls_table, locate, signed_tumour_distance, slide_metrics
+from .measure import TLS_COLUMNS, cell_metrics, empty_tls_table, locate, signed_tumour_distance, slide_metrics, tls_shape
 from .provenance import provenance
 from .segment.aggregates import debris_zone, detect_aggregates
 from .segment.evidence import EvidencePlan, compute_evidence
@@ -322,6 +322,10 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         warnings.extend(note for note in regions.notes if note.startswith("warning"))
     tissue_area_mm2 = float(coarse_pixels[tissue].sum(dtype=np.float64) * px * py / 1e6)
     tumour_area_mm2 = float(coarse_pixels[tumour].sum(dtype=np.float64) * px * py / 1e6)
+    distance = signed_tumour_distance(tumour, cell_um=coarse_cell)
+    # the peritumoral band on tissue: where cells per mm² around the tumour are counted
+    margin = None if distance is None else (distance > 0) & (distance <= config.location.margin_um) & tissue
+    margin_area_mm2 = 0.0 if margin is None else float(coarse_pixels[margin].sum(dtype=np.float64) * px * py / 1e6)
     del coarse_pixels
     if tissue_area_mm2 == 0:
         warnings.append(f"no tissue found from channel {roles['nuclei']!r} (threshold "
@@ -383,13 +387,12 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         cell_thresholds = {name: _on_tissue(level, signal.tissue_hint) for name, level in zip(names, cell_threshold_maps)}
         cells = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], plan,
                               tissue=_grown(tissue, config.cells.tissue_reach_um / coarse_um), tumour=tumour,
-                              debris=debris, tls_labels=labels,
+                              debris=debris, tls_labels=labels, margin=margin,
                               halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
                               threshold_maps=cell_threshold_maps, num_workers=num_workers)
     t_cells = time.perf_counter()
 
     # 6. stage, location and per-TLS measurements
-    distance = signed_tumour_distance(tumour, cell_um=coarse_cell)
     gc_positive = (fine_fraction("germinal_centre") >= config.maturation.min_cell_fraction) & ~debris
     fdc_positive = (fine_fraction("fdc") >= config.maturation.min_cell_fraction) & ~debris
     rows = []
@@ -427,6 +430,10 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             "debris_fraction": round(float(debris[box][region].mean()), 4),
             "fdc_network_um2": round(fdc_um2, 1),
             "germinal_centre_network_um2": round(gc_um2, 1),
+            # T-cell zone: the part of the aggregate where T-cell occupancy exceeds B-cell occupancy
+            "t_cell_zone_um2": round(float(((fine_fraction("t_cells", box) > fine_fraction("b_cells", box))
+                                            & region).sum()) * fine_cell[0] * fine_cell[1], 1) if has_t_cells else None,
+            **tls_shape(region, cell_um=fine_cell),
             "bbox_x0_px": box[1].start * fine_factor,
             "bbox_y0_px": box[0].start * fine_factor,
             "bbox_x1_px": min(box[1].stop * fine_factor, slide.shape[2]),
@@ -438,7 +445,9 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     metrics = slide_metrics(tls, tissue_area_mm2=tissue_area_mm2, tumour_area_mm2=tumour_area_mm2,
                             stages=stages, locations=LOCATIONS)
     if cells is not None:
-        metrics.update(cell_metrics(cells, keys=[m.key for m in cell_markers], tissue_area_mm2=tissue_area_mm2))
+        metrics.update(cell_metrics(cells, keys=[m.key for m in cell_markers], tissue_area_mm2=tissue_area_mm2,
+                                    region_areas_mm2={"tumour": tumour_area_mm2, "margin": margin_area_mm2,
+                                                      "tls": metrics["tls_total_area_um2"] / 1e6}))
         marker_info = {m.channel: {"key": m.key, "compartment": m.compartment, **channel_thresholds[m.channel],
                                    "cell_threshold": cell_thresholds[m.channel]} for m in cell_markers}
         cell_info = {"measured": True, "nuclear_threshold": cell_thresholds[roles["nuclei"]], "markers": marker_info,
@@ -455,6 +464,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         "pixel_size_um": px,
         "pixel_size_y_um": py,
         **metrics,
+        "margin_area_mm2": round(margin_area_mm2, 6),
         "excluded_artefact_area_mm2": round(artefact_area_mm2, 6),
         "regions": regions.record() if regions is not None else {"annotations": None, "tissue": "automatic",
                                                                  "tumour": "automatic", "tls": "automatic"},

@@ -33,7 +33,7 @@ from .annotations import region_masks
 from .classify import BINARY_STAGES, SILINA_STAGES
 from .config import LOCATIONS, Annotations
 from .errors import TLSQuantError
-from .measure import TLS_COLUMNS, empty_tls_table, locate, signed_tumour_distance, slide_metrics
+from .measure import TLS_COLUMNS, empty_tls_table, locate, signed_tumour_distance, slide_metrics, tls_shape
 from .polygons import cell_pixels, rasterise
 from .qupath import Annotation, AnnotationError, class_matches, object_id, read_features
 
@@ -148,6 +148,7 @@ def tls_row(mask: np.ndarray, grid: SlideGrid, distance: np.ndarray | None, *, m
         "bbox_x0_px": int(xs.min()) * f, "bbox_y0_px": int(ys.min()) * f,
         "bbox_x1_px": min((int(xs.max()) + 1) * f, grid.slide_shape[1]),
         "bbox_y1_px": min((int(ys.max()) + 1) * f, grid.slide_shape[0]),
+        **tls_shape(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1], cell_um=(f * py, f * px)),
     }
 
 

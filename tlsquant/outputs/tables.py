@@ -14,9 +14,14 @@ from ..io.atomic import atomic_path
 CELL_FILES = {"csv": "cells.csv.gz", "parquet": "cells.parquet", "h5ad": "cells.h5ad"}
 
 
+def tls_table_with_slide(result) -> pd.DataFrame:
+    """The per-TLS table with ``slide_id`` as its first column, so tables from many slides concatenate."""
+    return result.tls.assign(slide_id=result.slide_id)[["slide_id", *result.tls.columns]]
+
+
 def write_tls_table(result, path: Path) -> Path:
     with atomic_path(path) as temporary:
-        result.tls.to_csv(temporary, index=False, na_rep="")
+        tls_table_with_slide(result).to_csv(temporary, index=False, na_rep="")
     return path
 
 
@@ -101,7 +106,7 @@ def cells_anndata(cells: pd.DataFrame, *, metadata: dict):
     """The cell table as AnnData for scanpy, squidpy and scimap.
 
     ``X``: per marker the compartment mean used for positivity (float32, cells × markers);
-    ``obs``: cell_id (index, as text), slide_id, areas, in_tumour, tls_id, in_artefact and
+    ``obs``: cell_id (index, as text), slide_id, areas, in_tumour, in_margin, tls_id, in_artefact and
     ``<marker>_positive``; ``obsm['spatial']``: centroid (x, y) in µm; ``var``: compartment per
     marker; ``uns['tlsquant']``: ``metadata`` (slide id, pixel size, compartments, version).
     """
@@ -114,7 +119,7 @@ def cells_anndata(cells: pd.DataFrame, *, metadata: dict):
     compartments = {m: compartments[m] for m in markers}
     X = compartment_intensities(cells, compartments).to_numpy(np.float32).reshape(len(cells), len(markers))
     obs = pd.DataFrame({"cell_id": cells["cell_id"].to_numpy(), "slide_id": metadata["slide_id"]})
-    for name in ("nucleus_area_um2", "cell_area_um2", "in_tumour", "tls_id", "in_artefact"):
+    for name in ("nucleus_area_um2", "cell_area_um2", "in_tumour", "in_margin", "tls_id", "in_artefact"):
         if name in cells:
             obs[name] = cells[name].to_numpy()
     for marker in markers:
