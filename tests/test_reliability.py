@@ -77,6 +77,9 @@ def test_config_change_reanalyses_or_is_refused_and_the_cohort_names_its_config(
     assert refused.processed == [] and list(refused.failures["error_type"]) == ["StaleResultError"] * 2
     assert "made with another config" in refused.failures.loc[0, "error"]
     assert len(refused.cohort) == 0
+    # ... and the cohort.csv of the earlier run, still true of the slide folders, is kept, not emptied
+    kept = pd.read_csv(out / "cohort.csv")
+    assert sorted(kept["slide_id"]) == ["s0", "s1"] and set(kept["config_hash"]) == {config_hash(second)}
 
 
 def test_changed_slide_file_is_analysed_again(two_slides, tmp_path, client):
@@ -85,6 +88,11 @@ def test_changed_slide_file_is_analysed_again(two_slides, tmp_path, client):
     run_batch(manifest, tmp_path / "out", config, client=client)
     stat = os.stat(tmp_path / "s1.ome.tiff")
     os.utime(tmp_path / "s1.ome.tiff", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    # refused under --no-overwrite: s1 is a failure and so not in the cohort, though its old outputs share the config
+    refused = run_batch(manifest, tmp_path / "out", config, client=client, refuse_stale=True)
+    assert list(refused.failures["slide_id"]) == ["s1"] and "slide file changed" in refused.failures.loc[0, "error"]
+    assert list(refused.cohort["slide_id"]) == ["s0"]
+    assert list(pd.read_csv(tmp_path / "out" / "cohort.csv")["slide_id"]) == ["s0"]
     result = run_batch(manifest, tmp_path / "out", config, client=client)
     assert result.processed == ["s1"] and result.skipped == ["s0"]
 
@@ -183,10 +191,73 @@ def test_full_and_read_only_disks_give_clear_errors(two_slides, tmp_path):
 
 
 def test_slide_ids_that_cannot_name_a_folder_are_refused_up_front(tmp_path):
+    from tlsquant.batch import is_safe_id
+
     (tmp_path / "a.tif").write_bytes(b"x")
     (tmp_path / "m.csv").write_text(f"slide_id,path\n{'x' * 300},a.tif\n")
     with pytest.raises(ManifestError, match="300 characters long, at most 100"):
         read_manifest(tmp_path / "m.csv")
+    # Windows device names, trailing dots and ids that differ only in case (one folder on macOS, Windows, SMB)
+    ids = ["CON", "nul.txt", "Lpt3", "com1.tar.gz", "abc.", "S1", "ok", "s1", "console", "com10"]
+    (tmp_path / "m.csv").write_text("slide_id,path\n" + "".join(f"{i},a.tif\n" for i in ids))
+    with pytest.raises(ManifestError) as refused:
+        read_manifest(tmp_path / "m.csv")
+    message = str(refused.value)
+    for line, slide_id in ((2, "CON"), (3, "nul.txt"), (4, "Lpt3"), (5, "com1.tar.gz")):
+        assert f"line {line}: slide_id {slide_id!r} is a device name Windows reserves" in message
+    assert "line 6: slide_id 'abc.' ends in '.'" in message
+    assert "slide_ids 'S1', 's1' on lines 7, 9 differ only in case" in message
+    assert "console" not in message and "com10" not in message and "'ok'" not in message
+    assert not any(map(is_safe_id, ["CON", "aux.1", "x.", "..", "a/b"])) and all(map(is_safe_id, ["console", "com10"]))
+
+
+def test_a_stale_lock_file_another_user_left_is_replaced(tmp_path, monkeypatch):
+    import builtins
+
+    from tlsquant.io import lock
+    from tlsquant.io.lock import LOCK_NAME
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    stale = out / LOCK_NAME
+    stale.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x", "command": "killed"}))
+    stale.chmod(0o444)  # another user's file: readable, not writable by us, in a folder we may write
+    if os.geteuid() == 0:  # root writes any file: open it as other users would
+        def as_a_user(file, mode="r", *args, **kwargs):
+            if set(mode) & set("wa+") and os.path.exists(file) and not os.stat(file).st_mode & 0o222:
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return builtins.open(file, mode, *args, **kwargs)
+        monkeypatch.setattr(lock, "open", as_a_user, raising=False)
+    with output_lock(out):
+        assert json.loads(stale.read_text())["pid"] == os.getpid()  # a fresh file, ours
+        with pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"), output_lock(out):
+            pass
+    assert not stale.exists()
+
+
+def _run_cli_and_terminate(args, out, *, after_s: float = 0.3):
+    """Start ``python -m tlsquant ARGS -o OUT -q``, send SIGTERM once it holds OUT's lock; (exit code, stderr)."""
+    import signal
+    import time
+
+    from tlsquant.io.lock import LOCK_NAME
+
+    run = subprocess.Popen([sys.executable, "-m", "tlsquant", *args, "-o", str(out), "-q"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / LOCK_NAME).exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(after_s)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    return run.returncode, err
+
+
+def test_sigterm_is_an_interruption_with_its_own_exit_code(tmp_path):
+    out = tmp_path / "out"
+    code, err = _run_cli_and_terminate(["analyze", str(TEST_IMAGES / "synthetic-d.ome.tiff")], out)
+    assert code == 143 and err == "terminated\n", (code, err)
+    assert not (out / "summary.json").exists()
 
 
 def test_output_error_survives_pickling_with_its_errno():
@@ -213,6 +284,49 @@ def _qptiff_with(path, description: str):
         for _ in range(3):
             tif.write(np.zeros((64, 64), np.uint8), description=description, photometric="minisblack",
                       resolution=(20000, 20000), resolutionunit="CENTIMETER")
+
+
+SIX = ["DAPI", "CD3", "CD20", "CD21", "CD23", "TFE3"]
+
+
+def _six_planes() -> np.ndarray:
+    data = np.full((6, 256, 384), 100, np.uint16)  # no chunk equal to zarr's fill value: every chunk is stored
+    data[:, 64:192, 96:288] = 500
+    return data
+
+
+def _six_channels(path, *, ome: bool = True, tile: int = 16, **page0_tags):
+    """A small tiled 6-channel (OME-)TIFF with the default channel names; ``page0_tags`` overwrite page 0's tags."""
+    tifffile.imwrite(path, _six_planes(), tile=(tile, tile), compression="zlib", photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": SIX}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+                     if ome else None)
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        for tag, value in page0_tags.items():
+            tif.pages[0].tags[tag].overwrite(value)
+
+
+def _first_tile_rotten(path):
+    """A 6-channel OME-TIFF of 384 small tiles per channel whose first tile does not decode: fails mid-analysis."""
+    _six_channels(path)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * count)
+
+
+def _zarr_with(path, *, version="0.5", corrupt=True):
+    """A 6-channel OME-Zarr of 32 px chunks with chunk (0, 1, 2) of level 0 garbled (``corrupt``) or deleted."""
+    from tlsquant.io.writers import write_ome_zarr
+
+    data = _six_planes()
+    write_ome_zarr(path, [data], channel_names=SIX, pixel_size_um=(0.5, 0.5), chunk=32, version=version)
+    chunk = path / "0" / ("c/0/1/2" if version == "0.5" else "0.1.2")
+    assert chunk.is_file()
+    if corrupt:
+        chunk.write_bytes(b"\x00garbage" * 4)
+    else:
+        chunk.unlink()
 
 
 def _corpus(root):
@@ -248,15 +362,25 @@ def _corpus(root):
     add("laughs.qptiff", lambda p: _qptiff_with(p, LAUGHS), "unsafe")
     add("bad-xml.qptiff", lambda p: _qptiff_with(p, "<PerkinElmer-QPI-ImageDescription><Name>x</Nam>"), "malformed")
 
-    def huge(path):
+    def huge(path):  # a header consistent in itself (one 200,000 px tile per page): only its size is absurd
         tifffile.imwrite(path, np.zeros((5, 256, 256), np.uint16), tile=(256, 256), compression="zlib",
                          photometric="minisblack", resolution=(20000, 20000), resolutionunit="CENTIMETER",
                          metadata={"axes": "CYX"})
         with tifffile.TiffFile(path, mode="r+") as tif:
             for page in tif.pages:
-                page.tags["ImageWidth"].overwrite(200000)
-                page.tags["ImageLength"].overwrite(200000)
+                for tag in ("ImageWidth", "ImageLength", "TileWidth", "TileLength"):
+                    page.tags[tag].overwrite(200000)
     add("huge-header.tif", huge, "")  # refused by the memory guard or as damaged
+    # one page's header damaged: refused naming the page, never read as five channels
+    add("wide-page0.ome.tiff", lambda p: _six_channels(p, ImageWidth=4_000_000_000), "page 0: its header says")
+    add("tile-7.ome.tiff", lambda p: _six_channels(p, tile=256, TileWidth=7, TileLength=7), "in 7 x 7 px tiles")
+    add("short-page0.ome.tiff", lambda p: _six_channels(p, ImageLength=250), "page 0 is 250 x 384 px")
+    add("short-page0.tif", lambda p: _six_channels(p, ome=False, ImageLength=250), "page 0 is 250 x 384 px")
+    add("8bit-page0.ome.tiff", lambda p: _six_channels(p, BitsPerSample=8), "channel 1 (page 0) is 256 x 384 px uint8")
+    add("rotten-tile.ome.tiff", _first_tile_rotten, "cannot read channel 1, rows 0-256")
+    add("bad-chunk.ome.zarr", _zarr_with, "array '0' (level 0), channel 1, rows 0-256, columns 0-384, chunk 0/c/0/1/2")
+    add("bad-chunk-v2.ome.zarr", lambda p: _zarr_with(p, version="0.4"), "chunk 0/0.1.2")
+    add("missing-chunk.ome.zarr", lambda p: _zarr_with(p, corrupt=False), None)  # zarr's fill value: analysed
     add("rgb.tif", lambda p: tifffile.imwrite(p, np.zeros((64, 64, 3), np.uint8), photometric="rgb"), "brightfield")
     add("no-size.ome.tiff", lambda p: tifffile.imwrite(p, np.zeros((3, 64, 64), np.uint16),
                                                        metadata={"axes": "CYX"}), "no such channel")
@@ -330,6 +454,71 @@ def test_damaged_and_hostile_files_get_one_clear_line(corpus, tmp_path, capsys):
                 or (tmp_path / name / "summary.json").exists()):
             problems.append(f"{name} (exit {code}, expected {expected!r}): {err}")
     assert not problems, "\n".join(problems)
+
+
+def test_a_failed_read_is_one_line_to_the_end_of_the_process(corpus, tmp_path):
+    """The one error line is all: no asyncio or zarr tracebacks when the interpreter exits after a failed read."""
+    names = ("rotten-tile.ome.tiff", "bad-chunk.ome.zarr", "wide-page0.ome.tiff", "bitrot.ome.tiff")
+    runs = {name: subprocess.Popen([sys.executable, "-m", "tlsquant", "analyze", str(path), "-o", str(tmp_path / name),
+                                    "--set", "cells.enabled=false", "--set", "outputs.qc_png=false"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for name, path, _ in corpus if name in names}
+    assert len(runs) == len(names)
+    for name, run in runs.items():
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, f"{name}: {err[:2000]}"
+        assert err.startswith("tlsquant analyze: error: ") and "corrupt" in err
+
+
+def test_a_missing_zarr_chunk_is_the_fill_value_and_a_garbled_one_is_named(tmp_path):
+    from tlsquant.errors import CorruptSlideError
+    from tlsquant.io import open_slide
+
+    _zarr_with(tmp_path / "missing.ome.zarr", corrupt=False)
+    pixels = open_slide(tmp_path / "missing.ome.zarr").levels[0].data[0].compute()
+    assert (pixels[32:64, 64:96] == 0).all() and (pixels[:32] == 100).all()  # zarr's fill value, as zarr defines
+    _zarr_with(tmp_path / "garbled.ome.zarr")
+    slide = open_slide(tmp_path / "garbled.ome.zarr")
+    with pytest.raises(CorruptSlideError, match=r"garbled.ome.zarr: cannot read array '0' \(level 0\), channel 1, "
+                                                r"rows 0-256, columns 0-384, chunk 0/c/0/1/2 \(RuntimeError"):
+        slide.levels[0].data[0].compute()
+    assert slide.levels[0].data[1].compute().min() == 100  # the other channels read
+
+
+def test_a_damaged_page_is_refused_even_when_channel_names_are_given(corpus, tmp_path, capsys):
+    """Read as five unnamed channels, page 0 dropped, the slide used to be analysed under --channels: exit 0."""
+    path = next(p for n, p, _ in corpus if n == "wide-page0.ome.tiff")
+    code = main(["analyze", str(path), "-o", str(tmp_path / "out"), "-q", "--channels", "DAPI,CD3,CD20,CD21,CD23",
+                 "--set", "cells.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "page 0: its header says 256 x 4,000,000,000 px" in err, err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_agreement_figures_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from tlsquant.agreement import write_figures
+
+    values = {f"{metric}_{who}": [0.1, 0.4, 0.3, 0.8] for metric in ("tls_density_per_mm2", "tls_area_pct")
+              for who in ("auto", "manual")}
+    table = pd.DataFrame(values)
+    written = write_figures(table, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreement_scatter.png", "bland_altman.png"] == \
+        sorted(p.name for p in written)
+    assert (tmp_path / "bland_altman.png").read_bytes()[:4] == b"\x89PNG"
+    real = Figure.savefig
+
+    def disk_fills(figure, target, **kwargs):
+        real(figure, target, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_fills)
+    (tmp_path / "bland_altman.png").unlink()
+    with pytest.raises(OutputError, match="disk is full"):
+        write_figures(table, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agreement_scatter.png"]  # the earlier one, no partials
 
 
 def test_hostile_xml_is_refused_fast_without_expanding(corpus):

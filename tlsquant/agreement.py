@@ -211,6 +211,8 @@ def write_figures(table: pd.DataFrame, outdir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover
         raise TLSQuantError("figures need matplotlib: pip install matplotlib") from exc
+    from .io.atomic import atomic_path
+
     written = []
     metrics = (("tls_density_per_mm2", "TLS density (/mm²)"), ("tls_area_pct", "TLS area (%)"))
     for name, kind in (("bland_altman.png", "ba"), ("agreement_scatter.png", "scatter")):
@@ -234,8 +236,11 @@ def write_figures(table: pd.DataFrame, outdir: Path) -> list[Path]:
                 ax.set_ylabel(f"automatic {label}")
         figure.tight_layout()
         path = outdir / name
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
+        try:
+            with atomic_path(path) as temporary:  # a killed run leaves no half-drawn figure under the real name
+                figure.savefig(temporary, format="png", dpi=120)
+        finally:
+            plt.close(figure)
         written.append(path)
     return written
 

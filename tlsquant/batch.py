@@ -36,6 +36,8 @@ log = logging.getLogger("tlsquant.batch")
 REQUIRED_COLUMNS = ("slide_id", "path")
 FAILURE_COLUMNS = ["slide_id", "path", "error_type", "error"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# device names Windows (and SMB shares) refuse as a folder name, whatever the case or extension
+_RESERVED_ID = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 # a folder name every file system accepts, with room for ".summary.json.partial-<pid>" inside
 MAX_ID_LENGTH = 100
 
@@ -95,10 +97,24 @@ def read_manifest(path: str | Path) -> Manifest:
         elif len(slide_id) > MAX_ID_LENGTH:
             errors.append(f"line {line}: slide_id is {len(slide_id)} characters long, at most {MAX_ID_LENGTH} "
                           f"(it names the output folder): {slide_id[:40]}...")
+        elif _RESERVED_ID.match(slide_id):
+            errors.append(f"line {line}: slide_id {slide_id!r} is a device name Windows reserves (CON, PRN, AUX, "
+                          f"NUL, COM0-9, LPT0-9, in any case and with any extension); it cannot name the output "
+                          f"folder there or on an SMB share")
+        elif slide_id.endswith("."):
+            errors.append(f"line {line}: slide_id {slide_id!r} ends in '.', which Windows and SMB shares drop "
+                          f"from folder names (it names the output folder)")
     duplicated = table["slide_id"][table["slide_id"].duplicated(keep=False) & (table["slide_id"] != "")]
     for slide_id in sorted(set(duplicated)):
         lines = [str(i + 2) for i in table.index[table["slide_id"] == slide_id]]
         errors.append(f"slide_id {slide_id!r} appears on lines {', '.join(lines)}")
+    folded = table["slide_id"].str.casefold()
+    for key in sorted(set(folded[folded.duplicated(keep=False) & (folded != "")])):
+        spellings = sorted(set(table["slide_id"][folded == key]))
+        if len(spellings) > 1:  # exact repeats are reported above
+            lines = [str(i + 2) for i in table.index[folded == key]]
+            errors.append(f"slide_ids {', '.join(map(repr, spellings))} on lines {', '.join(lines)} differ only in "
+                          f"case: on macOS, Windows and SMB shares they name the same output folder")
     if errors:
         raise ManifestError(f"{path}: {len(errors)} problem(s) in the manifest:\n  " + "\n  ".join(errors))
     jobs, problems = [], []
@@ -152,7 +168,8 @@ def slide_dir(outdir: Path, slide_id: str) -> Path:
 
 def is_safe_id(slide_id: str) -> bool:
     """Whether ``slide_id`` can name a folder under the output folder (nothing else: no ``..``, no ``/``)."""
-    return bool(_SAFE_ID.match(slide_id)) and len(slide_id) <= MAX_ID_LENGTH and slide_id not in (".", "..")
+    return (bool(_SAFE_ID.match(slide_id)) and len(slide_id) <= MAX_ID_LENGTH and not slide_id.endswith(".")
+            and not _RESERVED_ID.match(slide_id))
 
 
 def is_complete(outdir: Path, slide_id: str, expected: dict[str, Any] | None = None) -> bool:
@@ -343,8 +360,29 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
     # failures first: on a disk that is filling up, the list of what failed is the more useful file
     _write_csv(failure_table, outdir / failures_name)
     cohort = build_cohort(manifest, outdir, shard=shard, expected=made_now)
-    _write_csv(cohort, outdir / cohort_name)
+    # a slide that failed or was refused is in failures.csv only, even where older outputs of it remain
+    failed = set(failure_table["slide_id"])
+    if len(cohort) and failed:
+        cohort = cohort[~cohort["slide_id"].isin(failed)].reset_index(drop=True)
+    if len(cohort) or not _earlier_cohort_holds(manifest, outdir, outdir / cohort_name, shard):
+        _write_csv(cohort, outdir / cohort_name)
+    else:  # nothing complete with this config (every slide refused as stale, say): keep the cohort that is still true
+        log.warning("%s: no slide is complete with this config; kept the cohort of an earlier run (its config_hash "
+                    "column names that run's config)", outdir / cohort_name)
     return BatchResult(cohort, failure_table, processed, skipped, outdir / cohort_name, outdir / failures_name)
+
+
+def _earlier_cohort_holds(manifest: Manifest, outdir: Path, path: Path, shard: tuple[int, int] | None) -> bool:
+    """Whether the cohort table at ``path`` lists exactly the whole slides of the folder, as made (one config)."""
+    try:
+        earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
+        whole = build_cohort(manifest, outdir, shard=shard)  # refuses slides made with several configs
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return False
+    if not len(earlier) or "config_hash" not in earlier.columns or len(earlier) != len(whole):
+        return False
+    return (list(earlier["slide_id"]) == [str(v) for v in whole["slide_id"]]
+            and list(earlier["config_hash"]) == [str(v) for v in whole["config_hash"]])
 
 
 def config_provenance(config: Config) -> dict[str, Any]:

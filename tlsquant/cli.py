@@ -735,6 +735,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("tlsquant").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for handler in logging.root.handlers:  # the console shows warnings; batch.log keeps everything
         handler.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    import signal
+    import threading
+
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame):  # a scheduler's or kill's SIGTERM: unwind as on Ctrl-C, then exit 143
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except TLSQuantError as exc:
@@ -758,8 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"traceback and please report it)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,9 @@ any dask.distributed cluster.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import math
 import os
 import threading
@@ -79,6 +82,47 @@ _TIFF_FILES = _PerProcessCache(maxsize=16)
 _PLANE_ARRAYS = _PerProcessCache(maxsize=1024)
 
 
+_EXIT_HOOK = threading.Lock()
+_exit_hook_registered = False
+
+
+def _finish_zarr_reads_at_exit() -> None:
+    """Register (once) :func:`_cancel_zarr_reads` to run at exit, before zarr closes its event loop.
+
+    A chunk that fails to decode ends zarr's read of a region while the reads of its other
+    chunks are still queued on zarr's loop; zarr closes the loop at exit with them pending,
+    and Python prints one "Task was destroyed" or "Event loop is closed" traceback per chunk,
+    thousands of lines after the one error line.
+    """
+    global _exit_hook_registered
+    with _EXIT_HOOK:
+        if not _exit_hook_registered:
+            import zarr  # noqa: F401  zarr registers its own exit hook on import; ours must come later to run first
+
+            atexit.register(_cancel_zarr_reads)
+            _exit_hook_registered = True
+
+
+def _cancel_zarr_reads(timeout_s: float = 2.0) -> None:
+    """Cancel the chunk reads still pending on zarr's event loop and wait for them to end."""
+    try:
+        from zarr.core import sync
+    except ImportError:  # pragma: no cover - another zarr layout: nothing to tidy
+        return
+    loop = (getattr(sync, "loop", None) or [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel_all() -> None:
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=timeout_s)
+
+
 def _open_tiff(path: str, stamp: tuple[int, int]):
     import tifffile
 
@@ -99,6 +143,7 @@ def _plane_array(source: TiffLevelSource, plane: TiffPlane):
     def factory():
         import zarr
 
+        _finish_zarr_reads_at_exit()
         tif = _open_tiff(path, stamp)
         # walking the page list seeks the shared handle: hold the lock chunk reads hold
         with tif.filehandle.lock:
@@ -192,3 +237,86 @@ def tiff_level_array(
         meta=np.empty((0, 0, 0), dtype=dtype),
         name=name,
     )
+
+
+# -- zarr arrays -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZarrArraySource:
+    """Where one pyramid level of a zarr store lives: the store, the array inside it and its axes."""
+
+    store: str
+    component: str  # path of the array inside the store; "" for a store that is one array
+    level: int
+    axes: tuple[str, ...]
+    stamp: tuple[int, int]  # of the array's metadata file: reopen if the store was rewritten
+
+
+def zarr_stamp(store: str, component: str) -> tuple[int, int]:
+    """(mtime_ns, size) of an array's metadata file (zarr v3 or v2), else of the store folder."""
+    folder = os.path.join(store, component) if component else store
+    for name in ("zarr.json", ".zarray"):
+        with contextlib.suppress(OSError):
+            return file_stamp(os.path.join(folder, name))
+    return file_stamp(store)
+
+
+_ZARR_ARRAYS = _PerProcessCache(maxsize=64)
+
+
+def _zarr_array(source: ZarrArraySource):
+    def factory():
+        import zarr
+
+        _finish_zarr_reads_at_exit()
+        return zarr.open_array(store=source.store, path=source.component or None, mode="r")
+
+    return _ZARR_ARRAYS.get((source.store, source.component, source.stamp), factory)
+
+
+def _chunk_key(array, coords: tuple[int, ...]) -> str:
+    with contextlib.suppress(Exception):  # zarr v2 and v3 metadata both encode keys; anything else: the grid index
+        return str(array.metadata.encode_chunk_key(coords))
+    return ".".join(map(str, coords))
+
+
+def _failing_chunk(array, location: list[tuple[int, int]], *, most: int = 4096) -> str | None:
+    """The key of the first stored chunk (shard) of ``location`` that cannot be read, or None (none of ``most``)."""
+    import itertools
+
+    storage = array.shards or array.chunks
+    ranges = [range(start // size, -(-stop // size)) for (start, stop), size in zip(location, storage)]
+    for coords in itertools.islice(itertools.product(*ranges), most):
+        selection = tuple(slice(c * size, min((c + 1) * size, n)) for c, size, n in zip(coords, storage, array.shape))
+        try:
+            array[selection]
+        except Exception:
+            return _chunk_key(array, coords)
+    return None
+
+
+def _read_zarr_block(source: ZarrArraySource, block_info=None) -> np.ndarray:
+    location = block_info[None]["array-location"]
+    array = _zarr_array(source)
+    try:
+        return np.asarray(array[tuple(slice(start, stop) for start, stop in location)])
+    except Exception as exc:  # a chunk that cannot be decoded: name where, whatever the codec raised
+        where = dict(zip(source.axes, location))
+        channel = f", channel {where['c'][0] + 1}" if "c" in where and where["c"][1] - where["c"][0] == 1 else ""
+        rows, columns = where.get("y", (0, 0)), where.get("x", (0, 0))
+        key = _failing_chunk(array, location)
+        if key and source.component:
+            key = f"{source.component}/{key}"  # the chunk's file, relative to the store
+        array_name = f"array {source.component!r} (level {source.level})" if source.component else "the array"
+        raise CorruptSlideError(
+            f"{source.store}: cannot read {array_name}{channel}, rows {rows[0]}-{rows[1]}, columns "
+            f"{columns[0]}-{columns[1]}{f', chunk {key}' if key else ''} ({type(exc).__name__}: {exc}); "
+            f"the store is corrupt or truncated") from None
+
+
+def zarr_level_array(source: ZarrArraySource, chunks: tuple[tuple[int, ...], ...], dtype: np.dtype) -> da.Array:
+    """A lazy dask array reading ``source`` block by block, naming the store and chunk of a read that fails."""
+    name = "tlsquant-zarr-" + tokenize(source, chunks, np.dtype(dtype).str)
+    return da.map_blocks(_read_zarr_block, source, dtype=dtype, chunks=chunks,
+                         meta=np.empty((0,) * len(chunks), dtype=dtype), name=name)

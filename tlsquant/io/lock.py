@@ -34,20 +34,25 @@ def output_lock(directory: str | Path, *, wait: bool = False) -> Iterator[Path]:
     directory = Path(directory)
     path = directory / LOCK_NAME
     while True:
-        try:
-            handle = open(path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise output_error(path, exc, "cannot create the lock file") from exc
+        handle = _open_lock_file(path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             break  # held: described below
         # the holder before us removes the file when it is done: lock the file that is there now
         try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
-            pass
+            current = False
+        if current and not handle.writable():
+            # a lock file left by another user's killed run, ours to lock but not to write: replace it
+            try:
+                path.unlink()
+                current = False
+            except OSError:
+                pass  # not ours to remove either (a sticky folder): hold the lock on it as it is
+        if current:
+            break
         handle.close()
     held = False
     try:
@@ -64,12 +69,13 @@ def output_lock(directory: str | Path, *, wait: bool = False) -> Iterator[Path]:
             raise OutputLockedError(
                 f"{directory}: another tlsquant run is writing here ({described}); wait for it to finish "
                 f"or choose another output folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "command": " ".join(sys.argv)[:300]}))
-        handle.flush()
+        if handle.writable():
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "command": " ".join(sys.argv)[:300]}))
+            handle.flush()
         held = True
         yield directory
     finally:
@@ -77,3 +83,20 @@ def output_lock(directory: str | Path, *, wait: bool = False) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 path.unlink()  # while still holding it: the next run creates a fresh file
         handle.close()  # closing releases the lock
+
+
+def _open_lock_file(path: Path):
+    """The lock file, opened to write, or only to read when it is there but not ours to write.
+
+    A lock file left by another user's killed run may not be writable by us although the
+    folder is; reading is enough to lock it, and to read who holds it.
+    """
+    try:
+        return open(path, "a+", encoding="utf-8")
+    except PermissionError as exc:
+        try:
+            return open(path, encoding="utf-8")
+        except OSError:
+            raise output_error(path, exc, "cannot create the lock file") from exc
+    except OSError as exc:
+        raise output_error(path, exc, "cannot create the lock file") from exc

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import PixelSizeError, SlideFormatError
 from ..slide import Level
-from .lazy import chunk_grid
+from .lazy import ZarrArraySource, chunk_grid, zarr_level_array, zarr_stamp
 from .resolve import stack_refusal
 from .units import length_to_um
 
@@ -171,7 +171,7 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
     compression = None
     base_shape = None
     base_scale = None
-    for dataset in multiscale["datasets"]:
+    for level_index, dataset in enumerate(multiscale["datasets"]):
         component = f"{prefix}/{dataset['path']}" if prefix else dataset["path"]
         array = node[dataset["path"]]
         if array.ndim != len(axes):
@@ -188,7 +188,7 @@ def read_zarr(path: Path, *, chunk_px: int | None) -> dict[str, Any]:
         wanted = tuple(
             y_chunks if name == "y" else x_chunks if name == "x" else 1 for name in axes
         )
-        data = da.from_zarr(source, component=component, chunks=wanted)
+        data = _level_array(source, component, level_index, axes, array, wanted)
         selection: list[Any] = []
         for name, size in zip(axes, array.shape):
             if name in ("c", "y", "x"):
@@ -261,6 +261,12 @@ def _omero_names(ome: dict[str, Any], n_channels: int):
     return labels, "NGFF omero channel labels"
 
 
+def _level_array(source: str, component: str, level: int, axes, array, chunks) -> da.Array:
+    """A lazy array over one zarr array whose unreadable chunks are reported as a corrupt store."""
+    where = ZarrArraySource(source, component, level, tuple(axes), zarr_stamp(source, component))
+    return zarr_level_array(where, da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype), array.dtype)
+
+
 def _plain_array(array, source: str, chunk_px: int | None) -> dict[str, Any]:
     if array.ndim not in (2, 3):
         raise SlideFormatError(
@@ -268,7 +274,7 @@ def _plain_array(array, source: str, chunk_px: int | None) -> dict[str, Any]:
         )
     storage = array.shards or array.chunks
     y_chunks, x_chunks = chunk_grid(array.shape[-2:], tuple(storage[-2:]), chunk_px)
-    data = da.from_zarr(source, chunks=(1, y_chunks, x_chunks)[-array.ndim :])
+    data = _level_array(source, "", 0, ("c", "y", "x")[-array.ndim :], array, (1, y_chunks, x_chunks)[-array.ndim :])
     if array.ndim == 2:
         data = data[None]
     return {

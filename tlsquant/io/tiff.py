@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from ..slide import Level, Slide
 from .lazy import TiffLevelSource, TiffPlane, file_stamp, tiff_level_array
 from .page_names import brightfield_refusal, page_channel_names
 from .resolve import merge_notes, stack_refusal, supported_dtype
+from .tiff_damage import refuse_if_damaged, refuse_inconsistent_pages, tifffile_complaints
 from .units import length_to_um, resolution_to_um
 from .xmlsafe import UnsafeXMLError, parse_xml
 
@@ -221,8 +220,8 @@ def _series_planes(series_index: int, series, level_index: int, source: str) -> 
 
 def _choose_series(tif) -> int:
     # converters store label/macro images as extra series: analyse the largest one
-    sizes = [int(np.prod(s.shape)) for s in tif.series]
-    return int(np.argmax(sizes))
+    sizes = [math.prod(int(n) for n in s.shape) for s in tif.series]  # Python ints: a damaged header can overflow int64
+    return sizes.index(max(sizes))
 
 
 def _other_images(tif, series_index: int, n_levels_as_series: int) -> list[str]:
@@ -468,7 +467,7 @@ def read_tiff_layout(path: Path) -> TiffLayout:
     import tifffile
 
     source = str(path)
-    with _tifffile_complaints() as complaints:
+    with tifffile_complaints() as complaints:
         try:
             tif = tifffile.TiffFile(path)
         except (tifffile.TiffFileError, ValueError, OSError) as exc:
@@ -483,66 +482,28 @@ def read_tiff_layout(path: Path) -> TiffLayout:
             try:
                 layout = _qptiff_layout(tif, source) if _is_qptiff(tif) else _series_layout(tif, source)
             except SlideFormatError:
-                _refuse_if_damaged(tif, source, complaints, None)
+                _refuse_if_damaged_or_inconsistent(tif, source, complaints, None)
                 raise
             except (RuntimeError, IndexError, KeyError, ValueError, EOFError, OSError, tifffile.TiffFileError) as exc:
-                _refuse_if_damaged(tif, source, complaints, None)
+                _refuse_if_damaged_or_inconsistent(tif, source, complaints, None)
                 raise CorruptSlideError(f"{source}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); "
                                         f"copy or export it again") from None
             # a damaged file is reported as such, before any channel or pixel-size complaint
-            _refuse_if_damaged(tif, source, complaints, layout)
+            _refuse_if_damaged_or_inconsistent(tif, source, complaints, layout)
     return layout
 
 
-_DAMAGE_WORDS = ("corrupt", "invalid page offset", "truncat", "invalid tag", "unexpected end")
+def _refuse_if_damaged_or_inconsistent(tif, source: str, complaints: list[str], layout: TiffLayout | None) -> None:
+    import tifffile
 
-
-@contextlib.contextmanager
-def _tifffile_complaints():
-    """Collect what tifffile logs while a file is parsed (and keep it off the console)."""
-    import logging
-
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("tifffile")
-    handler, propagate = Collect(level=logging.WARNING), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
+    refuse_if_damaged(tif, source, complaints, layout)  # a cut-off file first: it explains the rest
     try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-def _refuse_if_damaged(tif, source: str, complaints: list[str], layout: TiffLayout | None) -> None:
-    """Raise :class:`CorruptSlideError` for a truncated or corrupt file: damaged page list or data past its end."""
-    damage = [re.sub(r"<tifffile\.[^>]*>\s*", "", m) for m in complaints if any(w in m.lower() for w in _DAMAGE_WORDS)]
-    size = os.path.getsize(tif.filehandle.path)
-    if layout is not None:
-        for level_index, level in enumerate(layout.levels):
-            for channel, plane in enumerate(level.planes):
-                if plane.path is not None:
-                    continue
-                try:
-                    page = tif.pages[plane.page] if plane.series is None else \
-                        tif.series[plane.series].levels[plane.level].pages[plane.page]
-                    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
-                except (IndexError, AttributeError, TypeError):
-                    continue
-                if end > size:
-                    damage.append(f"level {level_index}, channel {channel + 1}: its pixel data ends at byte {end:,} "
-                                  f"but the file has {size:,} bytes")
-                    break
-            if len(damage) > 3:
-                break
-    if damage:
-        raise CorruptSlideError(f"{source}: the file is truncated or corrupt ({'; '.join(damage[:3])}); "
-                                f"copy or export it again")
+        refuse_inconsistent_pages(tif, source, complaints, layout)
+    except (RuntimeError, IndexError, KeyError, ValueError, EOFError, OSError, tifffile.TiffFileError) as exc:
+        if isinstance(exc, SlideFormatError):
+            raise
+        raise CorruptSlideError(f"{source}: the file is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                                f"copy or export it again") from None
 
 
 def tiff_slide(
