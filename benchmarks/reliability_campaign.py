@@ -150,10 +150,10 @@ def sizes(skip_large: bool) -> dict:
     tifffile.imwrite(huge, np.zeros((5, 256, 256), np.uint16), tile=(256, 256), compression="zlib",
                      photometric="minisblack", resolution=(20000, 20000), resolutionunit="CENTIMETER",
                      metadata={"axes": "CYX"})
-    with tifffile.TiffFile(huge, mode="r+") as tif:
+    with tifffile.TiffFile(huge, mode="r+") as tif:  # consistent in itself (one 200,000 px tile): only absurdly large
         for page in tif.pages:
-            page.tags["ImageWidth"].overwrite(200000)
-            page.tags["ImageLength"].overwrite(200000)
+            for tag in ("ImageWidth", "ImageLength", "TileWidth", "TileLength"):
+                page.tags[tag].overwrite(200000)
     code, seconds, peak = peak_rss_run("analyze", str(huge), "-o", str(DATA / "huge-out"), "--channels",
                                        "DAPI,TFE3,CD20,CD21,CD23")
     result = {"huge_header": {"file_bytes": huge.stat().st_size, "exit": code, "seconds": seconds, "peak_rss_mb": peak}}
