@@ -146,7 +146,8 @@ def test_output_files_follow_the_contract(tmp_path):
     written = write_slide_outputs(result, tmp_path / "out", slide=slide)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["annotations.geojson", "masks.ome.zarr", "qc.png", "summary.json",
-                                                     "thresholds.png", "tls.csv", "tls.geojson"]
+                                                     "thresholds.png", "tls.csv", "tls.geojson", "tls_gallery",
+                                                     "tls_gallery.html"]
     summary = json.loads((out / "summary.json").read_text())
     for key in ("slide_id", "tlsquant_version", "pixel_size_um", "tissue_area_mm2", "tumour_area_mm2", "tls_count",
                 "tls_mature_count", "tls_primary_count", "tls_density_per_mm2", "tls_area_pct", "thresholds",
@@ -178,6 +179,12 @@ def test_output_files_follow_the_contract(tmp_path):
         polygon_area_um2 = 0.5 * np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) * slide.pixel_area_um2
         assert polygon_area_um2 == pytest.approx(row.area_um2, rel=0.1)
         assert x.min() <= row.centroid_x_um / slide.pixel_size_um <= x.max()
+        # shape: a disc has the least perimeter and Feret diameter for its area; follicles are near-round
+        assert row.perimeter_um >= 0.95 * 2 * np.sqrt(np.pi * row.area_um2)
+        assert 0.95 * 2 * np.sqrt(row.area_um2 / np.pi) <= row.max_feret_um <= np.hypot(np.ptp(x), np.ptp(y)) * slide.pixel_size_um * 1.05
+        assert 0.5 < row.circularity <= 1
+        assert 0 <= row.t_cell_zone_um2 < row.area_um2
+    assert list(table.columns[:2]) == ["slide_id", "tls_id"] and (table["slide_id"] == summary["slide_id"]).all()
     assert (out / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import zarr
 
@@ -186,7 +193,8 @@ def test_output_files_follow_the_contract(tmp_path):
     scale = labels.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [2.5, 2.5]
     assert not [p for p in out.rglob(".*partial*")]
-    assert set(written) == {"tls", "geojson", "annotations", "qc", "thresholds", "masks", "summary"}
+    assert set(written) == {"tls", "geojson", "annotations", "qc", "thresholds", "masks", "summary", "gallery",
+                            "gallery_crops"}
     assert (out / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -182,7 +182,12 @@ class Annotations:
 @dataclass(frozen=True)
 class Outputs:
     qc_png: bool = True
-    qc_max_px: int = 1200
+    qc_px: int = 1200  # usual long side of qc.png; grown (up to qc_max_px) until a minimum-size TLS spans qc_min_tls_px
+    qc_max_px: int = 4000  # qc.png is never larger on its long side
+    qc_min_tls_px: float = 8.0  # picture pixels across a TLS of tls.min_area_um2
+    qc_gallery: bool = True  # with qc_png: tls_gallery.html and tls_gallery/TLS-<id>.png, every TLS at native resolution
+    gallery_max_tls: int = 200  # TLS in the gallery at most (the largest)
+    gallery_crop_px: int = 600  # long side of one gallery panel at most (finer pyramid levels first)
     masks_zarr: bool = False
     cells_table: bool = False
     cells_format: tuple[str, ...] = ("csv",)  # cell table files: csv (cells.csv.gz), parquet, h5ad

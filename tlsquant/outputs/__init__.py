@@ -1,4 +1,5 @@
-"""Per-slide output files: summary.json, tls.csv, tls.geojson, annotations.geojson, qc.png, thresholds.png, masks.ome.zarr, cells.csv.gz.
+"""Per-slide output files: summary.json, tls.csv, tls.geojson, annotations.geojson, qc.png, thresholds.png,
+tls_gallery.html and tls_gallery/, masks.ome.zarr, cells.csv.gz.
 
 This package sits above the pipeline: it takes a :class:`~tlsquant.pipeline.SlideResult`
 and writes files; nothing below it imports it.
@@ -25,6 +26,8 @@ GEOJSON = "tls.geojson"
 ANNOTATIONS = "annotations.geojson"
 QC_PICTURE = "qc.png"
 THRESHOLD_PICTURE = "thresholds.png"
+GALLERY = "tls_gallery.html"
+GALLERY_CROPS = "tls_gallery"  # a folder: TLS-<id>.png
 MASKS = "masks.ome.zarr"
 CELLS_TABLE = CELL_FILES["csv"]
 CELLS_PARQUET = CELL_FILES["parquet"]
@@ -43,7 +46,8 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, MASKS, CELLS_TABLE, CELLS_PARQUET, CELLS_H5AD)
+ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, GALLERY, GALLERY_CROPS, MASKS,
+               CELLS_TABLE, CELLS_PARQUET, CELLS_H5AD)
 
 
 def _remove(path: Path) -> None:
@@ -79,7 +83,13 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     if config.outputs.qc_png and slide is not None:
         from .qc import write_qc_picture
 
-        written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, max_px=config.outputs.qc_max_px)
+        written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, target_px=config.outputs.qc_px,
+                                         max_px=config.outputs.qc_max_px, min_tls_px=config.outputs.qc_min_tls_px)
+    if config.outputs.qc_png and config.outputs.qc_gallery and slide is not None:
+        from .gallery import write_tls_gallery
+
+        written.update(write_tls_gallery(result, slide, outdir / GALLERY, outdir / GALLERY_CROPS,
+                                         max_tls=config.outputs.gallery_max_tls, crop_px=config.outputs.gallery_crop_px))
     if config.outputs.qc_png and result.signal_histograms:
         from .qc import write_threshold_picture
 

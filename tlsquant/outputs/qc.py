@@ -1,19 +1,41 @@
-"""qc.png: a downsampled composite with tumour and TLS outlines, legend and scale bar."""
+"""qc.png: the whole slide at a scale where every TLS shows, with what the numbers rest on.
+
+Drawn over a composite of the lymphoid channels: the tumour bed (yellow), the peritumoral
+margin (dotted, ``location.margin_um`` beyond the bed: TLS inside it are peritumoral), TLS
+outlined by stage with their ids, rejected TLS candidates (dashed grey, labelled with the
+reason, as in annotations.geojson), excluded artefacts (magenta), a legend and a scale bar.
+
+Size (:func:`picture_scale`): the long side is about ``outputs.qc_px``, grown until a TLS of
+``tls.min_area_um2`` spans ``outputs.qc_min_tls_px`` picture pixels, never beyond
+``outputs.qc_max_px``; where the cap wins, the title says so and points to tls_gallery.html,
+which shows every TLS at native resolution. The background is read from the coarsest pyramid
+level that suffices and mean-binned block by block, so memory stays bounded.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..io.atomic import atomic_path
-from .geometry import STAGE_COLOURS, outline_polygons
+from ..measure import signed_tumour_distance
+from .annotations import MAX_CANDIDATES
+from .geometry import STAGE_COLOURS
 
 # composite colours per channel role: B cells red, T cells green, nuclei blue, tumour grey
 ARTEFACT_COLOUR = (255, 0, 255)  # debris, red blood cells, edge rims: excluded from TLS and cells
+TUMOUR_LINE = (255, 220, 0)
+MARGIN_LINE = (255, 240, 150)  # dotted, the tumour's pale twin
+CANDIDATE_LINE = (200, 200, 200)  # dashed
 ROLE_COLOURS = {"b_cells": (1.0, 0.2, 0.2), "t_cells": (0.1, 0.85, 0.2), "nuclei": (0.15, 0.25, 0.8),
                 "tumour": (0.35, 0.35, 0.35)}
+REASON_LABELS = {"small": "too small", "debris": "mostly debris", "no_nuclei": "no nuclei",
+                 "low_contrast": "low contrast", "no_t_zone": "no T-cell zone"}
+MAX_LABELLED_CANDIDATES = 300  # the largest rejected candidates get their reason written beside them
 
 
 def _stretch(plane: np.ndarray) -> np.ndarray:
@@ -38,22 +60,80 @@ def _binned(plane, step: int) -> np.ndarray:
     return da.coarsen(np.mean, plane, {0: step, 1: step}).compute()
 
 
-def composite(slide, roles: dict[str, str], *, max_px: int) -> tuple[np.ndarray, float]:
-    """RGB composite from the coarsest level still at least ``max_px`` wide (or level 0), strided down."""
-    level = 0
-    for index in range(len(slide.levels)):
-        if max(slide.levels[index].shape[1:]) >= max_px:
-            level = index
-    data = slide.levels[level].data
-    step = max(1, math.ceil(max(data.shape[1:]) / max_px))
+@dataclass(frozen=True)
+class PictureScale:
+    """Where qc.png's background comes from and what a minimum-size TLS looks like on it."""
+
+    level: int  # pyramid level read
+    step: int  # level px per picture px (mean-binned)
+    downsample: float  # level-0 px per picture px
+    long_side_px: int  # of the picture
+    min_tls_px: float  # picture px across a round TLS of tls.min_area_um2
+    legible: bool  # min_tls_px reaches what was asked
+
+
+def picture_scale(level_sides: list[int], level_downsamples: list[float], *, pixel_size_um: float,
+                  min_tls_area_um2: float, target_px: int = 1200, max_px: int = 4000,
+                  min_tls_px: float = 8.0) -> PictureScale:
+    """Pyramid level and binning step for qc.png.
+
+    Parameters
+    ----------
+    level_sides : list of int
+        Long side (px) of each pyramid level, level 0 first.
+    level_downsamples : list of float
+        Level-0 px per px of each level.
+    pixel_size_um : float
+        Level-0 pixel size (µm/px).
+    min_tls_area_um2 : float
+        ``tls.min_area_um2``: the smallest TLS the analysis keeps.
+    target_px, max_px : int
+        Usual and largest long side of the picture (px).
+    min_tls_px : float
+        Picture px a round TLS of ``min_tls_area_um2`` must span.
+
+    Returns
+    -------
+    PictureScale
+        The goal is ``target_px``, or the long side that gives a minimum-size TLS
+        ``min_tls_px`` px when that is more, at most ``max_px``. Levels from the coarsest one
+        at least that long (cheap to read) are mean-binned by whole steps; of the pictures
+        where a minimum TLS spans ``min_tls_px`` px, the one nearest the goal wins (the
+        coarser level on ties); when none is that fine, the largest, marked not ``legible``.
+    """
+    if max_px < 1 or target_px < 1:
+        raise ValueError(f"qc.png sizes must be >= 1 px, got qc_px={target_px}, qc_max_px={max_px}")
+    diameter_um = 2.0 * math.sqrt(max(min_tls_area_um2, 0.0) / math.pi)
+    needed = math.ceil(level_sides[0] * pixel_size_um * min_tls_px / diameter_um) if diameter_um > 0 else 1
+    goal = min(max(target_px, needed), max_px)
+    # read no finer level than the coarsest one at least goal long: the read stays about goal² px
+    first = max((level for level, side in enumerate(level_sides) if side >= goal), default=0)
+    options = []  # (long side, level, step); side // ceil(side / goal) <= goal <= max_px, so never empty
+    for level, side in enumerate(level_sides[first:], start=first):
+        for step in {max(1, side // goal), max(1, -(-side // goal))}:
+            if side // step <= max_px:
+                options.append((side // step, level, step))
+    legible = [option for option in options if option[0] >= needed]
+    if legible:
+        long_side, level, step = min(legible, key=lambda o: (abs(o[0] - goal), -o[1]))
+    else:
+        long_side, level, step = max(options, key=lambda o: (o[0], o[1]))
+    downsample = level_downsamples[level] * step
+    tls_px = diameter_um / (pixel_size_um * downsample)
+    return PictureScale(level, step, downsample, long_side, tls_px, bool(tls_px >= min_tls_px * (1 - 1e-9)))
+
+
+def composite(slide, roles: dict[str, str], scale: PictureScale) -> np.ndarray:
+    """RGB composite (uint8) of pyramid level ``scale.level``, mean-binned by ``scale.step``."""
+    data = slide.levels[scale.level].data
+    step = scale.step
     height, width = data.shape[1] // step, data.shape[2] // step
     rgb = np.zeros((height, width, 3), np.float32)
     for role, colour in ROLE_COLOURS.items():
         if role in roles:
             plane = _binned(data[slide.channel_index(roles[role]), : height * step, : width * step], step)
             rgb += _stretch(plane)[..., None] * np.asarray(colour, np.float32)
-    downsample = slide.levels[level].downsample_x * step  # level-0 px per picture px
-    return np.clip(rgb, 0, 1), downsample
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _scale_bar_um(width_um: float) -> float:
@@ -64,65 +144,195 @@ def _scale_bar_um(width_um: float) -> float:
     return float(10 ** math.ceil(math.log10(target)))
 
 
-def write_qc_picture(result, slide, path: Path, *, max_px: int = 2000) -> Path:
-    """Composite with the tumour outline and TLS outlines coloured by stage."""
+def _rings(mask: np.ndarray, factor: int, offset_cells: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+    """Outline rings of a grid mask in level-0 px (x, y), the mask's top-left cell at ``offset_cells`` (row, col).
+
+    The rings of :func:`~.geometry.outline_polygons` (along cell edges, holes too) without its
+    polygon simplification: for drawing only, and thousands of artefact specks stay fast.
+    """
+    from skimage import measure
+
+    if not mask.any():
+        return []
+    origin = np.asarray((offset_cells[1] - 0.5, offset_cells[0] - 0.5))  # padded index i is cell i - 1: edge at i - 0.5
+    return [(contour[:, ::-1] + origin) * factor for contour in measure.find_contours(np.pad(mask.astype(np.uint8), 1), 0.5)]
+
+
+def _pooled(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` on a grid ``size`` times coarser: a cell is set when any of its cells is."""
+    if size <= 1:
+        return mask
+    height, width = -(-mask.shape[0] // size) * size, -(-mask.shape[1] // size) * size
+    padded = np.zeros((height, width), bool)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    return padded.reshape(height // size, size, width // size, size).any(axis=(1, 3))
+
+
+def tls_rings(result) -> dict[int, list[np.ndarray]]:
+    """Each TLS's outline rings in level-0 px, from its own box of ``tls_labels`` (never the whole grid per TLS)."""
+    rings = {}
+    for tls_id, box in enumerate(ndi.find_objects(result.tls_labels), start=1):
+        if box is not None:
+            rings[tls_id] = _rings(result.tls_labels[box] == tls_id, result.fine_factor, (box[0].start, box[1].start))
+    return rings
+
+
+def margin_rings(result) -> list[np.ndarray]:
+    """The peritumoral margin's outer line: ``location.margin_um`` from the tumour bed, in level-0 px.
+
+    The same distance map decides each TLS's location, so a centroid inside the line (and
+    outside the bed) is peritumoral.
+    """
+    px, py = result.pixel_size_um
+    distance = signed_tumour_distance(result.tumour_mask, cell_um=(result.coarse_factor * py, result.coarse_factor * px))
+    if distance is None:
+        return []
+    return _rings(distance <= result.config.location.margin_um, result.coarse_factor)
+
+
+def rejected_candidates(result) -> list[tuple[str, list[np.ndarray]]]:
+    """The rejected TLS candidates annotations.geojson writes (the largest first), as (reason, rings in level-0 px)."""
+    candidates = sorted(result.rejected_candidates, key=lambda item: -int(item[2].sum()))[:MAX_CANDIDATES]
+    return [(reason, _rings(region, result.fine_factor, (box[0].start, box[1].start)))
+            for reason, box, region in candidates]
+
+
+def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000, min_tls_px: float = 8.0):
+    """The qc.png figure and what is on it.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        Picture px (x, y) lie at figure px (x, y + ``info["image_top_px"]``) at 100 dpi.
+    info : dict
+        ``scale`` (:class:`PictureScale`), ``image_px`` (width, height), ``image_top_px``,
+        ``legend`` (labels in order), ``title``, ``candidates`` (reason and picture bbox of
+        each drawn), ``margin_rings`` (picture px), ``tls_px`` (the min-size TLS, px across).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
     roles = result.summary["segmentation"]["channel_roles"]
-    rgb, downsample = composite(slide, roles, max_px=max_px)
+    scale = picture_scale([max(level.shape[1:]) for level in slide.levels],
+                          [level.downsample_x for level in slide.levels], pixel_size_um=result.pixel_size_um[0],
+                          min_tls_area_um2=result.config.tls.min_area_um2, target_px=target_px, max_px=max_px,
+                          min_tls_px=min_tls_px)
+    rgb = composite(slide, roles, scale)
+    downsample = scale.downsample
     height, width = rgb.shape[:2]
     dpi = 100
-    figure = plt.figure(figsize=(width / dpi, height / dpi + 0.6), dpi=dpi)
-    axes = figure.add_axes([0, 0.6 / (height / dpi + 0.6), 1, height / (height + 60)])
-    axes.imshow(rgb, interpolation="nearest")
-    axes.set_axis_off()
+    font = 7 * max(1.0, max(width, height) / 1200) ** 0.5  # legible when a big picture is viewed whole
+    pt = dpi / 72  # px per point
 
-    def draw(mask, factor, colour, width_px):
-        for ring in outline_polygons(mask, factor):
-            xy = np.asarray(ring) / downsample - 0.5
-            axes.plot(xy[:, 0], xy[:, 1], color=np.asarray(colour) / 255, linewidth=width_px)
+    def to_picture(ring):
+        return np.asarray(ring) / downsample - 0.5
 
-    draw(result.tumour_mask, result.coarse_factor, (255, 220, 0), 1.6)
+    def rgb01(colour):
+        return tuple(np.asarray(colour) / 255)
+
+    handles = []
+    layers = []  # (rings, colour, width, style)
+    layers.append((_rings(result.tumour_mask, result.coarse_factor), TUMOUR_LINE, 1.6, "solid"))
+    handles.append(Line2D([], [], color=rgb01(TUMOUR_LINE), linewidth=1.6, label="tumour bed"))
+    margin = margin_rings(result)
+    if margin:
+        layers.append((margin, MARGIN_LINE, 1.2, (0, (1, 2))))
+        handles.append(Line2D([], [], color=rgb01(MARGIN_LINE), linewidth=1.2, linestyle=(0, (1, 2)),
+                              label=f"peritumoral margin ({result.config.location.margin_um:g} µm)"))
     has_artefacts = result.debris_mask is not None and result.debris_mask.any()
     if has_artefacts:
-        draw(result.debris_mask, result.fine_factor, ARTEFACT_COLOUR, 0.8)
+        pool = max(1, int(downsample // result.fine_factor))  # outline no finer than the picture: thousands of specks
+        layers.append((_rings(_pooled(result.debris_mask, pool), result.fine_factor * pool), ARTEFACT_COLOUR, 0.8, "solid"))
+        area = result.summary.get("excluded_artefact_area_mm2", 0.0)
+        handles.append(Line2D([], [], color=rgb01(ARTEFACT_COLOUR), label=f"excluded artefacts ({area:.3f} mm²)"))
+    candidates = rejected_candidates(result)
+    by_reason: dict[str, int] = {}
+    for reason, _ in candidates:
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    dashed = (0, (3, 2))
+    if candidates:
+        layers.append(([ring for _, rings in candidates for ring in rings], CANDIDATE_LINE, 1.1, dashed))
+    for reason, count in by_reason.items():
+        handles.append(Line2D([], [], color=rgb01(CANDIDATE_LINE), linewidth=1.1, linestyle=dashed,
+                              label=f"rejected: {REASON_LABELS.get(reason, reason)} ({count})"))
+    outlines = tls_rings(result)
     stages_seen = []
     for row in result.tls.itertuples(index=False):
-        draw(result.tls_labels == row.tls_id, result.fine_factor, STAGE_COLOURS[row.stage], 1.4)
-        axes.text(row.centroid_x_um / result.pixel_size_um[0] / downsample,
-                  row.centroid_y_um / result.pixel_size_um[1] / downsample, str(row.tls_id),
-                  color="white", fontsize=7, ha="center", va="center")
+        layers.append((outlines.get(row.tls_id, []), STAGE_COLOURS.get(row.stage, (255, 255, 0)), 1.4, "solid"))
         if row.stage not in stages_seen:
             stages_seen.append(row.stage)
-    bar_um = _scale_bar_um(width * downsample * result.pixel_size_um[0])
-    bar_px = bar_um / (result.pixel_size_um[0] * downsample)
-    axes.plot([width * 0.03, width * 0.03 + bar_px], [height * 0.96] * 2, color="white", linewidth=3)
-    axes.text(width * 0.03 + bar_px / 2, height * 0.94, f"{bar_um:g} µm", color="white", ha="center",
-              va="bottom", fontsize=8)
-    handles = [Line2D([], [], color=np.asarray((255, 220, 0)) / 255, label="tumour bed")]
-    if has_artefacts:
-        area = result.summary.get("excluded_artefact_area_mm2", 0.0)
-        handles.append(Line2D([], [], color=np.asarray(ARTEFACT_COLOUR) / 255, label=f"excluded artefacts ({area:.3f} mm²)"))
-    handles += [Line2D([], [], color=np.asarray(STAGE_COLOURS[s]) / 255, label=f"TLS {s}")
+    handles += [Line2D([], [], color=rgb01(STAGE_COLOURS.get(s, (255, 255, 0))), linewidth=1.4, label=f"TLS {s}")
                 for s in stages_seen]
     handles += [Line2D([], [], color=c, marker="s", linestyle="", label=f"{roles[r]}")
                 for r, c in ROLE_COLOURS.items() if r in roles]
+
     summary = result.summary
     density = summary["tls_density_per_mm2"]
     title = (f"{result.slide_id}: {summary['tls_count']} TLS ({summary['tls_mature_count']} mature), "
              f"tumour {summary['tumour_area_mm2']:.2f} mm², density "
              f"{'n/a' if density is None else f'{density:.3f}'} /mm²")
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
-                  labelcolor="white")
-    figure.text(0.5, 1 - 0.3 / (height / dpi + 0.6), title, ha="center", va="center", fontsize=8,
-                color="white", bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none"})
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=dpi, facecolor="black")
-    plt.close(figure)
+    if not scale.legible:
+        title += (f"  |  a TLS of {result.config.tls.min_area_um2:g} µm² spans only {scale.min_tls_px:.1f} px here "
+                  "(qc_max_px): see tls_gallery.html")
+    columns = min(len(handles), 5)
+    rows = math.ceil(len(handles) / columns)
+    title_px = int(round(2.2 * font * pt))
+    legend_px = int(round((rows * 1.7 + 1.0) * font * pt))
+    total_px = title_px + height + legend_px
+    figure = plt.figure(figsize=(width / dpi, total_px / dpi), dpi=dpi)
+    axes = figure.add_axes([0, legend_px / total_px, 1, height / total_px])
+    axes.imshow(rgb, interpolation="nearest")
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
+    axes.set_axis_off()
+    for rings, colour, line_width, style in layers:
+        if rings:
+            axes.add_collection(LineCollection([to_picture(ring) for ring in rings], colors=[rgb01(colour)],
+                                               linewidths=line_width, linestyles=style))
+    drawn = []
+    for number, (reason, rings) in enumerate(candidates):
+        if not rings:
+            continue
+        xy = np.concatenate([to_picture(ring) for ring in rings])
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        drawn.append({"reason": reason, "bbox_px": (float(x0), float(y0), float(x1), float(y1))})
+        if number < MAX_LABELLED_CANDIDATES:
+            axes.text((x0 + x1) / 2, y0 - 1, REASON_LABELS.get(reason, reason), color=rgb01(CANDIDATE_LINE),
+                      fontsize=0.8 * font, ha="center", va="bottom", clip_on=True)
+    px_um = result.pixel_size_um
+    for row in result.tls.itertuples(index=False):
+        axes.text(row.centroid_x_um / px_um[0] / downsample, row.centroid_y_um / px_um[1] / downsample,
+                  str(row.tls_id), color="white", fontsize=font, ha="center", va="center", clip_on=True)
+    bar_um = _scale_bar_um(width * downsample * px_um[0])
+    bar_px = bar_um / (px_um[0] * downsample)
+    axes.plot([width * 0.03, width * 0.03 + bar_px], [height * 0.96] * 2, color="white", linewidth=3)
+    axes.text(width * 0.03 + bar_px / 2, height * 0.94, f"{bar_um:g} µm", color="white", ha="center",
+              va="bottom", fontsize=1.15 * font)
+    figure.legend(handles=handles, loc="lower center", ncol=columns, fontsize=font, frameon=False,
+                  labelcolor="white", bbox_to_anchor=(0.5, 0.2 * font * pt / total_px))
+    figure.text(0.5, 1 - 0.5 * title_px / total_px, title, ha="center", va="center", fontsize=1.1 * font,
+                color="white")
+    info = {"scale": scale, "image_px": (width, height), "image_top_px": title_px, "size_px": (width, total_px),
+            "legend": [handle.get_label() for handle in handles], "title": title, "candidates": drawn,
+            "margin_rings": [to_picture(ring) for ring in margin], "tls_px": scale.min_tls_px}
+    return figure, info
+
+
+def write_qc_picture(result, slide, path: Path, *, target_px: int = 1200, max_px: int = 4000,
+                     min_tls_px: float = 8.0) -> Path:
+    """qc.png (see the module docstring), written atomically."""
+    import matplotlib.pyplot as plt
+
+    figure, _ = draw_qc_picture(result, slide, target_px=target_px, max_px=max_px, min_tls_px=min_tls_px)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=100, facecolor="black")
+    finally:
+        plt.close(figure)
     return path
 
 

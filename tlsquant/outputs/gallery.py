@@ -1,0 +1,346 @@
+"""tls_gallery.html and tls_gallery/TLS-<id>.png: every TLS up close, one panel per lymphoid channel.
+
+Each TLS gets one picture: an overlay (B cells red, T cells green, nuclei blue) and one grey
+panel per lymphoid channel role the slide has (B cells, T cells, FDC, germinal centre; the
+names come from the resolved channel roles), each with the TLS outlined in its stage colour
+(neighbouring TLS thinner), a caption (id, stage, location, area) and a scale bar. The
+window is the TLS's box plus ``CONTEXT_UM`` (or a quarter of its size) around it, read from
+the finest pyramid level where it fits in ``outputs.gallery_crop_px``, or mean-binned from
+the coarsest level when none does; only those windows are read, never whole channels.
+Grey levels are fixed per channel for the whole slide (black at the tissue background,
+white at threshold + the typical positive signal), so a negative channel looks negative.
+
+At most ``outputs.gallery_max_tls`` TLS are shown (the largest); the page says when some
+are left out. tls_gallery.html embeds the same pictures as data URIs (JPEG, a third of the
+PNG's size: 200 TLS stay tens of MB), one file to mail around; tls_gallery/ keeps them lossless.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.atomic import atomic_path, write_text_atomic
+from .geometry import STAGE_COLOURS
+from .qc import _binned, _scale_bar_um, tls_rings
+
+PANEL_ROLES = (("b_cells", "B cells"), ("t_cells", "T cells"), ("fdc", "FDC"), ("germinal_centre", "germinal centre"))
+OVERLAY_ROLES = (("b_cells", (1.0, 0.2, 0.2)), ("t_cells", (0.1, 0.85, 0.2)), ("nuclei", (0.25, 0.35, 1.0)))
+CONTEXT_UM = 40.0  # around the box: the T-cell zone and the neighbourhood
+WINDOW_CHUNK_PX = 512  # windows are read through chunks of about one storage tile: little decoded beyond them
+GAP_PX = 4
+HTML_JPEG_QUALITY = 75  # ~150 kB a TLS: a slide with dozens of TLS stays a page one can e-mail
+MIN_PANEL_PX = 200  # smaller crops (coarse pixels) are shown blown up by a whole factor
+UNKNOWN_STAGE = (255, 255, 0)
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """A TLS's window: pyramid ``level``, its px ``y0:y1, x0:x1``, mean-binned by ``step``."""
+
+    level: int
+    step: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    level_downsample: tuple[float, float]  # level-0 px per level px (y, x)
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        """(height, width) of the crop in px."""
+        return (self.y1 - self.y0) // self.step, (self.x1 - self.x0) // self.step
+
+    @property
+    def downsample(self) -> tuple[float, float]:
+        """Level-0 px per crop px (y, x): 1 at native resolution."""
+        return self.level_downsample[0] * self.step, self.level_downsample[1] * self.step
+
+    def to_crop(self, ring: np.ndarray) -> np.ndarray:
+        """Level-0 px (x, y) -> crop px (x, y), edges to edges."""
+        (dy, dx), (ly, lx) = self.downsample, self.level_downsample
+        return (np.asarray(ring, np.float64) - (self.x0 * lx, self.y0 * ly)) / (dx, dy)
+
+
+def crop_window(bbox_px: tuple[float, float, float, float], levels: list[tuple[tuple[int, int], float, float]], *,
+                pixel_size_um: float, max_px: int = 600, context_um: float = CONTEXT_UM) -> CropWindow:
+    """The window showing a TLS whose level-0 box is ``bbox_px`` (x0, y0, x1, y1).
+
+    ``levels`` holds per pyramid level its (height, width) and downsample (y, x) against
+    level 0. The box grows by ``context_um`` or a quarter of its size, whichever is more,
+    clipped to the slide; the finest level where the window fits in ``max_px`` is used
+    (level 0 for a TLS that small: native resolution), else the coarsest level binned by
+    the smallest step that fits.
+    """
+    if max_px < 1:
+        raise ValueError(f"outputs.gallery_crop_px must be >= 1, got {max_px}")
+    x0, y0, x1, y1 = bbox_px
+    pad = max(context_um / pixel_size_um, 0.25 * max(x1 - x0, y1 - y0))
+    x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
+
+    def at(level):
+        (height, width), ds_y, ds_x = levels[level]
+        return (max(0, math.floor(y0 / ds_y)), min(height, math.ceil(y1 / ds_y)),
+                max(0, math.floor(x0 / ds_x)), min(width, math.ceil(x1 / ds_x)))
+
+    for level in range(len(levels)):
+        wy0, wy1, wx0, wx1 = at(level)
+        if max(wy1 - wy0, wx1 - wx0) <= max_px:
+            return CropWindow(level, 1, wy0, wy1, wx0, wx1, (levels[level][1], levels[level][2]))
+    level = len(levels) - 1
+    wy0, wy1, wx0, wx1 = at(level)
+    step = math.ceil(max(wy1 - wy0, wx1 - wx0) / max_px)
+    # whole bins only: trim the far edges to multiples of step
+    wy1, wx1 = wy0 + (wy1 - wy0) // step * step, wx0 + (wx1 - wx0) // step * step
+    return CropWindow(level, step, wy0, wy1, wx0, wx1, (levels[level][1], levels[level][2]))
+
+
+def read_window(slide, window: CropWindow, channels: list[str]) -> dict[str, np.ndarray]:
+    """The window of each channel (float32, binned by ``window.step``): only its chunks are read."""
+    import dask
+
+    data = slide.levels[window.level].data
+    planes = {name: data[slide.channel_index(name), window.y0: window.y1, window.x0: window.x1] for name in channels}
+    if window.step == 1:
+        values = dask.compute(*planes.values())
+        return {name: np.asarray(value, np.float32) for name, value in zip(planes, values)}
+    return {name: _binned(plane, window.step) for name, plane in planes.items()}
+
+
+def _display_range(info: dict | None, plane: np.ndarray) -> tuple[float, float]:
+    """Black at the tissue background, white at threshold + the typical positive signal; the crop's own spread without them."""
+    if info and info.get("background_median") is not None and info.get("threshold_median") is not None:
+        low, threshold = float(info["background_median"]), float(info["threshold_median"])
+        lift = float(info.get("positive_scale") or 0.0) or 2.0 * float(info.get("margin") or 0.0)
+        high = max(threshold, low) + lift
+        if high > low:
+            return low, high
+    low, high = np.percentile(plane, [50, 99.5]) if plane.size else (0.0, 1.0)
+    return float(low), float(max(high, low + 1e-6))
+
+
+def _font(size: int):
+    """matplotlib's DejaVu Sans (it has µ and ²; PIL's own default font does not)."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except OSError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _stage_colour(stage) -> tuple[int, int, int]:
+    return tuple(STAGE_COLOURS.get(stage, UNKNOWN_STAGE))
+
+
+@dataclass
+class GalleryEntry:
+    """One TLS of the gallery: its picture (PNG bytes) and how it was cut."""
+
+    tls_id: int
+    caption: str
+    window: CropWindow
+    panels: list[str]
+    png: bytes
+    zoom: int = 1  # display px per crop px (small crops are blown up)
+
+    def jpeg(self, quality: int = HTML_JPEG_QUALITY) -> bytes:
+        """The picture as JPEG: the page embeds these (a third of the PNG's size); the PNGs stay lossless."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(self.png)).convert("RGB").save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue()
+
+    @property
+    def file_name(self) -> str:
+        return f"TLS-{self.tls_id}.png"
+
+
+def _caption(row, window: CropWindow, pixel_size_um: float) -> str:
+    import pandas as pd
+
+    distance = getattr(row, "distance_to_tumour_um", None)
+    where = row.location if distance is None or pd.isna(distance) else f"{row.location} ({distance:+.0f} µm)"
+    counted = "counted" if bool(row.counted) else "not counted"
+    binned = f" binned {window.step}x" if window.step > 1 else ""
+    return (f"TLS {row.tls_id} · {row.stage} · {where} · {row.area_um2:,.0f} µm² · {counted} · "
+            f"level {window.level}{binned}, {pixel_size_um * window.downsample[1]:.2f} µm/px")
+
+
+def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles: dict[str, str], thresholds: dict,
+               rings: dict[int, list[np.ndarray]], pixel_size_um: float) -> tuple[bytes, list[str], str, int]:
+    """One TLS's picture: overlay + one grey panel per lymphoid role present, outlines, caption, scale bar.
+
+    ``rings`` holds the level-0 outline rings of this TLS and of any neighbour in the window.
+    A crop under ``MIN_PANEL_PX`` is blown up by a whole factor (each px a square).
+    Returns the PNG bytes, the panel labels, the caption and that zoom.
+    """
+    from PIL import Image, ImageDraw
+
+    crop_height, crop_width = window.crop_shape
+    side = max(crop_height, crop_width, 1)
+    zoom = -(-MIN_PANEL_PX // side) if side < MIN_PANEL_PX else 1  # whole px blown up, never resampled
+    height, width = crop_height * zoom, crop_width * zoom
+    scaled = {}
+    for role, name in roles.items():
+        if name in planes:
+            low, high = _display_range(thresholds.get(role), planes[name])
+            plane = np.clip((planes[name][:crop_height, :crop_width] - low) / (high - low), 0, 1)
+            scaled[role] = np.repeat(np.repeat(plane, zoom, 0), zoom, 1) if zoom > 1 else plane
+    panels = []  # (label, RGB uint8)
+    overlay = np.zeros((height, width, 3), np.float32)
+    for role, colour in OVERLAY_ROLES:
+        if role in scaled:
+            overlay += scaled[role][..., None] * np.asarray(colour, np.float32)
+    names = " / ".join(roles[role] for role, _ in OVERLAY_ROLES if role in scaled)
+    panels.append((f"overlay: {names}", (np.clip(overlay, 0, 1) * 255).astype(np.uint8)))
+    for role, what in PANEL_ROLES:
+        if role in scaled:
+            panels.append((f"{roles[role]} ({what})", np.repeat((scaled[role] * 255).astype(np.uint8)[..., None], 3, 2)))
+
+    outlines = [(window.to_crop(ring) * zoom, tls_id == row.tls_id) for tls_id, tls_rings_l0 in rings.items()
+                for ring in tls_rings_l0]
+    font_px = max(11, min(16, width // 14))
+    font = _font(font_px)
+    caption = _caption(row, window, pixel_size_um)
+    canvas_width = len(panels) * (width + GAP_PX) - GAP_PX
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [""]
+    for part in caption.split(" · "):  # wrap at the separators
+        joined = f"{lines[-1]} · {part}" if lines[-1] else part
+        if lines[-1] and draw.textlength(joined, font=font) > canvas_width - 8:
+            lines.append(part)
+        else:
+            lines[-1] = joined
+    top = len(lines) * (font_px + 6) + 4
+    header = font_px + 8
+    canvas = Image.new("RGB", (canvas_width, top + header + height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for number, line in enumerate(lines):
+        draw.text((4, 4 + number * (font_px + 6)), line, fill=(255, 255, 255), font=font)
+    for index, (label, image) in enumerate(panels):
+        panel = Image.fromarray(image)
+        panel_draw = ImageDraw.Draw(panel)  # drawing on the panel clips the outlines to it
+        for xy, own in sorted(outlines, key=lambda item: item[1]):  # this TLS on top
+            colour = _stage_colour(row.stage) if own else (170, 170, 170)
+            panel_draw.line([tuple(point) for point in xy], fill=colour, width=2 if own else 1, joint="curve")
+        if index == 0:  # scale bar on the overlay
+            bar_um = _scale_bar_um(crop_width * window.downsample[1] * pixel_size_um * 1.25)
+            bar_px = bar_um / (pixel_size_um * window.downsample[1]) * zoom
+            panel_draw.line([(6, height - 8), (6 + bar_px, height - 8)], fill=(255, 255, 255), width=3)
+            panel_draw.text((6, height - 12 - font_px), f"{bar_um:g} µm", fill=(255, 255, 255), font=font)
+        left = index * (width + GAP_PX)
+        canvas.paste(panel, (left, top + header))
+        while len(label) > 1 and draw.textlength(label, font=font) > width - 6:  # a narrow panel: shorten its label
+            label = label[:-2] + "…"
+        draw.text((left + 4, top + 2), label, fill=(230, 230, 230), font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue(), [label for label, _ in panels], caption, zoom
+
+
+def _shown(table, max_tls: int):
+    """The ``max_tls`` largest TLS, in id order."""
+    return table.sort_values(["area_um2", "tls_id"], ascending=[False, True]).head(max(max_tls, 0)).sort_values("tls_id")
+
+
+def iter_gallery(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> Iterator[GalleryEntry]:
+    """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order): memory holds one."""
+    if not len(result.tls):
+        return
+    roles = result.summary["segmentation"]["channel_roles"]
+    thresholds = result.summary.get("thresholds", {})
+    wanted = [role for role, _ in PANEL_ROLES] + ["nuclei"]
+    channels = [roles[role] for role in wanted if role in roles]
+    reader = slide
+    if slide.tile_shape and slide.tile_shape[1] < slide.shape[2] and slide.reopen is not None:
+        reader = slide.with_chunks(WINDOW_CHUNK_PX)  # a window decodes a few tiles, not a few 2048-px chunks
+    levels = [(level.shape[1:], level.downsample_y, level.downsample_x) for level in reader.levels]
+    rings = tls_rings(result)
+    boxes = {tls_id: (min(r[:, 0].min() for r in rs), min(r[:, 1].min() for r in rs),
+                      max(r[:, 0].max() for r in rs), max(r[:, 1].max() for r in rs)) for tls_id, rs in rings.items() if rs}
+    pixel_size_um = result.pixel_size_um[0]
+    for row in _shown(result.tls, max_tls).itertuples(index=False):
+        window = crop_window((row.bbox_x0_px, row.bbox_y0_px, row.bbox_x1_px, row.bbox_y1_px), levels,
+                             pixel_size_um=pixel_size_um, max_px=crop_px)
+        (ly, lx) = window.level_downsample
+        x0, y0, x1, y1 = window.x0 * lx, window.y0 * ly, window.x1 * lx, window.y1 * ly
+        near = {tls_id: rings[tls_id] for tls_id, (bx0, by0, bx1, by1) in boxes.items()
+                if bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0}
+        png, panels, caption, zoom = render_tls(row, planes=read_window(reader, window, channels), window=window,
+                                                roles={r: roles[r] for r in wanted if r in roles},
+                                                thresholds=thresholds, rings=near, pixel_size_um=pixel_size_um)
+        yield GalleryEntry(int(row.tls_id), caption, window, panels, png, zoom)
+
+
+def gallery_entries(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> tuple[list[GalleryEntry], int]:
+    """All of the gallery's pictures (see :func:`iter_gallery`) and the number of TLS on the slide."""
+    return list(iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px)), len(result.tls)
+
+
+def _html_head(result, shown: int, total: int, *, max_tls: int) -> str:
+    slide_id = html.escape(str(result.slide_id))
+    if not total:
+        note = "No TLS were found on this slide."
+    elif shown < total:
+        note = (f"Showing the {shown} largest of {total} TLS (outputs.gallery_max_tls = {max_tls}); "
+                "every TLS is in tls.csv and tls.geojson.")
+    else:
+        note = f"All {total} TLS of tls.csv."
+    stages = "".join(f'<span style="color: rgb{STAGE_COLOURS[s]}">&#9632; {html.escape(s)}</span> '
+                     for s in dict.fromkeys(result.tls["stage"]) if s in STAGE_COLOURS) if total else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{slide_id}: TLS gallery</title>
+<style>
+body {{ background: #111; color: #ddd; font-family: sans-serif; margin: 1em; }}
+figure {{ margin: 0 0 1.5em 0; }} img {{ max-width: 100%; height: auto; }}
+figcaption {{ font-size: 0.9em; color: #bbb; }}
+</style></head><body>
+<h1>{slide_id}: TLS gallery</h1>
+<p>{html.escape(note)} Outlines by stage: {stages}(neighbouring TLS thin grey). Panels: an overlay, then each
+lymphoid channel in grey (black at the tissue background, white at threshold + typical positive signal).</p>
+"""
+
+
+def _html_figure(entry: GalleryEntry) -> str:
+    return (f'<figure id="tls-{entry.tls_id}"><img alt="TLS {entry.tls_id}" src="data:image/jpeg;base64,'
+            f'{base64.b64encode(entry.jpeg()).decode("ascii")}"><figcaption>{html.escape(entry.caption)}</figcaption>'
+            "</figure>\n")
+
+
+_HTML_TAIL = "</body></html>\n"
+
+
+def gallery_html(result, entries: list[GalleryEntry], total: int, *, max_tls: int) -> str:
+    """A self-contained page: every picture embedded as a data URI."""
+    return _html_head(result, len(entries), total, max_tls=max_tls) + "".join(map(_html_figure, entries)) + _HTML_TAIL
+
+
+def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = 200,
+                      crop_px: int = 600) -> dict[str, Path]:
+    """Write tls_gallery.html and tls_gallery/TLS-<id>.png (the folder only when there is a TLS), atomically.
+
+    Pictures are written as they are made, so memory holds one TLS's, not the gallery's.
+    """
+    total = len(result.tls)
+    shown = len(_shown(result.tls, max_tls))
+    if not shown:
+        return {"gallery": write_text_atomic(html_path, gallery_html(result, [], total, max_tls=max_tls))}
+    with atomic_path(crops_dir) as crops, atomic_path(html_path) as page_path, open(page_path, "w", encoding="utf-8") as page:
+        os.mkdir(crops)
+        page.write(_html_head(result, shown, total, max_tls=max_tls))
+        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px):
+            (crops / entry.file_name).write_bytes(entry.png)
+            page.write(_html_figure(entry))
+        page.write(_HTML_TAIL)
+    return {"gallery_crops": Path(crops_dir), "gallery": Path(html_path)}
