@@ -158,6 +158,45 @@ def test_overwrite_and_fail_fast(cohort_dir, tmp_path, dask_client):
     assert sorted(again.processed) == ["case0", "case1"] and again.skipped == []
 
 
+def test_mixed_panels_in_one_batch(cohort_dir, tmp_path, dask_client):
+    """Two panels in one cohort: a slide named by the manifest's channels column and analysed with its own
+    config gives the same TLS as the same pixels under the default panel; a panel without its config fails alone."""
+    panel_b = "DAPI;CD3E;MS4A1;CR2;FCER2;TFE3-fusion"  # the file's channel order, other names
+    (tmp_path / "panel-b.toml").write_text('[channels]\ntumour = "TFE3-fusion"\nb_cells = "MS4A1"\nfdc = "CR2"\n'
+                                           'germinal_centre = "FCER2"\nt_cells = "CD3E"\n')
+    rows = [
+        {"slide_id": "a3", "path": str(cohort_dir / "slides" / "case3.ome.tiff"), "channels": "", "config": ""},
+        {"slide_id": "b3", "path": str(cohort_dir / "slides" / "case3.ome.tiff"), "channels": panel_b,
+         "config": "panel-b.toml"},
+        {"slide_id": "b0", "path": str(cohort_dir / "slides" / "case0.ome.tiff"), "channels": panel_b,
+         "config": "panel-b.toml"},
+        {"slide_id": "b_alone", "path": str(cohort_dir / "slides" / "case0.ome.tiff"), "channels": panel_b, "config": ""},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "mixed.csv", index=False)
+    manifest = read_manifest(tmp_path / "mixed.csv")
+    assert manifest.jobs[1].channel_names == tuple(panel_b.split(";")) and manifest.jobs[1].config_path.name == "panel-b.toml"
+    result = _run_on(dask_client, manifest, tmp_path / "out", NO_PICTURES, overrides=["outputs.qc_png=false"])
+    assert list(result.failures["slide_id"]) == ["b_alone"] and "ChannelError" in result.failures["error_type"].iloc[0]
+    cohort = result.cohort.set_index("slide_id")
+    assert list(cohort.index) == ["a3", "b3", "b0"]
+    assert cohort.loc["a3", "config_hash"] != cohort.loc["b3", "config_hash"] == cohort.loc["b0", "config_hash"]
+    for column in ("tls_count", "tls_mature_count", "tumour_area_mm2", "tls_density_per_mm2", "tls_area_pct"):
+        assert cohort.loc["a3", column] == cohort.loc["b3", column]
+    summary = json.loads((tmp_path / "out" / "slides" / "b3" / "summary.json").read_text())
+    assert summary["segmentation"]["channel_roles"]["b_cells"] == "MS4A1" and summary["source"]["channels"][2] == "MS4A1"
+    per_tls = pd.read_csv(tmp_path / "out" / "cohort_tls.csv")
+    assert list(per_tls.columns[:2]) == ["slide_id", "tls_id"]
+    assert per_tls.groupby("slide_id").size().to_dict() == {s: int(cohort.loc[s, "tls_count"]) for s in cohort.index
+                                                             if cohort.loc[s, "tls_count"]}
+    a3, b3 = (per_tls[per_tls.slide_id == s].drop(columns="slide_id").reset_index(drop=True) for s in ("a3", "b3"))
+    pd.testing.assert_frame_equal(a3, b3)
+    # renaming a slide's panel in the manifest makes its results stale: it is analysed again
+    rows[2]["channels"] = panel_b.lower()  # roles still match (case-insensitive), the recorded names differ
+    pd.DataFrame(rows).to_csv(tmp_path / "mixed.csv", index=False)
+    again = _run_on(dask_client, tmp_path / "mixed.csv", tmp_path / "out", NO_PICTURES, overrides=["outputs.qc_png=false"])
+    assert again.processed == ["b0"] and again.skipped == ["a3", "b3"]
+
+
 def test_slurm_job_script_follows_the_config():
     pytest.importorskip("dask_jobqueue")
     from tlsquant.cluster import slurm_cluster

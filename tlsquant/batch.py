@@ -4,6 +4,7 @@ Layout of OUTDIR::
 
     slides/<slide_id>/summary.json, tls.csv, tls.geojson, qc.png   (per slide; summary last)
     cohort.csv                 one row per completed slide: manifest columns + metrics
+    cohort_tls.csv (.parquet)  one row per TLS of those slides, slide_id first
     failures.csv               slide_id, path, error_type, error
     batch.log                  (written by the CLI)
 
@@ -20,7 +21,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from .provenance import completion, provenance
 log = logging.getLogger("tlsquant.batch")
 
 REQUIRED_COLUMNS = ("slide_id", "path")
+# manifest columns that steer the analysis; every other column is clinical data carried into the cohort
+RUN_COLUMNS = ("slide_id", "path", "pixel_size_um", "annotations", "channels", "config")
 FAILURE_COLUMNS = ["slide_id", "path", "error_type", "error"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # device names Windows (and SMB shares) refuse as a folder name, whatever the case or extension
@@ -55,6 +58,8 @@ class SlideJob:
     pixel_size_um: float | None
     clinical: dict[str, Any] = field(default_factory=dict, compare=False)
     annotations: Path | None = None  # QuPath GeoJSON of the slide's regions (manifest column ``annotations``)
+    channel_names: tuple[str, ...] | None = None  # manifest column ``channels``: this slide's panel
+    config_path: Path | None = None  # manifest column ``config``: this slide's TOML (mixed panels in one cohort)
 
 
 @dataclass
@@ -118,7 +123,7 @@ def read_manifest(path: str | Path) -> Manifest:
     if errors:
         raise ManifestError(f"{path}: {len(errors)} problem(s) in the manifest:\n  " + "\n  ".join(errors))
     jobs, problems = [], []
-    clinical_columns = [c for c in table.columns if c not in ("slide_id", "path", "pixel_size_um", "annotations")]
+    clinical_columns = [c for c in table.columns if c not in RUN_COLUMNS]
     for line, values in zip(range(2, len(table) + 2), table.to_dict("records")):
         slide_id, slide_path = values["slide_id"], values["path"]
         resolved = (path.parent / slide_path) if slide_path else None
@@ -140,11 +145,38 @@ def read_manifest(path: str | Path) -> Manifest:
         annotations = (path.parent / annotations_text) if annotations_text else None
         if not error and annotations is not None and not annotations.is_file():
             error = ("ManifestError", f"{annotations}: annotations file not found (manifest line {line})")
+        config_text = values.get("config", "")
+        config_path = (path.parent / config_text) if config_text else None
+        if not error and config_path is not None and not config_path.is_file():
+            error = ("ManifestError", f"{config_path}: config file not found (manifest line {line}, column config)")
+        channel_names = None
+        if not error and values.get("channels", ""):
+            channel_names, channel_error = _manifest_channels(values["channels"], path.parent, line)
+            error = ("ManifestError", channel_error) if channel_error else None
         if error:
             problems.append({"slide_id": slide_id, "path": slide_path, "error_type": error[0], "error": error[1]})
             continue
-        jobs.append(SlideJob(slide_id, resolved, pixel_size, {c: values[c] for c in clinical_columns}, annotations))
+        jobs.append(SlideJob(slide_id, resolved, pixel_size, {c: values[c] for c in clinical_columns}, annotations,
+                             channel_names, config_path))
     return Manifest(path, table, jobs, problems)
+
+
+def _manifest_channels(text: str, folder: Path, line: int) -> tuple[tuple[str, ...] | None, str | None]:
+    """A ``channels`` cell: names separated by ``;`` or ``|`` (or ``,`` in a quoted cell), or a markers file."""
+    candidate = folder / text
+    if candidate.is_file():
+        from .io import read_channel_names
+
+        try:
+            return tuple(read_channel_names(candidate)), None
+        except (OSError, ValueError, TLSQuantError) as exc:
+            return None, f"line {line}: channels file {candidate}: {exc}"
+    names = tuple(name.strip() for name in re.split(r"[;|,]", text))
+    if any(not name for name in names):
+        return None, f"line {line}: channels {text!r} has an empty name (names separated by ';', '|' or ',')"
+    if len(set(names)) < len(names):
+        return None, f"line {line}: channels {text!r} repeats a name"
+    return names, None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -189,7 +221,8 @@ def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: in
     started = time.perf_counter()
     try:
         analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
-                          pixel_size_um=job.pixel_size_um, scheduler="threads" if threads > 1 else "sync",
+                          pixel_size_um=job.pixel_size_um, channel_names=job.channel_names,
+                          scheduler="threads" if threads > 1 else "sync",
                           num_workers=threads, annotations=job.annotations)
     except Exception as exc:
         return exc
@@ -216,25 +249,30 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_cohort(manifest: Manifest, outdir: Path, *, shard: tuple[int, int] | None = None,
-                 expected: dict[str, Any] | None = None) -> pd.DataFrame:
+                 expected: dict[str, Any] | Callable[[str], dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per completed slide of the manifest (in manifest order): manifest columns + metrics.
 
-    With ``expected`` (a :func:`tlsquant.provenance.provenance` record) only slides made that
-    way count; without, every whole slide counts, and slides made with different configs or
-    tlsquant versions are refused (:class:`StaleResultError`): one cohort, one config.
+    With ``expected`` (a :func:`tlsquant.provenance.provenance` record, or a function of the
+    slide id giving one) only slides made that way count; without, every whole slide counts,
+    and slides made with different configs or tlsquant versions are refused
+    (:class:`StaleResultError`): one cohort, one config — per value of the manifest's
+    ``config`` column where it has one (mixed panels).
     """
     rows = []
     for position, record in enumerate(manifest.table.to_dict("records")):
         if not in_shard(position, shard) or not is_safe_id(record["slide_id"]):
             continue
-        if not is_complete(outdir, record["slide_id"], expected):
+        wanted = expected(record["slide_id"]) if callable(expected) else expected
+        if wanted is None and expected is not None:
+            continue  # no config could be made for this slide
+        if not is_complete(outdir, record["slide_id"], wanted):
             continue
         summary = json.loads((slide_dir(outdir, record["slide_id"]) / "summary.json").read_text(encoding="utf-8"))
         metrics = flatten_summary(summary)
         metrics.pop("slide_id", None)
         rows.append({**record, **metrics})
-    made = {(row.get("config_hash"), row.get("tlsquant_version")) for row in rows}
-    if len(made) > 1:
+    made = {(row.get("config", ""), row.get("config_hash"), row.get("tlsquant_version")) for row in rows}
+    if len(made) > len({key[0] for key in made}):
         by_run: dict[tuple, list[str]] = {}
         for row in rows:
             by_run.setdefault((row.get("config_hash"), row.get("tlsquant_version")), []).append(row["slide_id"])
@@ -275,8 +313,13 @@ ProgressCallback = Callable[[str, str, int, int], None]  # (slide_id, status, do
 def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Config, *, client=None,
               workers: int | None = None, threads_per_worker: int = 1, shard: tuple[int, int] | None = None,
               overwrite: bool = False, refuse_stale: bool = False, fail_fast: bool = False,
-              progress: ProgressCallback | None = None, lock: bool = True) -> BatchResult:
+              progress: ProgressCallback | None = None, lock: bool = True,
+              overrides: Sequence[str] = ()) -> BatchResult:
     """Analyse every slide of ``manifest`` on dask.distributed and write the cohort tables.
+
+    A slide whose manifest row names a ``config`` TOML is analysed with that file plus
+    ``overrides`` (the ``--set`` values), the others with ``config``; a ``channels`` cell
+    names that slide's channels (mixed panels in one cohort).
 
     ``client``: an existing ``distributed.Client`` (a scheduler address or SLURM cluster);
     without one a local cluster of ``workers`` processes (default: one per core) is started
@@ -295,11 +338,36 @@ def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Confi
     with output_lock(outdir) if lock else contextlib.nullcontext():
         return _run_batch(manifest, outdir, config, client=client, workers=workers,
                           threads_per_worker=threads_per_worker, shard=shard, overwrite=overwrite,
-                          refuse_stale=refuse_stale, fail_fast=fail_fast, progress=progress)
+                          refuse_stale=refuse_stale, fail_fast=fail_fast, progress=progress, overrides=overrides)
+
+
+def job_configs(jobs: list[SlideJob], config: Config, overrides: Sequence[str]) -> tuple[dict[str, Config], list[dict]]:
+    """Each slide's config (its manifest ``config`` file + ``overrides``, else ``config``), and the
+    slides whose file does not load, as failures."""
+    from .config import load_config
+
+    loaded: dict[Path, Config | Exception] = {}
+    configs, failures = {}, []
+    for job in jobs:
+        if job.config_path is None:
+            configs[job.slide_id] = config
+            continue
+        if job.config_path not in loaded:
+            try:
+                loaded[job.config_path] = load_config(job.config_path, list(overrides))
+            except TLSQuantError as exc:
+                loaded[job.config_path] = exc
+        made = loaded[job.config_path]
+        if isinstance(made, Exception):
+            failures.append({"slide_id": job.slide_id, "path": str(job.path), "error_type": type(made).__name__,
+                             "error": f"{job.config_path}: {made}"})
+        else:
+            configs[job.slide_id] = made
+    return configs, failures
 
 
 def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, workers, threads_per_worker, shard,
-               overwrite, refuse_stale, fail_fast, progress) -> BatchResult:
+               overwrite, refuse_stale, fail_fast, progress, overrides=()) -> BatchResult:
     from .io.atomic import remove_partials
 
     remove_partials(outdir)
@@ -309,10 +377,14 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
     rejected = list(failures)
     for problem in failures:
         log.error("%s: %s", problem["slide_id"], problem["error"])
-    made_now = config_provenance(config)
+    configs, unloadable = job_configs(jobs, config, overrides)
+    failures.extend(unloadable)
+    rejected.extend(unloadable)
+    jobs = [job for job in jobs if job.slide_id in configs]
+    made_now = {slide_id: config_provenance(made) for slide_id, made in configs.items()}
     skipped, todo = [], []
     for job in jobs:
-        status = completion(slide_dir(outdir, job.slide_id), job.slide_id, {**made_now, **_input(job)})
+        status = completion(slide_dir(outdir, job.slide_id), job.slide_id, {**made_now[job.slide_id], **_input(job)})
         if status.complete and not overwrite:
             skipped.append(job.slide_id)
         elif status.stale and refuse_stale and not overwrite:
@@ -348,7 +420,7 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
             log.info("local cluster: %d worker processes x %d threads, dashboard %s", len(own_cluster.workers),
                      threads_per_worker, own_cluster.dashboard_link)
         try:
-            processed = _run_jobs(client, todo, outdir, config, threads_per_worker, failures, fail_fast,
+            processed = _run_jobs(client, todo, outdir, configs, threads_per_worker, failures, fail_fast,
                                   progress, done, total)
         finally:
             if own_cluster is not None:
@@ -359,17 +431,48 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
     failure_table = failure_table.sort_values("slide_id", key=lambda ids: ids.map(positions)).reset_index(drop=True)
     # failures first: on a disk that is filling up, the list of what failed is the more useful file
     _write_csv(failure_table, outdir / failures_name)
-    cohort = build_cohort(manifest, outdir, shard=shard, expected=made_now)
+    cohort = build_cohort(manifest, outdir, shard=shard, expected=made_now.get)
     # a slide that failed or was refused is in failures.csv only, even where older outputs of it remain
     failed = set(failure_table["slide_id"])
     if len(cohort) and failed:
         cohort = cohort[~cohort["slide_id"].isin(failed)].reset_index(drop=True)
     if len(cohort) or not _earlier_cohort_holds(manifest, outdir, outdir / cohort_name, shard):
         _write_csv(cohort, outdir / cohort_name)
+        write_cohort_tls(cohort, outdir, cohort_name.replace("cohort", "cohort_tls", 1))
     else:  # nothing complete with this config (every slide refused as stale, say): keep the cohort that is still true
         log.warning("%s: no slide is complete with this config; kept the cohort of an earlier run (its config_hash "
                     "column names that run's config)", outdir / cohort_name)
     return BatchResult(cohort, failure_table, processed, skipped, outdir / cohort_name, outdir / failures_name)
+
+
+def write_cohort_tls(cohort: pd.DataFrame, outdir: Path, name: str) -> Path:
+    """Every TLS of the cohort's slides in one table (``slide_id`` first, the slides in cohort order),
+    as CSV and, where pyarrow is installed, as Parquet beside it."""
+    pieces = []
+    for slide_id in cohort["slide_id"] if len(cohort) else []:
+        path = slide_dir(outdir, str(slide_id)) / "tls.csv"
+        table = pd.read_csv(path)
+        if "slide_id" not in table.columns:  # tls.csv of tlsquant before 0.1: no slide column
+            table.insert(0, "slide_id", str(slide_id))
+        pieces.append(table.astype({"slide_id": str}))
+    pieces = [piece for piece in pieces if len(piece)]
+    if pieces:
+        table = pd.concat(pieces, ignore_index=True)
+    else:
+        from .measure import TLS_COLUMNS
+
+        table = pd.DataFrame(columns=["slide_id", *TLS_COLUMNS])
+    path = outdir / name
+    _write_csv(table, path)
+    try:
+        import pyarrow  # noqa: F401  (the [tables] extra)
+    except ImportError:
+        return path
+    from .io.atomic import atomic_path
+
+    with atomic_path(path.with_suffix(".parquet")) as temporary:
+        table.to_parquet(temporary, index=False, engine="pyarrow")
+    return path
 
 
 def _earlier_cohort_holds(manifest: Manifest, outdir: Path, path: Path, shard: tuple[int, int] | None) -> bool:
@@ -394,6 +497,8 @@ def _input(job: SlideJob) -> dict[str, Any]:
     from .provenance import input_signature
 
     record: dict[str, Any] = {"annotations": None}
+    if job.channel_names is not None:  # a renamed panel makes the slide's results stale
+        record["channels"] = list(job.channel_names)
     try:
         record["input"] = {"path": str(job.path), **input_signature(job.path)}
         if job.annotations is not None:
@@ -403,12 +508,12 @@ def _input(job: SlideJob) -> dict[str, Any]:
     return record
 
 
-def _run_jobs(client, jobs, outdir, config, threads, failures, fail_fast, progress, done, total) -> list[str]:
+def _run_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total) -> list[str]:
     from distributed import as_completed
 
     from .io.atomic import FATAL_ERRNOS
 
-    futures = {client.submit(process_slide, job, str(outdir), config, threads, key=f"slide-{job.slide_id}-{time.time_ns()}",
+    futures = {client.submit(process_slide, job, str(outdir), configs[job.slide_id], threads, key=f"slide-{job.slide_id}-{time.time_ns()}",
                              pure=False): job for job in jobs}
     processed = []
     stopped = None
@@ -457,5 +562,6 @@ def collect(manifest: Manifest | str | Path, outdir: str | Path) -> tuple[pd.Dat
     failures = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=FAILURE_COLUMNS)
     failures = failures[~failures["slide_id"].isin(completed)].drop_duplicates("slide_id")
     _write_csv(cohort, outdir / "cohort.csv")
+    write_cohort_tls(cohort, outdir, "cohort_tls.csv")
     _write_csv(failures, outdir / "failures.csv")
     return cohort, failures

@@ -149,13 +149,18 @@ def cmd_synth(args) -> int:
     return 0
 
 
-def _load_config(args):
-    from .config import load_config
-
+def _overrides(args) -> list[str]:
+    """The --set values, plus the settings other options stand for."""
     overrides = list(args.set or ())
     if getattr(args, "cells_table", False):
         overrides.append("outputs.cells_table=true")
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _load_config(args):
+    from .config import load_config
+
+    return load_config(args.config, _overrides(args))
 
 
 def _progress(enabled: bool):
@@ -351,7 +356,8 @@ def _batch(args, config, manifest, outdir: Path) -> int:
                            threads_per_worker=args.threads,
                            shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite,
                            refuse_stale=args.no_overwrite, fail_fast=args.fail_fast,
-                           progress=None if args.quiet or args.json else _progress_line, lock=False)
+                           progress=None if args.quiet or args.json else _progress_line, lock=False,
+                           overrides=_overrides(args))
         log.info("batch finished in %.1f s: %d analysed, %d already complete, %d failed", time.perf_counter() - started,
                  len(result.processed), len(result.skipped), len(result.failures))
     finally:
@@ -595,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     batch = sub.add_parser("batch", help="analyse every slide of a manifest CSV (resumable, parallel)")
-    batch.add_argument("manifest", help="CSV with slide_id, path (relative to it), optional pixel_size_um, clinical columns")
+    batch.add_argument("manifest", help="CSV with slide_id, path (relative to it), optional pixel_size_um, annotations, "
+                                        "channels (this slide's names, ';'-separated, or a markers file), config "
+                                        "(this slide's TOML: mixed panels), clinical columns")
     batch.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     batch.add_argument("--config", metavar="TOML")
     batch.add_argument("--set", action="append", metavar="KEY=VALUE")

@@ -99,6 +99,8 @@ def completion(folder: str | Path, slide_id: str, expected: dict[str, Any]) -> C
     was, now = made.get("input"), expected.get("input")
     if now is not None and was is not None and (was.get("bytes"), was.get("mtime_ns")) != (now["bytes"], now["mtime_ns"]):
         return Completion(False, "the slide file changed since (size or modification time)", whole=True)
+    if "channels" in expected and (summary.get("source") or {}).get("channels") != expected["channels"]:
+        return Completion(False, "made with other channel names", whole=True)
     if "annotations" in expected:
         was, now = made.get("annotations"), expected["annotations"]
         if (was is None) != (now is None) or (now is not None and (was.get("bytes"), was.get("mtime_ns")) !=
