@@ -58,6 +58,7 @@ def test_the_report_stands_alone_and_lists_slides_failures_and_methods(three_arm
     for text in ("Kruskal–Wallis across groups", "Pairwise comparisons", "## Slides", "PD4", "low nuclear cover",
                  "Failed slides", "b.tif: the file is truncated", "## Methods", "Mann–Whitney"):
         assert text in markdown and (text.lstrip("# ") in page or text == "## Slides")
+    assert markdown.count("low nuclear cover") == 1 and "[1] low nuclear cover" in markdown  # once, as a note
     assert (root / "stats" / "omnibus.csv").is_file()
     # two groups chosen among three: the two-group comparison
     assert main(["compare", str(root / "cohort.csv"), "--group", "arm", "--groups", "CR,PD", "-o",

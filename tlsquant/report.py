@@ -145,6 +145,13 @@ def methods_paragraph(facts: dict, *, n_slides: int, omnibus: bool) -> str:
     return " ".join(parts)
 
 
+def _number(value) -> str:
+    """6000.0 -> "6,000"; 0.5 -> "0.5"; unknown -> "?"."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "?"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,g}"
+
+
 def _analysis_sentences(facts, config, n_slides, staging, tls, location, channels) -> list[str]:
     import datetime
 
@@ -152,9 +159,10 @@ def _analysis_sentences(facts, config, n_slides, staging, tls, location, channel
         f"{n_slides} slides were analysed with tlsquant {facts.get('version', '?')} "
         f"(config {facts.get('config_hash', '?')}; report made {datetime.date.today().isoformat()}).",
         f"The tumour bed was segmented from {channels.get('tumour', 'the tumour marker')}; TLS were found as dense "
-        f"{channels.get('b_cells', 'B-cell')}+ aggregates of at least {tls.get('min_area_um2', '?')} µm² "
-        "(published minimum sizes are 5,000–6,500 µm²) and staged as " + staging + ".",
-        f"TLS within {location.get('margin_um', '?')} µm of the tumour border count as peritumoral; density is the "
+        f"{channels.get('b_cells', 'B-cell')}+ aggregates of at least {_number(tls.get('min_area_um2'))} µm² "
+        "(published minimum sizes are 5,000–6,500 µm² or about 50 lymphocytes; e.g. Buisseret et al., Mod Pathol "
+        "2017; Vanhersecke et al., Nat Cancer 2021) and staged as " + staging + ".",
+        f"TLS within {_number(location.get('margin_um'))} µm of the tumour border count as peritumoral; density is the "
         "number of counted TLS per mm² of tumour and area % their area over the tumour area.",
         "Each channel's positive pixels were decided against its local background (glass, tissue "
         "autofluorescence and illumination estimated per slide) plus a margin from the slide's own noise and "
@@ -174,11 +182,13 @@ def _readable_stats(stats: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["metric", "groups", "n", "median", "p", "effect size", "HL shift (95 % CI)", "q", "method"]
     rows = []
     for r in stats.itertuples(index=False):
+        no_ci = any(v is None or pd.isna(v) for v in (r.hl_ci_low, r.hl_ci_high))
         shift = "–" if r.hl_shift is None or pd.isna(r.hl_shift) else (
-            f"{r.hl_shift:.3g} ({_cell(r.hl_ci_low)} to {_cell(r.hl_ci_high)})")
+            f"{r.hl_shift:.3g} (no 95 % CI: too few slides)" if no_ci
+            else f"{r.hl_shift:.3g} ({_cell(r.hl_ci_low)} to {_cell(r.hl_ci_high)})")
         rows.append([METRIC_LABELS.get(r.metric, r.metric), f"{r.group_a} vs {r.group_b}", f"{r.n_a} vs {r.n_b}",
                      f"{_cell(r.median_a)} vs {_cell(r.median_b)}", _format_p(r.p), _cell(r.effect_size), shift,
-                     _cell(r.q), str(r.method)])
+                     _format_p(r.q), str(r.method)])
     return header, rows
 
 
@@ -244,7 +254,7 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
 
     if omnibus is not None:
         section("Kruskal–Wallis across groups", ["metric", "n", "medians", "H", "p", "q"],
-                [[METRIC_LABELS.get(r.metric, r.metric), r.n, r.medians, _cell(r.h), _format_p(r.p), _cell(r.q)]
+                [[METRIC_LABELS.get(r.metric, r.metric), r.n, r.medians, _cell(r.h), _format_p(r.p), _format_p(r.q)]
                  for r in omnibus.itertuples(index=False)])
     header, rows = _readable_stats(stats)
     section("Pairwise comparisons" if omnibus is not None else "Comparison", header, rows,
@@ -256,15 +266,19 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
                                              f'alt="{html.escape(m)}">' for m, p in figures.items()))
 
     present = [(c, h) for c, h in SLIDE_COLUMNS if c in df.columns]
-    slide_rows = []
+    slide_rows, notes = [], {}  # a warning many slides share is written once, below the table
     for _, row in df.iterrows():
         cells = [str(row.get("slide_id", "")), str(row[group])]
         for column, _ in present:
             value = row[column]
-            text = _cell(value) if column != "warnings" else ("" if pd.isna(value) else str(value))
-            cells.append(text[:160] + ("…" if len(text) > 160 else ""))
+            if column == "warnings":
+                texts = [] if pd.isna(value) or not str(value) else str(value).split("; ")
+                cells.append(", ".join(f"[{notes.setdefault(text[:300], len(notes) + 1)}]" for text in texts))
+            else:
+                cells.append(_cell(value))
         slide_rows.append(cells)
-    section("Slides", ["slide", group] + [h for _, h in present], slide_rows)
+    section("Slides", ["slide", group] + [h for _, h in present], slide_rows,
+            " ".join(f"[{k}] {text}" for text, k in notes.items()))
     if failures is not None and len(failures):
         section("Failed slides (not in the statistics)", ["slide", "error type", "reason"],
                 [[str(r.slide_id), str(r.error_type), str(r.error)[:300]] for r in failures.itertuples(index=False)])
@@ -294,7 +308,8 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;font-size:13px;margin:0.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#f3f3f3}}img{{margin:4px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#f3f3f3}}img{{margin:4px;max-width:100%}}
+td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){{text-align:left}}
 figure{{display:inline-block;margin:4px}}figcaption{{font-size:12px}}</style>
 </head><body>
 {body}
