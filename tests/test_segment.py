@@ -85,6 +85,29 @@ def test_debris_and_missing_t_zone_reject_aggregates(rng):
     assert labels.max() == 1
 
 
+def test_a_patch_of_an_infiltrate_is_not_a_follicle_however_sharply_it_ends(rng):
+    """Follicles are packed with B cells; a dense infiltrate patch holds a third to a half as many. A follicle
+    whose T-cell zone is rich in B cells has a low contrast to its surroundings but the follicle's density."""
+    shape = (400, 400)
+    follicle = _disc(shape, 100, 100, 40) > 0
+    rim = (_disc(shape, 100, 100, 60) > 0) & ~follicle  # T-cell zone with scattered B cells
+    second = _disc(shape, 300, 100, 35) > 0
+    patch = _disc(shape, 200, 300, 40) > 0  # sharply bounded, but a third as dense
+    fraction = (_dotted(follicle, rng, 0.85) + _dotted(rim, rng, 0.15) + _dotted(second, rng, 0.8)
+                + _dotted(patch, rng, 0.3))
+    labels, info = _detect(fraction, min_contrast=4.5, min_relative_density=0.6, rejected=(rejected := []))
+    assert labels.max() == 2 and labels[follicle].any() and labels[second].any() and not labels[patch].any()
+    assert info["rejected_low_density"] == 1 and [r[0] for r in rejected] == ["low_density"]
+    assert info["b_density_reference"] == pytest.approx(0.85, abs=0.05)
+    # the old rule alone (contrast >= 6.5) loses the follicle with the B-rich T-cell zone and keeps the patch
+    labels, _ = _detect(fraction, min_contrast=6.5)
+    assert not labels[follicle].any() and labels[patch].any()
+    # gain-free: the same answer when the whole map is scaled (as occupancy is by a brighter stain)
+    labels_scaled, _ = _detect(fraction * 0.8, min_b_fraction=0.12, min_b_plateau=0.16, min_contrast=4.5,
+                               min_relative_density=0.6)
+    assert labels_scaled.max() == 2 and not labels_scaled[patch].any()
+
+
 def test_network_needs_connected_area_not_scattered_cells(rng):
     region = _disc((120, 120), 60, 60, 50) > 0
     network = np.zeros((120, 120), bool)
@@ -95,6 +118,30 @@ def test_network_needs_connected_area_not_scattered_cells(rng):
     assert largest_network_um2(network, region, cell_um=2.0, closing_um=4.0) > 2000
     assert largest_network_um2(scattered, region, cell_um=2.0, closing_um=4.0) < 100
     assert largest_network_um2(np.zeros_like(region), region, cell_um=2.0, closing_um=4.0) == 0.0
+
+
+def test_cd23_positive_b_cells_do_not_make_a_germinal_centre(rng):
+    """Naive and mantle B cells carry some CD23: scattered cells, even packed in a follicle, stay below the
+    default network area; a germinal-centre meshwork 60 µm across is far above it."""
+    from tlsquant.config import Config
+
+    rules = Config().maturation
+    shape = (150, 150)  # 2 µm cells: a 300 µm box
+    follicle = _disc(shape, 75, 75, 50) > 0
+    cell_centres = follicle & (rng.random(shape) < 1 / 12)  # one B cell per ~50 µm², 15 % of them CD23+
+    cd23_cells = cell_centres & (rng.random(shape) < 0.15)
+    positive = np.zeros(shape, bool)
+    for y, x in zip(*np.nonzero(cd23_cells)):  # a 7 µm membrane ring touches about 3 x 3 grid cells
+        positive[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = True
+    scattered = largest_network_um2(positive, follicle, cell_um=2.0, closing_um=rules.closing_um)
+    meshwork = np.zeros(shape, bool)
+    meshwork[45:106:3, 45:106] = True
+    meshwork[45:106, 45:106:3] = True
+    meshwork &= _disc(shape, 75, 75, 15) > 0  # 60 µm across
+    gc = largest_network_um2(meshwork, follicle, cell_um=2.0, closing_um=rules.closing_um)
+    assert scattered < rules.min_network_area_um2 < gc
+    assert stage(scattered, 0, scheme="binary", min_network_area_um2=rules.min_network_area_um2) == "primary"
+    assert stage(gc, 0, scheme="binary", min_network_area_um2=rules.min_network_area_um2) == "mature"
 
 
 @pytest.mark.parametrize("gc, fdc, scheme, expected", [

@@ -118,7 +118,8 @@ class TLS:
     min_area_um2: float = 6000.0
     max_debris_fraction: float = 0.3
     min_nuclear_fraction: float = 0.15
-    min_contrast: float = 6.5
+    min_contrast: float = 4.5
+    min_relative_density: float = 0.6
     require_t_cell_zone: bool = False
     t_zone_width_um: float = 30.0
     min_t_fraction: float = 0.05
@@ -129,7 +130,7 @@ class Maturation:
     scheme: str = "binary"
     min_cell_fraction: float = 0.25
     closing_um: float = 4.0
-    min_network_area_um2: float = 600.0
+    min_network_area_um2: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,8 @@ def _validate(config: Config, source: str) -> Config:
     for section, name in [("tissue", "min_fraction"), ("tumour", "level_fraction"),
                           ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
                           ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
-                          ("tls", "min_nuclear_fraction"), ("debris", "min_fraction"), ("cells", "min_signal_fraction"),
+                          ("tls", "min_nuclear_fraction"), ("tls", "min_relative_density"), ("debris", "min_fraction"),
+                          ("cells", "min_signal_fraction"),
                           ("maturation", "min_cell_fraction")]:
         value = getattr(getattr(config, section), name)
         if not 0 <= value <= 1:

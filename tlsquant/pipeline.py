@@ -357,7 +357,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         t_zone_width_um=config.tls.t_zone_width_um,
         min_t_fraction=config.tls.min_t_fraction if config.tls.require_t_cell_zone else 0.0,
         nuclei_fraction=fine_fraction("nuclei"), min_nuclear_fraction=config.tls.min_nuclear_fraction,
-        min_contrast=config.tls.min_contrast, rejected=(rejected := []),
+        min_contrast=config.tls.min_contrast, min_relative_density=config.tls.min_relative_density,
+        rejected=(rejected := []),
     )
     if regions is not None:
         labels = regions.apply_fine(labels)

@@ -34,7 +34,7 @@ CANDIDATE_LINE = (200, 200, 200)  # dashed
 ROLE_COLOURS = {"b_cells": (1.0, 0.2, 0.2), "t_cells": (0.1, 0.85, 0.2), "nuclei": (0.15, 0.25, 0.8),
                 "tumour": (0.35, 0.35, 0.35)}
 REASON_LABELS = {"small": "too small", "debris": "mostly debris", "no_nuclei": "no nuclei",
-                 "low_contrast": "low contrast", "no_t_zone": "no T-cell zone"}
+                 "low_contrast": "low contrast", "low_density": "sparse (infiltrate)", "no_t_zone": "no T-cell zone"}
 MAX_LABELLED_CANDIDATES = 300  # the largest rejected candidates get their reason written beside them
 
 

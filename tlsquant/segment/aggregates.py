@@ -58,7 +58,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
                       max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
                       t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0,
                       nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
-                      min_contrast: float = 0.0, rejected: list | None = None) -> tuple[np.ndarray, dict]:
+                      min_contrast: float = 0.0, min_relative_density: float = 0.0,
+                      rejected: list | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
@@ -71,8 +72,12 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     nuclei, red-blood-cell strings and stain precipitate have none) or (when
     ``min_t_fraction`` > 0) without a T-cell zone around them are dropped. With
     ``min_contrast`` > 0 an aggregate's B-cell density must reach that multiple of the
-    density in a band 10-40 µm around it: a TLS is a bounded aggregate, a dense patch of
-    a loose infiltrate is not.
+    density in a band 10-40 µm around it: a TLS is a bounded aggregate. With
+    ``min_relative_density`` > 0 its B-cell density must also reach that share of the densest
+    candidate's on the slide: follicles are packed with B cells, a dense patch of a loose
+    infiltrate holds a third to a half as many, however sharply it ends (a T-cell zone rich
+    in B cells lowers a follicle's contrast; a slide-relative density does not depend on
+    stain gain, pixel size or the way membranes are drawn).
 
     Given a list as ``rejected``, each dropped candidate is appended to it as
     ``(reason, box, region)``: the reason (``small``, ``debris``, ``no_nuclei``,
@@ -90,10 +95,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     info = {"b_density_seed": float(min_b_fraction),
             "b_density_level_median": float(np.median(levels)) if levels else 0.0,
             "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_nuclei": 0,
-            "rejected_no_t_zone": 0, "rejected_low_contrast": 0}
+            "rejected_no_t_zone": 0, "rejected_low_contrast": 0, "rejected_low_density": 0}
     if count == 0:
         return labels.astype(np.int32), info
-    kept = []
+    kept, dense = [], []
     cell_area = cell_um * cell_um
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         pad = int(np.ceil(cells(max(t_zone_width_um, 40.0), cell_um))) + 1
@@ -112,14 +117,24 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             info["rejected_no_nuclei"] += 1
             _reject(rejected, "no_nuclei", box, region)
             continue
+        inside = float(b_fraction[box][region].mean())
         if min_contrast > 0:
             band = ndi.binary_dilation(region, structure=disk(40.0, cell_um)) & ~ndi.binary_dilation(
                 region, structure=disk(10.0, cell_um))
-            inside = float(b_fraction[box][region].mean())
             if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
                 info["rejected_low_contrast"] += 1
                 _reject(rejected, "low_contrast", box, region)
                 continue
+        dense.append((box, region, inside))
+    # the slide's own follicle density: the densest bounded candidate (identical for any chunking:
+    # the maps are whole-slide grids)
+    reference = max((inside for _, _, inside in dense), default=0.0)
+    info["b_density_reference"] = round(reference, 4)
+    for box, region, inside in dense:
+        if min_relative_density > 0 and inside < min_relative_density * reference:
+            info["rejected_low_density"] += 1
+            _reject(rejected, "low_density", box, region)
+            continue
         if min_t_fraction > 0 and t_fraction is not None:
             rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region
             if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
