@@ -68,3 +68,9 @@ def test_file_errors(tmp_path):
         load_config(typed)
     with pytest.raises(ValueError):  # also the built-in
         load_config(typed)
+
+
+def test_a_fixed_threshold_needs_its_value():
+    with pytest.raises(ConfigError, match=r"thresholds.b_cells.method = 'fixed' needs thresholds.b_cells.value, a threshold > 0"):
+        load_config(None, ['thresholds.b_cells={method="fixed"}'])
+    assert load_config(None, ['thresholds.b_cells={method="fixed", value=12.5}']).thresholds.b_cells.value == 12.5

@@ -219,3 +219,36 @@ def test_a_failed_write_leaves_no_partial_file_and_nothing_that_looks_complete(t
     write_slide_outputs(result, tmp_path / "out", slide=slide)
     assert (tmp_path / "out" / "summary.json").read_text() == before
     assert not [p for p in (tmp_path / "out").iterdir() if "partial" in p.name]
+
+
+def test_marker_rules_must_name_a_channel_and_match_like_channel_names(tmp_path):
+    slide = open_slide(_small_slide(tmp_path))
+    with pytest.raises(ChannelError, match=r"thresholds.markers names 'CD68', no channel of this slide; channels present"):
+        analyze_slide(slide, load_config(None, ['thresholds.markers.CD68={method="fixed", value=5}']))
+    # "cd-20" is the slide's CD20, as in [channels]: the rule applies (a huge fixed threshold: no B cells, no TLS)
+    result = analyze_slide(slide, load_config(None, ['thresholds.markers.cd-20={method="fixed", value=1e9}']))
+    assert result.summary["thresholds"]["b_cells"]["value"] == 1e9 and result.summary["tls_count"] == 0
+
+
+def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(tmp_path):
+    slide = open_slide(_small_slide(tmp_path))
+    plain = analyze_slide(slide, load_config(None, ["cells.enabled=false"]))
+    config = load_config(None, ["cells.enabled=false", "compute.chunk_px=256"])
+    rechunked = analyze_slide(slide, config)
+    assert rechunked.summary["tls_count"] == plain.summary["tls_count"] >= 1
+    pd.testing.assert_frame_equal(rechunked.tls, plain.tls)
+    seen = []
+    import tlsquant.pipeline as pipeline
+
+    original = pipeline.compute_evidence
+
+    def spy(arrays, *args, **kwargs):
+        seen.append(arrays[0].chunks[0][0])
+        return original(arrays, *args, **kwargs)
+
+    pipeline.compute_evidence = spy
+    try:
+        analyze_slide(slide, config)
+    finally:
+        pipeline.compute_evidence = original
+    assert seen and seen[0] <= 512  # about 256 px, whole tiles

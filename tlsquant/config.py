@@ -7,6 +7,7 @@ values out with a comment each (a test keeps the two equal).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,10 @@ class Thresholds:
 
     def marker_rule(self, channel: str, role: str | None = None) -> ThresholdRule:
         """The rule for slide channel ``channel``: by name, else by its role, else the default."""
-        for name, rule in self.markers.items():
-            if name.strip().casefold() == channel.strip().casefold():
+        from .markers import find_marker
+
+        for name, rule in self.markers.items():  # matched as channel names are: "CD-20" is CD20
+            if find_marker([channel], name) is not None:
                 return rule
         return self.rule(role) if role else self.default
 
@@ -358,6 +361,9 @@ def _validate(config: Config, source: str) -> Config:
                 raise ConfigError(f"{where}.k must be > 0, got {rule.k}")
             if not 0 <= rule.fraction <= 1:
                 raise ConfigError(f"{where}.fraction is a share between 0 and 1, got {rule.fraction}")
+            if rule.method == "fixed" and not (math.isfinite(rule.value) and rule.value > 0):
+                raise ConfigError(f"{where}.method = 'fixed' needs {key}.value, a threshold > 0 in the slide's "
+                                  f"intensity units; got {rule.value}")
     if config.thresholds.sample_windows < 1 or config.thresholds.window_px < 16:
         raise ConfigError(f"{source}: thresholds.sample_windows must be >= 1 and window_px >= 16")
     if config.maturation.scheme not in ("binary", "silina"):

@@ -147,6 +147,14 @@ def resolve_channels(slide: Slide, channels: Channels) -> tuple[dict[str, str], 
     return found, warnings
 
 
+def check_marker_rules(slide: Slide, thresholds) -> None:
+    """A ``[thresholds.markers.NAME]`` rule must name a channel of the slide: a typo would silently not apply."""
+    unknown = [name for name in thresholds.markers if not slide.has_channel(name)]
+    if unknown:
+        raise ChannelError(f"{slide.path}: config thresholds.markers names {', '.join(map(repr, unknown))}, "
+                           f"no channel of this slide; channels present: {', '.join(slide.channel_names)}")
+
+
 @dataclass(frozen=True)
 class CellMarker:
     """A channel scored per cell: where it is measured and its column key (``cd20`` -> ``cd20_pct``)."""
@@ -226,6 +234,9 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         from .io import open_slide
 
         slide = open_slide(slide, chunk_size=config.compute.chunk_px or None)
+    elif config.compute.chunk_px:  # an opened slide follows the config's chunking too (speed only)
+        slide = slide.with_chunks(config.compute.chunk_px)
+    check_marker_rules(slide, config.thresholds)
     if scheduler is None:
         scheduler = None if config.compute.scheduler == "distributed" else config.compute.scheduler
     num_workers = num_workers if num_workers is not None else (config.compute.workers or None)
