@@ -69,7 +69,8 @@ def _tls_rows(folder):
 
 
 def test_napari_opens_the_folder_and_tls_labels_sit_on_cd20(folder):
-    pytest.importorskip("qtpy", reason="napari tests need a Qt binding (the napari extra)")
+    # qtpy without a binding (napari-ome-zarr alone pulls in napari and qtpy) raises ImportError, not ModuleNotFoundError
+    pytest.importorskip("qtpy", reason="napari tests need a Qt binding (the napari extra)", exc_type=ImportError)
     napari = pytest.importorskip("napari")
     from napari.components import ViewerModel
     from napari.plugins import _initialize_plugins
@@ -95,3 +96,82 @@ def test_napari_opens_the_folder_and_tls_labels_sit_on_cd20(folder):
         window = level0[pixel[0] - 2: pixel[0] + 3, pixel[1] - 2: pixel[1] + 3]
         assert window.mean() > 3 * background, (tls_id, centre, window.mean(), background)
     viewer.layers.clear()
+
+
+@pytest.fixture(scope="module", params=["0.5", "0.4"])
+def zarr_slide(request, folder):
+    """The fixture's slide re-written as an OME-Zarr slide by tlsquant's writer (NGFF 0.5 on zarr v3, 0.4 on v2)."""
+    from tlsquant.io.writers import write_ome_zarr
+
+    summary = json.loads((folder / "summary.json").read_text())
+    slide = open_slide(summary["source"]["path"])
+    path = write_ome_zarr(folder.parent / f"slide-{request.param}.ome.zarr", [level.data for level in slide.levels],
+                          channel_names=slide.channel_names, pixel_size_um=(2.5, 2.5), chunk=128,
+                          version=request.param)
+    return path, slide
+
+
+def _ome_zarr_layers(path):
+    """Layer-data tuples from napari-ome-zarr's own reader (no viewer, no Qt)."""
+    reader = pytest.importorskip("napari_ome_zarr._reader", reason="needs napari-ome-zarr (the napari extra)")
+    read = reader.napari_get_reader(str(path))
+    assert read is not None, f"napari-ome-zarr does not take {path}"
+    return read(str(path))
+
+
+def _world_offset(kwargs):
+    """Where napari-ome-zarr puts the centre of pixel (0, 0), in µm: its translate and/or its affine's."""
+    offset = np.zeros(2)
+    if kwargs.get("translate") is not None:
+        offset += np.asarray(kwargs["translate"], float)[-2:]
+    if kwargs.get("affine") is not None:
+        offset += np.asarray(getattr(kwargs["affine"], "translate", np.zeros(2)), float)[-2:]
+    return offset
+
+
+def _registered(kwargs, scale):
+    """Scale in µm per pixel, and the half-pixel translate tlsquant writes.
+
+    napari-ome-zarr <= 0.10 reads only the first transform (the scale) of the first dataset and drops the
+    translation (ome/napari-ome-zarr#73), so a zero offset is accepted too: pixel (0, 0) then sits at 0 µm.
+    """
+    assert list(np.asarray(kwargs["scale"], float)[-2:]) == pytest.approx([scale, scale])
+    offset = _world_offset(kwargs)
+    assert offset == pytest.approx([scale / 2, scale / 2]) or offset == pytest.approx([0.0, 0.0]), offset
+
+
+def test_napari_ome_zarr_opens_a_tlsquant_ome_zarr_slide(zarr_slide):
+    path, slide = zarr_slide
+    layers = _ome_zarr_layers(path)
+    assert [kind for _, _, kind in layers] == ["image"]
+    data, kwargs, _ = layers[0]
+    assert kwargs["channel_axis"] == 0  # one napari layer per channel
+    names = kwargs["name"]  # napari-ome-zarr 0.10 prefixes "<multiscale name>: "
+    assert [name.rsplit(": ", 1)[-1] for name in names] == list(slide.channel_names)
+    assert len(kwargs["colormap"]) == len(slide.channel_names)
+    assert len(kwargs["contrast_limits"]) == len(slide.channel_names)
+    assert len(data) == len(slide.levels) >= 2  # the multiscale pyramid
+    assert [tuple(level.shape) for level in data] == [tuple(level.data.shape) for level in slide.levels]
+    np.testing.assert_array_equal(np.asarray(data[-1]), np.asarray(slide.levels[-1].data))
+    _registered(kwargs, 2.5)
+
+
+def test_napari_ome_zarr_opens_masks_zarr_with_its_labels(folder):
+    import zarr
+
+    layers = _ome_zarr_layers(folder / "masks.ome.zarr")
+    assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels"]
+    _, tissue_image, _ = layers[0]
+    _registered(tissue_image, 7.5)
+    labels = {kwargs["name"].rsplit("/", 1)[-1]: (data, kwargs) for data, kwargs, kind in layers if kind == "labels"}
+    assert list(labels) == ["tls", "tumour", "tissue"]
+    root = zarr.open_group(str(folder / "masks.ome.zarr"), mode="r")
+    for name, scale in (("tls", 2.5), ("tumour", 7.5), ("tissue", 7.5)):
+        data, kwargs = labels[name]
+        datasets = root[f"labels/{name}"].attrs["ome"]["multiscales"][0]["datasets"]
+        assert len(data) == len(datasets)
+        np.testing.assert_array_equal(np.asarray(data[0]), root[f"labels/{name}/0"][...])
+        _registered(kwargs, scale)
+    tls_ids = {row["tls_id"] for row in _tls_rows(folder)}
+    assert tls_ids and tls_ids <= set(np.unique(np.asarray(labels["tls"][0][0]))) - {0}
+    assert tls_ids <= set(labels["tls"][1]["colormap"])  # stage colours from image-label
