@@ -164,13 +164,14 @@ def _load_config(args):
 
 
 def _progress(enabled: bool):
+    """The analysis's steps and blocks on stderr: redrawn in place on a terminal, else a line per step start and end."""
     import contextlib
 
     if not enabled:
         return contextlib.nullcontext()
-    from dask.diagnostics import ProgressBar
+    from .progress import StreamReporter, reporting
 
-    return ProgressBar(minimum=1.0, dt=0.5, out=sys.stderr)
+    return reporting(StreamReporter(sys.stderr, live=sys.stderr.isatty()))
 
 
 def _analyze_one(slide_path, outdir: Path, config, *, pixel_size=None, channels=None, progress=False,
@@ -231,7 +232,7 @@ def cmd_analyze(args) -> int:
     outdir = Path(args.output)
     result = _analyze_one(args.slide, outdir, config, pixel_size=args.pixel_size,
                           channels=_channel_names(args.channels),
-                          progress=sys.stderr.isatty() and not args.quiet and not args.json,
+                          progress=not args.quiet and not args.json,
                           annotations=args.annotations)
     s = result.summary
     if args.json:
@@ -676,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--annotations", metavar="GEOJSON",
                          help="QuPath annotations of this slide: tumour bed, exclusions, region of interest "
                               "(classes mapped by the [annotations] config section)")
-    analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    analyze.add_argument("-q", "--quiet", action="store_true", help="no progress (steps and blocks of each pass)")
     _add_slide_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
 

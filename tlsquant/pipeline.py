@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from . import progress
 from ._version import __version__
 from .background import SignalModel, build_signal_model
 from .cells import CellCounts, CellPlan, compute_cells
@@ -252,6 +253,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                          f"({config.cells.max_pixel_size_um:g} µm), too coarse to separate nuclei")
         warnings.append(cells_skipped)
 
+    progress.step("signal model")
     # 1. the signal model: each channel's background on the coarse grid (glass, autofluorescence,
     #    illumination) and how far above it stain begins, from a low-resolution level and a
     #    deterministic sample of level-0 windows read through tile-sized chunks
@@ -280,6 +282,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     thresholds = {role: {"channel": roles[role], **channel_thresholds[roles[role]]} for role in role_names}
     t_thresholds = time.perf_counter()
 
+    progress.step("counting pass")
     # 2. the one full-resolution pass: positive pixels into coarse evidence maps
     threshold_maps = {role: signal.corrected_threshold(roles[role]) for role in role_names}
     if "autofluorescence" in roles:
@@ -312,6 +315,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     def fine_fraction(name, box=(slice(None), slice(None))):
         return evidence.fraction("fine", name, box)
 
+    progress.step("tissue and tumour")
     # 3. tissue and tumour bed on the coarse grid
     tissue, tissue_info = tissue_mask(
         evidence.fraction("coarse", "nuclei"), cell_um=coarse_um, sigma_um=config.tissue.sigma_um,
@@ -345,6 +349,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     if tumour_area_mm2 == 0:
         warnings.append(f"no tumour found in channel {roles['tumour']!r}: density and area % are undefined")
 
+    progress.step("TLS")
     # 4. TLS: dense B-cell aggregates, debris excluded
     debris = debris_zone(fine_fraction("debris"), cell_um=fine_um, dilate_um=config.debris.dilate_um,
                          min_fraction=config.debris.min_fraction)
@@ -379,6 +384,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     # 5. cells: a second full-resolution pass, blocks with overlap, counted into the masks above
     cells = None
     if measure_cells:
+        progress.step("cells pass")
         plan = CellPlan(
             markers=tuple(m.channel for m in cell_markers),
             compartments=tuple(m.compartment for m in cell_markers),
@@ -404,6 +410,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                               threshold_maps=cell_threshold_maps, num_workers=num_workers)
     t_cells = time.perf_counter()
 
+    progress.step("per-TLS measures")
     # 6. stage, location and per-TLS measurements
     gc_positive = (fine_fraction("germinal_centre") >= config.maturation.min_cell_fraction) & ~debris
     fdc_positive = (fine_fraction("fdc") >= config.maturation.min_cell_fraction) & ~debris
@@ -466,6 +473,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                      "halo_px": plan.halo_px}
     else:
         cell_info = {"measured": False, "reason": cells_skipped}
+    progress.end()
     finished = time.perf_counter()
     summary = {
         "slide_id": slide.name,

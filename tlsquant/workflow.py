@@ -22,6 +22,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
     """
     import dask
 
+    from . import progress
     from .io import open_slide
     from .outputs import write_slide_outputs
     from .pipeline import analyze_slide
@@ -36,5 +37,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
         if slide_id is not None:
             result.summary["slide_id"] = slide_id
             result.slide_id = slide_id
+        progress.step("writing outputs")
         write_slide_outputs(result, outdir, slide=slide)
+        progress.end()
     return result
