@@ -115,6 +115,11 @@ class Reporter:
         """End the open step; called when the :func:`reporting` block is left."""
         self.end()
 
+    def abandon(self) -> None:
+        """Drop the open step without reporting it as ended (the work stopped with an error)."""
+        with self._lock:
+            self.step = None
+
     def started(self, step: Step) -> None:
         """A step began."""
 
@@ -197,6 +202,9 @@ def reporting(reporter: Reporter) -> Iterator[Reporter]:
     token = _current.set(reporter)
     try:
         yield reporter
+    except BaseException:
+        reporter.abandon()  # a failed step did not finish: no "done" line for it
+        raise
     finally:
         _current.reset(token)
         reporter.close()
