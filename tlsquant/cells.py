@@ -85,10 +85,12 @@ def segment_nuclei(
     """Label nuclei: smooth, global threshold, split touching nuclei at distance-map necks.
 
     Centres are maxima of the distance to the background at least ``min_distance_um``
-    apart; each foreground pixel goes to the centre whose inscribed disc it is nearest
-    to. Foreground thicker than a round nucleus of ``max_area_um2`` (nuclei merged by blur,
-    folds or crowding) is split at the maxima of the smoothed stain that stand out from
-    their surround; flat bright debris has none. Every step looks no further than about one
+    apart; a thin maximum (on the ridge of a spindle-shaped nucleus or the rim of a pale
+    one) counts only if a saddle separates it from every higher maximum nearby (see
+    :func:`_separate_maxima`). Each foreground pixel goes to the centre whose inscribed
+    disc it is nearest to. Foreground thicker than a round nucleus of ``max_area_um2``
+    (nuclei merged by blur, folds or crowding) is split at the maxima of the smoothed stain
+    that stand out from their surround; flat bright debris has none. Every step looks no further than about one
     nucleus, so a window holding a nucleus with a margin labels it as the whole image would.
 
     Parameters
@@ -132,9 +134,11 @@ def segment_nuclei(
     # touching nuclei meet at a neck, where the distance dips between two maxima
     footprint = _ellipse(_px(min_distance_um, pixel_size_um))
     peaks = (distance == _footprint_filter(np.maximum, distance, footprint, mode="constant", cval=np.inf)) & foreground
-    radius = distance
     if clump is not None:
         peaks &= ~clump
+    peaks = _separate_maxima(peaks, distance, pixel_size_um=pixel_size_um)
+    radius = distance
+    if clump is not None:
         peaks |= _clump_centres(image, clump, threshold, pixel_size_um=pixel_size_um, min_distance_um=min_distance_um)
         radius = np.where(clump, np.float32(0), distance)  # clump centres split their zone evenly
     labels = _nearest_centre(peaks, radius, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
@@ -146,6 +150,88 @@ def segment_nuclei(
     keep = np.cumsum(~bad).astype(np.int32)
     keep[bad] = 0
     return keep[labels]
+
+
+# A maximum of the distance map narrower than a lymphocyte's (< 2.2 µm to the background, under 4.4 µm
+# across) lies on the ridge of a spindle or endothelial nucleus or on the rim of a pale one, where the
+# pixel grid and the chromatin texture leave a row of maxima along one nucleus. Such a maximum is a
+# centre only behind a saddle. Wider maxima stay centres without one: round nuclei crowded in lymphoid
+# tissue touch with little or no saddle at 1 µm/px, and requiring one there merges real cells.
+THIN_MAXIMUM_UM = 2.2
+SADDLE_DEPTH_PX = 0.7  # a saddle dips below the lower maximum by this many pixels: beyond the grid's rounding
+SADDLE_REACH_UM = 6.0  # higher maxima are looked for this far (one nucleus's ridge; bounds the window needed)
+
+
+def _separate_maxima(peaks: np.ndarray, distance: np.ndarray, *, pixel_size_um) -> np.ndarray:
+    """Drop each thin maximum that is no nucleus of its own: no saddle between it and a higher one.
+
+    A plateau of equal maxima (8-connected) is one maximum, represented by its first pixel
+    in raster order. A maximum ``m`` thinner than ``THIN_MAXIMUM_UM`` goes, with its
+    plateau, when a higher maximum lies within ``SADDLE_REACH_UM`` and the distance along
+    the straight segment between them never falls ``SADDLE_DEPTH_PX`` pixels below ``m``:
+    the two are one convex body, whereas touching nuclei meet at a neck. Equal heights
+    rank by raster order, and only pixels within the reach are read, so a window holding
+    the reach around ``m`` decides as the whole image does.
+    """
+    flat = np.flatnonzero(peaks)
+    if not (distance.ravel()[flat] < THIN_MAXIMUM_UM).any():
+        return peaks
+    plateaus, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    plateau_of = plateaus.ravel()[flat]
+    _, first = np.unique(plateau_of, return_index=True)
+    first = np.sort(flat[first])  # one pixel per plateau, in raster order
+    width = peaks.shape[1]
+    ys, xs = first // width, first % width
+    values = distance.ravel()[first]
+    py, px = pixel_size_um
+    dominated = _saddle_compiled()(ys.astype(np.int64), xs.astype(np.int64), values, distance,
+                                   int(np.floor(SADDLE_REACH_UM / py)), int(np.floor(SADDLE_REACH_UM / px)),
+                                   float(py), float(px), float(SADDLE_REACH_UM), float(THIN_MAXIMUM_UM),
+                                   float(SADDLE_DEPTH_PX * max(py, px)))
+    if not dominated.any():
+        return peaks
+    gone = np.zeros(n + 1, bool)
+    gone[plateaus.ravel()[first[dominated]]] = True
+    separate = peaks.copy()
+    separate.ravel()[flat[gone[plateau_of]]] = False
+    return separate
+
+
+def _no_saddle_loops(ys, xs, values, distance, reach_y, reach_x, py, px, reach_um, thin_um, depth_um):
+    """Per maximum (raster order): whether a higher one within reach joins it without a saddle."""
+    n = ys.size
+    dominated = np.zeros(n, np.bool_)
+    for i in range(n):
+        for j in range(i + 1, n):  # j after i in raster order: on equal heights, j is the lower one
+            dy = ys[j] - ys[i]
+            if dy > reach_y:
+                break
+            dx = xs[j] - xs[i]
+            if dx < -reach_x or dx > reach_x or (dy * py) ** 2 + (dx * px) ** 2 > reach_um * reach_um:
+                continue
+            low, high = (j, i) if values[i] >= values[j] else (i, j)
+            if dominated[low] or float(values[low]) >= thin_um:
+                continue
+            floor = float(values[low]) - depth_um  # in float64, compiled or not
+            dy, dx = ys[high] - ys[low], xs[high] - xs[low]
+            steps = max(abs(dy), abs(dx))
+            joined = True
+            for s in range(1, steps):
+                # the pixel nearest the point s/steps of the way from the lower maximum (halves rounded up):
+                # integer arithmetic, so every window samples the same pixels
+                y = ys[low] + (2 * s * dy + steps) // (2 * steps)
+                x = xs[low] + (2 * s * dx + steps) // (2 * steps)
+                if float(distance[y, x]) <= floor:
+                    joined = False
+                    break
+            if joined:
+                dominated[low] = True
+    return dominated
+
+
+def _saddle_compiled():
+    """:func:`_no_saddle_loops` compiled with numba, or (slowly) the same function in Python without numba."""
+    return _compiled(_no_saddle_loops) or _no_saddle_loops
 
 
 CLUMP_SIGMA_UM = 1.0  # smoothing before the clump maxima: above pixel noise, below a nucleus radius
@@ -236,19 +322,24 @@ def _claim(cy, cx, radius, slide_order, offsets, mask) -> np.ndarray:
     return owner
 
 
-_COMPILED = []
+_COMPILED = {}
+
+
+def _compiled(loops):
+    """``loops`` compiled with numba, once per process, or None without numba."""
+    if loops not in _COMPILED:
+        try:
+            import numba
+        except ImportError:
+            _COMPILED[loops] = None
+        else:
+            _COMPILED[loops] = numba.njit(cache=True, nogil=True)(loops)
+    return _COMPILED[loops]
 
 
 def _claim_compiled():
     """:func:`_claim` compiled with numba (the same arithmetic, so the same owners), or None without numba."""
-    if not _COMPILED:
-        try:
-            import numba
-        except ImportError:
-            _COMPILED.append(None)
-        else:
-            _COMPILED.append(numba.njit(cache=True, nogil=True)(_claim_loops))
-    return _COMPILED[0]
+    return _compiled(_claim_loops)
 
 
 def _claim_loops(cy, cx, radius, slide_order, offsets, mask):  # pragma: no cover - runs compiled
@@ -308,7 +399,8 @@ class CellPlan:
     def halo_px(self) -> int:
         """Overlap read on each inner block side: the widest nucleus 1.5 times over, its ring and filter reach."""
         reach_um = (1.5 * nucleus_extent_um(self.max_area_um2) + self.ring_um + 3 * self.sigma_um + self.min_distance_um
-                    + 3 * CLUMP_SIGMA_UM + 2 * self.min_distance_um)  # clump centres: smoothing and surround
+                    + 3 * CLUMP_SIGMA_UM + 2 * self.min_distance_um  # clump centres: smoothing and surround
+                    + SADDLE_REACH_UM)  # thin maxima: the higher maxima and saddles they are compared with
         return int(np.ceil(reach_um / min(self.pixel_size_um)))
 
 
