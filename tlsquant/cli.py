@@ -540,7 +540,7 @@ def cmd_demo(args) -> int:
     print(run.stats[["metric", "n_a", "n_b", "median_a", "median_b", "p", "method"]].to_string(
         index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nper-slide outputs: {outroot}/slides/<slide>/ (summary.json, tls.csv, tls.geojson, annotations.geojson, "
-          f"qc.png, thresholds.png)")
+          f"qc.png, tls_gallery.html, thresholds.png)")
     print(f"cohort: {run.batch.cohort_path}\nreport: {run.report['html']}")
     _demo_outcomes(outroot)
     return 1 if len(run.batch.failures) else 0
