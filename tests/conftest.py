@@ -65,3 +65,12 @@ def process_pool():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def two_tls_slide(tmp_path_factory) -> Path:
+    """A small single-level OME-TIFF (1.2 x 0.9 mm at 2.5 µm/px) with two TLS, written once for the output tests."""
+    scene = synthetic.make_scene(seed=1, width_um=1200, height_um=900, pixel_size_um=2.5,
+                                 tls_counts=(1, 1, 0), tls_radius_um=(55, 70))
+    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("two-tls") / "slide.ome.tiff")
+    return path

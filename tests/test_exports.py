@@ -11,7 +11,7 @@ import pytest
 import zarr
 from scipy import ndimage as ndi
 
-from tlsquant import analyze_slide, open_slide, synthetic
+from tlsquant import analyze_slide, open_slide
 from tlsquant.config import load_config
 from tlsquant.outputs import write_slide_outputs
 from tlsquant.outputs.geometry import STAGE_COLOURS
@@ -19,13 +19,10 @@ from tlsquant.outputs.tables import cells_anndata, compartment_intensities, writ
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
+def analysed(tmp_path_factory, two_tls_slide):
     """One small slide (2.5 µm/px, two TLS) analysed with masks on; built once for the module."""
     folder = tmp_path_factory.mktemp("exports")
-    scene = synthetic.make_scene(seed=1, width_um=1200, height_um=900, pixel_size_um=2.5,
-                                 tls_counts=(1, 1, 0), tls_radius_um=(55, 70))
-    path, _ = synthetic.write_slide(scene, folder / "slide.ome.tiff")
-    slide = open_slide(path)
+    slide = open_slide(two_tls_slide)
     result = analyze_slide(slide, config=load_config(overrides=["cells.enabled=false", "outputs.masks_zarr=true",
                                                                 "outputs.qc_png=false"]))
     write_slide_outputs(result, folder / "out", slide=slide)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlsquant import analyze_slide, open_slide, synthetic
+from tlsquant import analyze_slide, open_slide
 from tlsquant.config import load_config
 from tlsquant.outputs import qc as qc_module
 from tlsquant.outputs import write_slide_outputs
@@ -23,13 +23,10 @@ from tlsquant.slide import Level, Slide
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
+def analysed(tmp_path_factory, two_tls_slide):
     """A small single-level slide (2.5 µm/px, two TLS, rejected small aggregates, artefacts), analysed once."""
     folder = tmp_path_factory.mktemp("qc")
-    scene = synthetic.make_scene(seed=1, width_um=1200, height_um=900, pixel_size_um=2.5,
-                                 tls_counts=(1, 1, 0), tls_radius_um=(55, 70))
-    path, _ = synthetic.write_slide(scene, folder / "slide.ome.tiff")
-    slide = open_slide(path)
+    slide = open_slide(two_tls_slide)
     result = analyze_slide(slide, config=load_config(overrides=["cells.enabled=false"]))
     assert len(result.tls) == 2 and result.rejected_candidates and result.tumour_mask.any()
     return slide, result, folder
