@@ -74,6 +74,8 @@ class SlideResult:
     signal_histograms: dict[str, dict] = field(default_factory=dict)  # level-0 sample per channel, for QC
     # TLS candidates dropped, for annotations.geojson: (reason, box (slices), cells in the box) on the fine grid
     rejected_candidates: list[tuple] = field(default_factory=list)
+    # coarse grid: µm to the tumour border (negative inside; None without tumour), the map that decided locations
+    tumour_distance_um: np.ndarray | None = None
 
 
 def available_memory_gb() -> float:
@@ -507,7 +509,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         tumour_mask=tumour, fine_factor=fine_factor, coarse_factor=coarse_factor, pixel_size_um=(px, py),
         config=config, warnings=warnings, cells=cells.table if cells is not None else None, debris_mask=debris,
         signal_histograms={role: signal.histograms[roles[role]] for role in role_names},
-        rejected_candidates=rejected,
+        rejected_candidates=rejected, tumour_distance_um=distance,
     )
 
 

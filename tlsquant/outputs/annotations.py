@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from ..measure import signed_tumour_distance
 from ..polygons import cell_pixels, mask_polygons
 from ..qupath import feature, object_id
 
@@ -42,8 +41,7 @@ def _fine(mask: np.ndarray, ratio: int, shape: tuple[int, int]) -> np.ndarray:
 
 def margin_band(result) -> np.ndarray:
     """Coarse cells of tissue outside the tumour bed and within ``location.margin_um`` of it."""
-    px, py = result.pixel_size_um
-    distance = signed_tumour_distance(result.tumour_mask, cell_um=(result.coarse_factor * py, result.coarse_factor * px))
+    distance = result.tumour_distance_um
     if distance is None:
         return np.zeros(result.tumour_mask.shape, bool)
     return (distance > 0) & (distance <= result.config.location.margin_um) & result.tissue_mask

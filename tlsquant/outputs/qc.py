@@ -22,7 +22,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..io.atomic import atomic_path
-from ..measure import signed_tumour_distance
 from .annotations import MAX_CANDIDATES
 from .geometry import STAGE_COLOURS
 
@@ -183,8 +182,7 @@ def margin_rings(result) -> list[np.ndarray]:
     The same distance map decides each TLS's location, so a centroid inside the line (and
     outside the bed) is peritumoral.
     """
-    px, py = result.pixel_size_um
-    distance = signed_tumour_distance(result.tumour_mask, cell_um=(result.coarse_factor * py, result.coarse_factor * px))
+    distance = result.tumour_distance_um
     if distance is None:
         return []
     return _rings(distance <= result.config.location.margin_um, result.coarse_factor)
