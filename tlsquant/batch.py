@@ -210,20 +210,42 @@ def is_complete(outdir: Path, slide_id: str, expected: dict[str, Any] | None = N
     return status.complete if expected is not None else status.whole
 
 
-def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: int = 1) -> float | Exception:
+PROGRESS_TOPIC = "tlsquant-progress"  # dask.distributed event topic of the steps inside running slides
+
+
+def _step_publisher(slide_id: str):
+    """Send this slide's steps to the scheduler's event log under :data:`PROGRESS_TOPIC` (for the client
+    that draws the batch's progress); None outside a dask.distributed worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return lambda event: worker.log_event(PROGRESS_TOPIC, {"slide_id": slide_id, **event})
+
+
+def process_slide(job: SlideJob, outdir: str | Path, config: Config, threads: int = 1,
+                  report_steps: bool = False) -> float | Exception:
     """Analyse one slide and write its outputs (runs inside a worker).
 
     Returns the seconds it took, or the exception that stopped it: a failed slide is a result
     of the batch, not a task failure (which dask.distributed would log with a traceback).
+    ``report_steps``: publish the analysis's steps and block counts as dask.distributed events
+    (topic :data:`PROGRESS_TOPIC`), so the client can show progress within the slide.
     """
+    from . import progress
     from .workflow import analyze_to_folder
 
+    publish = _step_publisher(job.slide_id) if report_steps else None
+    reporter = progress.reporting(progress.EventReporter(publish)) if publish else contextlib.nullcontext()
     started = time.perf_counter()
     try:
-        analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
-                          pixel_size_um=job.pixel_size_um, channel_names=job.channel_names,
-                          scheduler="threads" if threads > 1 else "sync",
-                          num_workers=threads, annotations=job.annotations)
+        with reporter:
+                analyze_to_folder(job.path, slide_dir(Path(outdir), job.slide_id), config, slide_id=job.slide_id,
+                              pixel_size_um=job.pixel_size_um, channel_names=job.channel_names,
+                              scheduler="threads" if threads > 1 else "sync",
+                              num_workers=threads, annotations=job.annotations)
     except Exception as exc:
         return exc
     return time.perf_counter() - started
@@ -308,13 +330,16 @@ class BatchResult:
 
 
 ProgressCallback = Callable[[str, str, int, int], None]  # (slide_id, status, done, total)
+# (slide_id, event): a step inside a running slide, as tlsquant.progress.EventReporter publishes it,
+# plus "batch_total"; called from the client's event-loop thread
+StepCallback = Callable[[str, dict], None]
 
 
 def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Config, *, client=None,
               workers: int | None = None, threads_per_worker: int = 1, shard: tuple[int, int] | None = None,
               overwrite: bool = False, refuse_stale: bool = False, fail_fast: bool = False,
               progress: ProgressCallback | None = None, lock: bool = True,
-              overrides: Sequence[str] = ()) -> BatchResult:
+              overrides: Sequence[str] = (), step_progress: StepCallback | None = None) -> BatchResult:
     """Analyse every slide of ``manifest`` on dask.distributed and write the cohort tables.
 
     A slide whose manifest row names a ``config`` TOML is analysed with that file plus
@@ -328,6 +353,8 @@ def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Confi
     anyway). Outputs made another way are re-analysed, or with ``refuse_stale`` reported as
     failures (:class:`StaleResultError`). ``lock``: hold the output folder's lock for the run
     (the CLI takes it itself, earlier). A full disk or read-only output stops the batch.
+    ``progress`` hears of each slide finished, skipped or failed; ``step_progress`` of the
+    steps and block counts inside the slides running (published by the workers).
     """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
@@ -338,7 +365,8 @@ def run_batch(manifest: Manifest | str | Path, outdir: str | Path, config: Confi
     with output_lock(outdir) if lock else contextlib.nullcontext():
         return _run_batch(manifest, outdir, config, client=client, workers=workers,
                           threads_per_worker=threads_per_worker, shard=shard, overwrite=overwrite,
-                          refuse_stale=refuse_stale, fail_fast=fail_fast, progress=progress, overrides=overrides)
+                          refuse_stale=refuse_stale, fail_fast=fail_fast, progress=progress, overrides=overrides,
+                          step_progress=step_progress)
 
 
 def job_configs(jobs: list[SlideJob], config: Config, overrides: Sequence[str]) -> tuple[dict[str, Config], list[dict]]:
@@ -367,7 +395,7 @@ def job_configs(jobs: list[SlideJob], config: Config, overrides: Sequence[str]) 
 
 
 def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, workers, threads_per_worker, shard,
-               overwrite, refuse_stale, fail_fast, progress, overrides=()) -> BatchResult:
+               overwrite, refuse_stale, fail_fast, progress, overrides=(), step_progress=None) -> BatchResult:
     from .io.atomic import remove_partials
 
     remove_partials(outdir)
@@ -421,7 +449,7 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
                      threads_per_worker, own_cluster.dashboard_link)
         try:
             processed = _run_jobs(client, todo, outdir, configs, threads_per_worker, failures, fail_fast,
-                                  progress, done, total)
+                                  progress, done, total, step_progress)
         finally:
             if own_cluster is not None:
                 client.close()
@@ -508,13 +536,33 @@ def _input(job: SlideJob) -> dict[str, Any]:
     return record
 
 
-def _run_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total) -> list[str]:
+def _run_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total,
+              step_progress=None) -> list[str]:
+    if step_progress is None:
+        return _await_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total, False)
+
+    def on_event(event) -> None:  # (scheduler timestamp, message), on the client's event-loop thread
+        message = dict(event[1])
+        try:
+            step_progress(message.pop("slide_id"), {**message, "batch_total": total})
+        except Exception:  # drawing progress never stops a batch
+            log.debug("progress display failed", exc_info=True)
+
+    client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    try:
+        return _await_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total, True)
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+
+
+def _await_jobs(client, jobs, outdir, configs, threads, failures, fail_fast, progress, done, total,
+                report_steps) -> list[str]:
     from distributed import as_completed
 
     from .io.atomic import FATAL_ERRNOS
 
-    futures = {client.submit(process_slide, job, str(outdir), configs[job.slide_id], threads, key=f"slide-{job.slide_id}-{time.time_ns()}",
-                             pure=False): job for job in jobs}
+    futures = {client.submit(process_slide, job, str(outdir), configs[job.slide_id], threads, report_steps,
+                             key=f"slide-{job.slide_id}-{time.time_ns()}", pure=False): job for job in jobs}
     processed = []
     stopped = None
     for future in as_completed(futures, with_results=False):

@@ -303,15 +303,13 @@ def _quiet_dask(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _progress_line(slide_id: str, status: str, done: int, total: int) -> None:
-    """A bar redrawn in place on a terminal; one plain line per slide in a log file or a pipe."""
-    if not sys.stderr.isatty():
-        print(f"{done}/{total} {slide_id}: {status}", file=sys.stderr, flush=True)
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {slide_id}: {status}".ljust(90),
-          end="" if done < total else "\n", file=sys.stderr, flush=True)
+def _batch_display():
+    """A bar with the step of each running slide, redrawn in place on a terminal; plain lines in a log file or a pipe."""
+    import shutil
+
+    from .progress import BatchDisplay
+
+    return BatchDisplay(sys.stderr, live=sys.stderr.isatty(), width=shutil.get_terminal_size((120, 24)).columns - 1)
 
 
 def cmd_batch(args) -> int:
@@ -340,6 +338,7 @@ def _batch(args, config, manifest, outdir: Path) -> int:
     log.info("config %s: %s", config_hash(config), _config_json(config))
     started = time.perf_counter()
     client = cluster = None
+    display = None if args.quiet or args.json else _batch_display()
     try:
         if args.scheduler:
             from .cluster import connect
@@ -357,8 +356,8 @@ def _batch(args, config, manifest, outdir: Path) -> int:
                            threads_per_worker=args.threads,
                            shard=parse_shard(args.shard) if args.shard else None, overwrite=args.overwrite,
                            refuse_stale=args.no_overwrite, fail_fast=args.fail_fast,
-                           progress=None if args.quiet or args.json else _progress_line, lock=False,
-                           overrides=_overrides(args))
+                           progress=display, lock=False, overrides=_overrides(args),
+                           step_progress=display.step if display else None)
         log.info("batch finished in %.1f s: %d analysed, %d already complete, %d failed", time.perf_counter() - started,
                  len(result.processed), len(result.skipped), len(result.failures))
     finally:
@@ -519,7 +518,7 @@ def cmd_demo(args) -> int:
     _quiet_dask(args.verbose)
     handler = _batch_logging(outroot)
     try:
-        run = run_demo(outroot, workers=args.workers, progress=None if args.quiet else _progress_line)
+        run = run_demo(outroot, workers=args.workers, progress=None if args.quiet else _batch_display())
     finally:
         logging.getLogger("tlsquant").removeHandler(handler)
         handler.close()

@@ -241,3 +241,104 @@ def end() -> None:
     reporter = _current.get()
     if reporter is not None:
         reporter.end()
+
+
+class EventReporter(Reporter):
+    """Hands each step's start and end, and its block count at most every ``interval_s``, to
+    ``publish`` as a plain dict (picklable, for a batch worker to send to the client that draws
+    the batch's progress): ``{"event": "started" | "advanced" | "ended", "step", "done", "total", "elapsed_s"}``.
+    """
+
+    def __init__(self, publish, *, interval_s: float = 1.0) -> None:
+        super().__init__()
+        self.publish, self.interval_s = publish, interval_s
+        self._sent_at = 0.0
+
+    def started(self, step: Step) -> None:
+        self._send("started", step)
+
+    def advanced(self, step: Step) -> None:
+        # a whole slide's blocks would flood the scheduler's event log: a count a second is enough to draw
+        if time.perf_counter() - self._sent_at >= self.interval_s:
+            self._send("advanced", step)
+
+    def ended(self, step: Step) -> None:
+        self._send("ended", step)
+
+    def _send(self, event: str, step: Step) -> None:
+        self._sent_at = time.perf_counter()
+        self.publish({"event": event, "step": step.name, "done": step.done, "total": step.total,
+                      "elapsed_s": round(step.elapsed(), 3)})
+
+
+def step_from_event(event: dict) -> Step:
+    """The :class:`Step` an :class:`EventReporter` event describes, timed on this machine's clock."""
+    now = time.perf_counter()
+    step = Step(event["step"], total=int(event.get("total", 0)), done=int(event.get("done", 0)),
+                started=now - float(event.get("elapsed_s", 0.0)))
+    if event.get("event") == "ended":
+        step.ended = now
+    return step
+
+
+class BatchDisplay:
+    """Progress of a batch on ``stream``: slides done of the total and, for each slide running, its step.
+
+    Called as ``display(slide_id, status, done, total)`` when a slide finishes (the batch's
+    progress callback) and ``display.step(slide_id, step_event)`` for the steps inside
+    running slides (:class:`EventReporter` events, arriving from another thread). ``live``:
+    one line redrawn in place (a terminal); otherwise one plain line per slide finished and
+    per step started or ended (a log file or a pipe).
+    """
+
+    def __init__(self, stream: TextIO, *, live: bool, width: int = 120) -> None:
+        self.stream, self.live, self.width = stream, live, width
+        self.done = self.total = 0
+        self.running: dict[str, Step] = {}
+        self.finished: set[str] = set()
+        self._drawn_width = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, slide_id: str, status: str, done: int, total: int) -> None:
+        with self._lock:
+            self.done, self.total = done, total
+            self.finished.add(slide_id)
+            self.running.pop(slide_id, None)
+            if self.live:
+                self._draw(last=f"{slide_id}: {status}")
+                if done >= total:
+                    self._write("\n")
+                    self._drawn_width = 0
+            else:
+                self._write(f"{done}/{total} {slide_id}: {status}\n")
+
+    def step(self, slide_id: str, event: dict) -> None:
+        with self._lock:
+            if slide_id in self.finished:  # an event overtaken by the slide's result
+                return
+            self.total = self.total or int(event.get("batch_total", 0))
+            step = step_from_event(event)
+            self.running[slide_id] = step
+            if self.live:
+                self._draw()
+            elif event.get("event") == "started":
+                self._write(f"{slide_id}: {start_text(step)}\n")
+            elif event.get("event") == "ended":
+                self._write(f"{slide_id}: {end_text(step)}\n")
+
+    def _draw(self, last: str = "") -> None:
+        bar_width = 20
+        filled = int(bar_width * self.done / max(self.total, 1))
+        parts = [f"[{'#' * filled}{'.' * (bar_width - filled)}] {self.done}/{self.total or '?'}"]
+        parts += [f"{slide_id} {live_text(step)}" for slide_id, step in sorted(self.running.items())]
+        if last and not self.running:
+            parts.append(last)
+        text = " | ".join(parts)
+        if len(text) > self.width:
+            text = text[: self.width - 1] + "…"
+        self._write("\r" + text.ljust(self._drawn_width))
+        self._drawn_width = max(self._drawn_width, len(text))
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
