@@ -34,6 +34,7 @@ from .classify import BINARY_STAGES, SILINA_STAGES
 from .config import LOCATIONS, Annotations
 from .errors import TLSQuantError
 from .measure import TLS_COLUMNS, empty_tls_table, locate, signed_tumour_distance, slide_metrics, tls_shape
+from .pixel_size import PixelSize
 from .polygons import cell_pixels, rasterise
 from .qupath import Annotation, AnnotationError, class_matches, object_id, read_features
 
@@ -58,7 +59,7 @@ class SlideGrid:
     slide_id: str
     summary: dict[str, Any]
     slide_shape: tuple[int, int]  # level-0 (height, width)
-    pixel_size_um: tuple[float, float]  # (x, y)
+    pixel_size: PixelSize  # level 0, (y, x)
     fine_factor: int
     coarse_factor: int
 
@@ -72,7 +73,7 @@ class SlideGrid:
 
     @property
     def pixel_area_um2(self) -> float:
-        return self.pixel_size_um[0] * self.pixel_size_um[1]
+        return self.pixel_size.area_um2
 
     @property
     def config(self) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def read_slide_folder(folder: str | Path) -> SlideGrid:
     except (KeyError, TypeError, ValueError) as exc:
         raise ReviewError(f"{path}: lacks {exc} (pixel size, source shape or segmentation grid sizes); "
                           "re-run tlsquant analyze with this version") from None
-    return SlideGrid(folder, str(summary["slide_id"]), summary, (height, width), (px, py), fine, coarse)
+    return SlideGrid(folder, str(summary["slide_id"]), summary, (height, width), PixelSize.from_xy(px, py), fine, coarse)
 
 
 def _stage_of(item: Annotation, stages: tuple[str, ...], fallback: str | None, source: str) -> str:
@@ -130,7 +131,7 @@ def _stage_of(item: Annotation, stages: tuple[str, ...], fallback: str | None, s
 def tls_row(mask: np.ndarray, grid: SlideGrid, distance: np.ndarray | None, *, margin_um: float,
             counted_locations, fine_pixels: np.ndarray) -> dict[str, Any]:
     """The geometric tls.csv columns of one TLS given as fine-grid cells, measured as the pipeline does."""
-    px, py = grid.pixel_size_um
+    py, px = grid.pixel_size
     f, c = grid.fine_factor, grid.coarse_factor
     ys, xs = np.nonzero(mask)
     cy = (ys.mean() + 0.5) * f
@@ -182,7 +183,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
     coarse_pixels = cell_pixels(grid.coarse_shape, grid.coarse_factor, grid.slide_shape)
     fine_pixels = cell_pixels(grid.fine_shape, grid.fine_factor, grid.slide_shape)
     regions = region_masks([i for i in region_items if not class_matches(i.names, settings.tls_classes)], settings,
-                           slide_shape=grid.slide_shape, pixel_size_um=max(grid.pixel_size_um),
+                           slide_shape=grid.slide_shape, pixel_size_um=max(grid.pixel_size),
                            fine_factor=grid.fine_factor, coarse_factor=grid.coarse_factor, source=str(regions_path))
     tissue_items = [i for i in region_items if i.names and i.names[0].casefold() == "tissue"]
     tissue = rasterise([p for i in tissue_items for p in i.polygons], grid.coarse_shape, grid.coarse_factor) \
@@ -212,8 +213,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
     location_config = summary.get("config", {}).get("location", {})
     margin_um = float(location_config.get("margin_um", 500.0))
     counted_locations = tuple(location_config.get("counted", ("intratumoral", "peritumoral")))
-    px, py = grid.pixel_size_um
-    distance = signed_tumour_distance(tumour, cell_um=(grid.coarse_factor * py, grid.coarse_factor * px))
+    distance = signed_tumour_distance(tumour, cell_um=grid.pixel_size.scaled(grid.coarse_factor))
 
     # the automatic TLS: table rows and their cells, from the folder's own tls.geojson
     automatic = pd.read_csv(grid.folder / "tls.csv") if (grid.folder / "tls.csv").is_file() else empty_tls_table()

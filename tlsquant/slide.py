@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import ChannelError, SlideFormatError
 from .markers import find_marker
+from .pixel_size import PixelSize
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".qptiff", ".tiff", ".tif", ".zarr")
@@ -130,8 +131,13 @@ class Slide:
         return np.dtype(self.levels[0].data.dtype)
 
     @property
+    def pixel_size(self) -> PixelSize:
+        """Level-0 pixel size, (y, x) in µm/px."""
+        return PixelSize(self.pixel_size_y_um, self.pixel_size_x_um)
+
+    @property
     def pixel_size_um(self) -> float:
-        """Level-0 pixel size along x in µm/px (see ``pixel_size_y_um`` for y)."""
+        """Level-0 pixel size along x in µm/px (see ``pixel_size_y_um`` for y, :attr:`pixel_size` for both)."""
         return self.pixel_size_x_um
 
     @property
@@ -143,10 +149,10 @@ class Slide:
         """The slide id derived from the file name (extensions such as .ome.tiff dropped)."""
         return slide_id_from_name(self.path.name)
 
-    def level_pixel_size_um(self, level: int) -> tuple[float, float]:
-        """Pixel size (y, x) in µm/px at ``level``."""
+    def level_pixel_size_um(self, level: int) -> PixelSize:
+        """Pixel size (y, x) in µm/px at pyramid ``level``."""
         lvl = self.levels[level]
-        return self.pixel_size_y_um * lvl.downsample_y, self.pixel_size_x_um * lvl.downsample_x
+        return PixelSize(self.pixel_size_y_um * lvl.downsample_y, self.pixel_size_x_um * lvl.downsample_x)
 
     def level_for_pixel_size(self, target_um: float) -> int:
         """Index of the coarsest level whose pixel size is still <= ``target_um`` (0 if none)."""
