@@ -273,8 +273,9 @@ def validate(results: str | Path, manual: str | Path, outdir: str | Path, *, min
     """Compare analysed slides with manual annotations; write tables and figures into ``outdir``.
 
     Writes ``agreement_slides.csv`` (per slide), ``agreement_tls.csv`` (matched TLS),
-    ``stage_confusion.csv``, ``agreement.json`` (cohort) and, with ``figures``,
-    ``bland_altman.png`` and ``agreement_scatter.png``. Returns the cohort record.
+    ``stage_confusion.csv``, ``agreement.json`` (cohort), ``agreement.html`` (self-contained) and
+    ``agreement.md``, and, with ``figures``, ``bland_altman.png`` and ``agreement_scatter.png``.
+    Returns the cohort record.
     """
     import json
 
@@ -307,6 +308,8 @@ def validate(results: str | Path, manual: str | Path, outdir: str | Path, *, min
         with atomic_path(outdir / name) as temporary:
             frame.to_csv(temporary, index=index, na_rep="")
     write_text_atomic(outdir / "agreement.json", json.dumps(cohort, indent=2, default=float))
-    if figures:
-        write_figures(table, outdir)
+    drawn = write_figures(table, outdir) if figures else []
+    from .agreement_report import write_agreement_report
+
+    write_agreement_report(cohort, table, confusion, outdir, figures=drawn)
     return cohort
