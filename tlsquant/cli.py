@@ -281,7 +281,8 @@ def cmd_validate(args) -> int:
               f"Lin's CCC {show(m['lins_ccc'])}, ICC(2,1) {show(m['icc_2_1'])}")
     if cohort["slides_without_manual"]:
         print(f"  no manual annotations for: {', '.join(cohort['slides_without_manual'])}")
-    print(f"outputs in {args.output}: agreement_slides.csv, agreement_tls.csv, stage_confusion.csv, agreement.json"
+    print(f"outputs in {args.output}: agreement.html (report), agreement_slides.csv, agreement_tls.csv, "
+          "stage_confusion.csv, agreement.json"
           + ("" if args.no_figures else ", bland_altman.png, agreement_scatter.png"))
     return 0
 
