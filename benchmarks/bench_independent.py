@@ -143,6 +143,7 @@ class Case:
     af_channel: bool
     strength: dict[str, float]  # phenomenon -> strength (0 off, 1 ordinary)
     note: str = ""
+    n_tls: int | None = None  # TLS to place (None: 5-7); 0 makes a TLS-free slide, decoys only
 
 
 def all_on(**over) -> dict[str, float]:
@@ -175,6 +176,11 @@ CASES = {c.name: c for c in [
          "fold + blurred patch (on smooth AF)"),
     Case("illum-dark-1um", 110, 1.0, "uint16", 2600, 2000, False, only("illumination", "dark_offset"),
          "illumination + stitching steps + dark offset"),
+    Case("notls-all-1um", 112, 1.0, "uint16", 2600, 2000, False, all_on(),
+         "no TLS (a poor responder's slide): small dense clusters and loose infiltrates only, every phenomenon",
+         n_tls=0),
+    Case("notls-clean-1um", 113, 1.0, "uint16", 2600, 2000, False, only(),
+         "no TLS: small dense clusters and loose infiltrates only, no phenomena", n_tls=0),
 ]}
 QUICK = ("all-1um-f32-af", "all-0.5um-u16", "clean-1um")
 
@@ -336,6 +342,7 @@ def build_scene(case: Case) -> Scene:
 
     # ---- TLS: location classes, sizes, shapes, stages
     n_tls = int(rng.integers(5, 8))
+    n_tls = n_tls if case.n_tls is None else case.n_tls  # the draw is made either way: the rest of the scene stays
     # the hardest to fit first: distal (>= 560 µm from the tumour), then peritumoral, then intratumoral
     locs = (["distal", "peritumoral", "intratumoral", "intratumoral", "peritumoral", "distal", "intratumoral",
              "peritumoral"])[:n_tls]
@@ -1111,7 +1118,9 @@ def score_case(folder: Path, truth: dict) -> dict:
         worst_area_err=max((abs(q["area_err"]) for q in matched), default=None),
         median_area_err=float(np.median([q["area_err"] for q in matched])) if matched else None,
         tumour_err=rel(summary.get("tumour_area_mm2"), truth["tumour_area_mm2"]),
-        density_err=rel(summary.get("tls_density_per_mm2"), truth["tls_density_per_mm2"]),
+        # a TLS-free slide: any density found is a miss (no relative error against 0)
+        density_err=rel(summary.get("tls_density_per_mm2"), truth["tls_density_per_mm2"])
+        if truth["tls_density_per_mm2"] else (0.0 if not summary.get("tls_density_per_mm2") else float("inf")),
         cells_err=rel(cells.get("total"), truth["cells_total"]),
         cd20_err=rel(summary.get("cd20_pct"), truth["cd20_pct"]),
         tumour_found=summary.get("tumour_area_mm2"), tumour_true=truth["tumour_area_mm2"],
