@@ -69,6 +69,7 @@ def test_row_problems_do_not_stop_the_manifest(tmp_path):
     assert "missing.tif: no such file" in problems["b"] and "pixel_size_um must be a positive number" in problems["c"]
 
 
+@pytest.mark.slow
 def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_path, capsys, dask_client):
     out = tmp_path / "run"
     # on a running scheduler (--scheduler): own local clusters are started in the tests below and in the demo
@@ -128,6 +129,7 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     assert compared["tls_density_per_mm2"]["p"] == pytest.approx(2 / 35)
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path, dask_client):
     config = NO_PICTURES
     # one worker on a local cluster of its own; the two shards each on the shared cluster's two worker processes
@@ -145,6 +147,7 @@ def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_pat
     assert sorted(failures["slide_id"]) == ["broken", "lost"]
 
 
+@pytest.mark.slow
 def test_overwrite_and_fail_fast(cohort_dir, tmp_path, dask_client):
     subset = tmp_path / "m.csv"
     table = pd.read_csv(cohort_dir / "manifest.csv")
@@ -158,6 +161,7 @@ def test_overwrite_and_fail_fast(cohort_dir, tmp_path, dask_client):
     assert sorted(again.processed) == ["case0", "case1"] and again.skipped == []
 
 
+@pytest.mark.slow
 def test_mixed_panels_in_one_batch(cohort_dir, tmp_path, dask_client):
     """Two panels in one cohort: a slide named by the manifest's channels column and analysed with its own
     config gives the same TLS as the same pixels under the default panel; a panel without its config fails alone."""
@@ -228,6 +232,7 @@ def _slurm_is_up() -> bool:
 
 
 @pytest.mark.skipif(not _slurm_is_up(), reason="no running SLURM here (see tests/slurm/start_single_node.sh)")
+@pytest.mark.slow
 def test_batch_on_a_real_slurm_cluster(cohort_dir, tmp_path):
     from distributed import Client
 

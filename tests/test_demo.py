@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import tlsquant.demo as demo
 
 from .conftest import TEST_IMAGES
 
 
+@pytest.mark.slow
 def test_an_install_without_test_images_writes_the_same_slides(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "bundled_images", lambda: None)
     slides, folder = demo.demo_slides(tmp_path)

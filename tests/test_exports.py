@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from tlsquant import analyze_slide, open_slide
 from tlsquant.config import load_config
+from tlsquant.errors import TLSQuantError
 from tlsquant.outputs import write_slide_outputs
 from tlsquant.outputs.geometry import STAGE_COLOURS
 from tlsquant.outputs.tables import cells_anndata, compartment_intensities, write_cell_tables
@@ -184,5 +185,5 @@ def test_missing_library_names_the_extra(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
-    with pytest.raises(Exception, match=r"tlsquant\[tables\]"):
+    with pytest.raises(TLSQuantError, match=r"outputs.cells_format 'parquet' needs pyarrow: pip install 'tlsquant\[tables\]'"):
         write_cell_tables(_cells_result(tmp_path, ["parquet"]), tmp_path)

@@ -341,6 +341,7 @@ def test_outcomes_command_writes_tables_figures_and_an_escaped_report(tmp_path, 
     assert "Methods" in markdown and "Clopper–Pearson" in markdown
 
 
+@pytest.mark.slow
 def test_cohort_report_embeds_the_outcome_section(tmp_path):
     pytest.importorskip("lifelines")
     from tlsquant.outcomes import SurvivalEndpoint, analyze_outcomes

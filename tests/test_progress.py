@@ -138,6 +138,7 @@ def cells_slide(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["bundled", "cells"])
+@pytest.mark.slow
 def test_results_are_identical_with_and_without_a_reporter(which, cells_slide):
     path = TEST_IMAGES / "synthetic-a.ome.tiff" if which == "bundled" else cells_slide
     config = load_config(overrides=["compute.chunk_px=256", "outputs.cells_table=true"])
@@ -159,6 +160,7 @@ def test_results_are_identical_with_and_without_a_reporter(which, cells_slide):
         assert blocks["cells pass"] == blocks["counting pass"]  # both passes go over the slide's chunks
 
 
+@pytest.mark.slow
 def test_analyze_prints_one_plain_line_per_step_start_and_end(capsys, tmp_path):
     slide = str(TEST_IMAGES / "synthetic-b.qptiff")  # 600 x 800 px: 3 x 4 blocks of 256 px
     fast = ["--set", "outputs.qc_png=false"]

@@ -14,6 +14,8 @@ from tlsquant.io.writers import build_pyramid
 from tlsquant.slide import Level, Slide
 from tlsquant.validate import acceptance_misses, match_tls, score
 
+pytestmark = pytest.mark.slow  # every test here analyses realistic slides end to end
+
 NO_CELLS = load_config(None, ["cells.enabled=false"])
 
 

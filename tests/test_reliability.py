@@ -56,6 +56,7 @@ def _copy(two_slides, tmp_path):
     return tmp_path / "manifest.csv"
 
 
+@pytest.mark.slow
 def test_config_change_reanalyses_or_is_refused_and_the_cohort_names_its_config(two_slides, tmp_path, client):
     manifest = _copy(two_slides, tmp_path)
     out = tmp_path / "out"
@@ -83,6 +84,7 @@ def test_config_change_reanalyses_or_is_refused_and_the_cohort_names_its_config(
     assert sorted(kept["slide_id"]) == ["s0", "s1"] and set(kept["config_hash"]) == {config_hash(second)}
 
 
+@pytest.mark.slow
 def test_changed_slide_file_is_analysed_again(two_slides, tmp_path, client):
     manifest = _copy(two_slides, tmp_path)
     config = load_config(overrides=FAST)
@@ -107,6 +109,7 @@ def test_collect_refuses_a_cohort_made_with_two_configs(two_slides, tmp_path, cl
         collect(manifest, out)
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_nothing_complete_and_the_rerun_cleans_up(two_slides, tmp_path, client, monkeypatch):
     manifest = _copy(two_slides, tmp_path)
     out = tmp_path / "out"
@@ -170,6 +173,7 @@ def test_bad_output_places_fail_before_any_work(two_slides, tmp_path, capsys):
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"),
                     reason="needs root to mount a small tmpfs")
+@pytest.mark.slow
 def test_full_and_read_only_disks_give_clear_errors(two_slides, tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
@@ -440,6 +444,7 @@ def test_the_corpus_has_thirty_inputs(corpus):
     assert len(corpus) >= 30
 
 
+@pytest.mark.slow
 def test_damaged_and_hostile_files_get_one_clear_line(corpus, tmp_path, capsys):
     problems = []
     for name, path, expected in corpus:
@@ -457,6 +462,7 @@ def test_damaged_and_hostile_files_get_one_clear_line(corpus, tmp_path, capsys):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_a_failed_read_is_one_line_to_the_end_of_the_process(corpus, tmp_path):
     """The one error line is all: no asyncio or zarr tracebacks when the interpreter exits after a failed read."""
     names = ("rotten-tile.ome.tiff", "bad-chunk.ome.zarr", "wide-page0.ome.tiff", "bitrot.ome.tiff")

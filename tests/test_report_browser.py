@@ -148,6 +148,7 @@ def alone(tmp_path_factory):
     return folder, cohort
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_a_browser_with_no_external_files(browser, alone, tmp_path, capsys):
     folder, cohort = alone
     report = folder / "report.html"

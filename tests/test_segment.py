@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tlsquant.classify import largest_network_um2, stage
+from tlsquant.config import TLS
 from tlsquant.measure import (
     TLS_COLUMNS,
     empty_tls_table,
@@ -14,7 +15,7 @@ from tlsquant.measure import (
     slide_metrics,
 )
 from tlsquant.segment.aggregates import detect_aggregates
-from tlsquant.segment.regions import tumour_mask
+from tlsquant.segment.regions import tissue_mask, tumour_mask
 
 CELL_UM = 2.0
 
@@ -46,7 +47,8 @@ def test_tumour_bed_includes_enclosed_stroma_and_tls(rng):
 
 def _detect(fraction, **overrides):
     options = dict(cell_um=CELL_UM, sigma_um=8.0, min_b_fraction=0.15, min_b_plateau=0.2, level_fraction=0.5,
-                   min_area_um2=6000.0)
+                   min_area_um2=6000.0, max_debris_fraction=TLS.max_debris_fraction,
+                   t_zone_width_um=TLS.t_zone_width_um)
     options.update(overrides)
     return detect_aggregates(fraction, **options)
 
@@ -173,3 +175,47 @@ def test_metrics_without_tumour_or_tls_are_null_not_inf():
     metrics = slide_metrics(table, tissue_area_mm2=3.0, tumour_area_mm2=2.0, stages=("primary", "mature"),
                             locations=("intratumoral", "peritumoral", "distal"))
     assert metrics["tls_density_per_mm2"] == 0.0 and metrics["tls_area_pct"] == 0.0
+
+
+def test_tissue_edge_follows_its_level_fraction():
+    shape = (120, 120)
+    tissue = _disc(shape, 60, 60, 40) > 0
+    fraction = tissue * 0.6
+    options = dict(cell_um=8.0, sigma_um=40.0, min_fraction=0.03, min_area_mm2=0.01)
+    half, _ = tissue_mask(fraction, **options)
+    assert half.sum() == pytest.approx(tissue.sum(), rel=0.05)  # half the plateau: the true edge
+    assert tissue_mask(fraction, **options, level_fraction=0.5)[0].sum() == half.sum()
+    assert tissue_mask(fraction, **options, level_fraction=0.8)[0].sum() < 0.85 * half.sum()
+
+
+def test_contrast_band_and_growth_reach_are_settings(rng):
+    shape = (200, 200)
+    core = _disc(shape, 100, 100, 30) > 0
+    halo = (_disc(shape, 100, 100, 38) > 0) & ~core  # a dense rim just outside the outline
+    fraction = _dotted(core, rng, 0.6) + _dotted(halo, rng, 0.2)
+    bounded = dict(min_contrast=4.5)
+    assert _detect(fraction, **bounded)[0].max() == 1  # band 10-40 µm: mostly past the rim
+    labels, info = _detect(fraction, **bounded, contrast_band_um=(2.0, 12.0))  # the band is the rim itself
+    assert labels.max() == 0 and info["rejected_low_contrast"] == 1
+    area = (_detect(fraction)[0] > 0).sum()
+    assert (_detect(fraction, grow_um=0.0, sigma_um=1.0)[0] > 0).sum() < area
+
+
+def test_cell_metrics_name_the_b_cell_channel_by_its_role():
+    from types import SimpleNamespace
+
+    from tlsquant.cells import REGIONS
+    from tlsquant.measure import cell_metrics
+
+    counts = np.zeros((len(REGIONS), 3), np.int64)
+    counts[REGIONS.index("all")] = (200, 30, 50)  # cells, MS4A1+, CD3+
+    counts[REGIONS.index("tumour")] = (100, 5, 20)
+    counts[REGIONS.index("tls")] = (40, 25, 10)
+    cells = SimpleNamespace(total=200, counts=counts, nucleus_area_um2=6000.0, excluded_outside_tissue=0,
+                            in_artefacts=0, scored=lambda region: counts[REGIONS.index(region)])
+    metrics = cell_metrics(cells, keys=["ms4a1", "cd3"], tissue_area_mm2=1.0,
+                           region_areas_mm2={"tumour": 0.5, "margin": 0.2, "tls": 0.05}, b_cell_key="ms4a1")
+    assert metrics["b_cell_pct"] == metrics["ms4a1_pct"] == 15.0
+    assert metrics["b_cell_pct_tls"] == 62.5 and metrics["b_cell_pct_tumour"] == 5.0
+    assert "cd20_pct" not in metrics
+    assert "b_cell_pct" not in cell_metrics(cells, keys=["ms4a1", "cd3"], tissue_area_mm2=1.0)

@@ -11,7 +11,7 @@ import tifffile
 
 import tlsquant
 from tlsquant import open_slide
-from tlsquant.errors import ChannelError, PixelSizeError, SlideFormatError, SlideNotFoundError
+from tlsquant.errors import ChannelError, CorruptSlideError, PixelSizeError, SlideFormatError, SlideNotFoundError
 from tlsquant.io.writers import (
     build_pyramid,
     downsample_mean,
@@ -88,6 +88,20 @@ def test_qptiff_pixel_size_falls_back_to_scan_profile(tmp_path, rng):
     slide = open_slide(path)
     assert slide.pixel_size_um == pytest.approx(0.5)
     assert slide.metadata["pixel_size_source"] == "QPTIFF ScanProfile PixelSizeMicrons"
+
+
+def test_qptiff_non_square_pixels_every_level(tmp_path, rng):
+    levels = _pyramid("uint16", rng, shape=(2, 301, 400))  # odd height: level 1 is 151 rows, not 150.5
+    path = write_qptiff(tmp_path / "s.qptiff", levels, channel_names=["DAPI", "CD20"], pixel_size_um=(0.65, 0.8))
+    slide = open_slide(path)
+    assert (slide.pixel_size_x_um, slide.pixel_size_y_um) == pytest.approx((0.65, 0.8), rel=1e-6)
+    with tifffile.TiffFile(path) as tif:
+        reduced = [page for page in tif.pages if "ReducedResolution" in (page.description or "")][0]
+        x_per_cm = reduced.tags["XResolution"].value[0] / reduced.tags["XResolution"].value[1]
+        y_per_cm = reduced.tags["YResolution"].value[0] / reduced.tags["YResolution"].value[1]
+    assert reduced.shape == levels[1].shape[1:]
+    assert 1e4 / x_per_cm == pytest.approx(0.65 * 400 / levels[1].shape[2], rel=1e-6)
+    assert 1e4 / y_per_cm == pytest.approx(0.8 * 301 / levels[1].shape[1], rel=1e-6)
 
 
 @pytest.mark.parametrize("unit, expected", [("µm", 0.65), ("nm", 0.65), ("mm", 0.65)])
@@ -257,10 +271,11 @@ def test_opening_decodes_no_tile(tmp_path, rng):
     slide = open_slide(path)
     assert slide.info()["shape"] == [3, 512, 512]
     np.testing.assert_array_equal(slide.channel("CD20").compute(), levels[0][1])  # other pages intact
-    with pytest.raises(Exception):
+    with pytest.raises(CorruptSlideError, match=r"s\.ome\.tiff: cannot read channel 1, rows 0-512, columns 0-512 .*corrupt or truncated"):
         slide.channel("DAPI").compute()
 
 
+@pytest.mark.slow
 def test_chunks_align_with_tiles_and_graph_pickles(tmp_path, rng):
     levels = _pyramid("uint16", rng, shape=(2, 1000, 1300))
     path = write_ome_tiff(tmp_path / "s.ome.tiff", levels, channel_names=["DAPI", "CD20"], pixel_size_um=(0.5, 0.5), tile=128)
@@ -299,6 +314,7 @@ def test_public_api():
     assert isinstance(tlsquant.__version__, str)
 
 
+@pytest.mark.slow
 def test_concurrent_reads_of_many_pages_agree(tmp_path, rng):
     """Many threads reading different pages of one file share one handle safely."""
     levels = _pyramid("uint16", rng, shape=(8, 600, 600))

@@ -11,6 +11,7 @@ import pytest
 from tlsquant import open_slide, synthetic
 
 
+@pytest.mark.slow
 def test_same_seed_same_scene_and_pixels(small_scene):
     again = synthetic.make_scene(
         seed=11, width_um=1600, height_um=1200, pixel_size_um=2.0, tls_counts=(2, 1, 0),
@@ -146,6 +147,7 @@ def _difference(rendered, *names):
     return scene, image, image - rendered(synthetic.Realism.off())[1]
 
 
+@pytest.mark.slow
 def test_realism_keeps_the_section_and_its_truth():
     clean = synthetic.make_scene(**REALISTIC)
     real = synthetic.make_scene(**REALISTIC, realism=synthetic.Realism())
@@ -357,6 +359,7 @@ def test_stain_gain_scales_specific_signal_only(base_scene, rendered, grid):
         np.testing.assert_allclose(image[c][plain], off[c][plain], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_illumination_and_dark_offset_reach_the_glass(base_scene, rendered, grid):
     _, _, tissue = grid
     off = rendered(synthetic.Realism.off())[1]

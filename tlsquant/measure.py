@@ -99,12 +99,14 @@ def slide_metrics(tls: pd.DataFrame, *, tissue_area_mm2: float, tumour_area_mm2:
 
 
 def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float,
-                 region_areas_mm2: dict[str, float] | None = None) -> dict:
+                 region_areas_mm2: dict[str, float] | None = None, b_cell_key: str | None = None) -> dict:
     """Cell counts and, per marker key, percent positive cells and positive cells per mm², overall,
     in the tumour bed, the peritumoral margin and in TLS.
 
     ``cells`` is a :class:`tlsquant.cells.CellCounts`; ``keys`` name its markers in order;
     ``region_areas_mm2`` the areas of ``tumour``, ``margin`` and ``tls`` (densities need them).
+    ``b_cell_key``, the key of the B-cell channel, also gives its percentages under the role's
+    name (``b_cell_pct``, ``b_cell_pct_tumour`` ...): cohorts compare them across panels.
     Every cell centred in tissue is counted; percentages and regional densities leave out the
     cells in artefact zones, whose marker values are not trusted. Values of an empty region are None.
     """
@@ -136,4 +138,6 @@ def cell_metrics(cells, *, keys: list[str], tissue_area_mm2: float,
             row = cells.scored(region)
             metrics[f"{key}_pct{suffix}"] = float(100.0 * row[1 + k] / row[0]) if row[0] else None
             metrics[f"{key}_per_mm2{suffix}"] = per_mm2(row[1 + k], region)
+            if key == b_cell_key:
+                metrics[f"b_cell_pct{suffix}"] = metrics[f"{key}_pct{suffix}"]
     return metrics

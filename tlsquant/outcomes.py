@@ -16,8 +16,9 @@ from .groups import assign_groups, numeric_column
 from .maxstat import CUTPOINT_COLUMNS, maxstat_cutpoint
 from .response import ENDPOINTS, recist_categories, response_rates, response_tests
 from .roc import roc_table
+from .stats import B_CELL_METRIC
 
-DEFAULT_METRICS = ("tls_density_per_mm2", "tls_area_pct", "tls_mature_density_per_mm2", "cd20_pct")
+DEFAULT_METRICS = ("tls_density_per_mm2", "tls_area_pct", "tls_mature_density_per_mm2", B_CELL_METRIC)
 
 
 @dataclass(frozen=True)

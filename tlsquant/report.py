@@ -14,14 +14,24 @@ import pandas as pd
 from .batch import is_safe_id
 from .io.atomic import atomic_path, write_text_atomic
 from .outcome_report import embed_images, md_escape
+from .stats import B_CELL_METRIC
 
 METRIC_LABELS = {
     "tls_density_per_mm2": "TLS density (per mm² tumour)",
     "tls_area_pct": "TLS area (% of tumour)",
     "tls_mature_density_per_mm2": "Mature TLS density (per mm² tumour)",
     "tls_count": "TLS count",
-    "cd20_pct": "CD20+ cells (%)",
+    B_CELL_METRIC: "B cells (% of all cells)",
 }
+
+
+def metric_label(metric: str) -> str:
+    """A cohort column as an axis or table label: ``cd8_pct`` -> ``CD8+ cells (%)``."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    if metric.endswith("_pct") and metric.count("_") == 1:  # <marker>_pct: percent positive of all cells
+        return f"{metric[: -len('_pct')].upper()}+ cells (%)"
+    return metric
 
 
 def _format_p(p) -> str:
@@ -44,7 +54,7 @@ SLIDE_COLUMNS = (("tumour_area_mm2", "tumour mm²"), ("tls_count", "TLS"), ("tls
                  ("tls_primary_follicle_count", "primary follicle"), ("tls_count_by_location_intratumoral", "intratumoral"),
                  ("tls_count_by_location_peritumoral", "peritumoral"), ("tls_count_by_location_distal", "distal"),
                  ("tls_counted", "counted"), ("tls_density_per_mm2", "density /mm²"),
-                 ("tls_area_pct", "area %"), ("cd20_pct", "CD20+ %"), ("warnings", "warnings"))
+                 ("tls_area_pct", "area %"), (B_CELL_METRIC, "B cells %"), ("warnings", "warnings"))
 POINTS_ONLY_BELOW = 6  # a box of fewer points hides more than it shows
 
 
@@ -71,7 +81,7 @@ def metric_figure(df: pd.DataFrame, group: str, metric: str, groups: list[str], 
     axes.set_xlim(0.4, len(groups) + 0.6)
     if metric in COUNT_METRICS:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+    axes.set_ylabel(metric_label(metric))
     test = "Kruskal–Wallis" if len(groups) > 2 else "Mann–Whitney"
     axes.set_title(f"{test} p = {_format_p(p)}", fontsize=9)
     figure.tight_layout()
@@ -186,7 +196,7 @@ def _readable_stats(stats: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         shift = "–" if r.hl_shift is None or pd.isna(r.hl_shift) else (
             f"{r.hl_shift:.3g} (no 95 % CI: too few slides)" if no_ci
             else f"{r.hl_shift:.3g} ({_cell(r.hl_ci_low)} to {_cell(r.hl_ci_high)})")
-        rows.append([METRIC_LABELS.get(r.metric, r.metric), f"{r.group_a} vs {r.group_b}", f"{r.n_a} vs {r.n_b}",
+        rows.append([metric_label(r.metric), f"{r.group_a} vs {r.group_b}", f"{r.n_a} vs {r.n_b}",
                      f"{_cell(r.median_a)} vs {_cell(r.median_b)}", _format_p(r.p), _cell(r.effect_size), shift,
                      _format_p(r.q), str(r.method)])
     return header, rows
@@ -254,7 +264,7 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
 
     if omnibus is not None:
         section("Kruskal–Wallis across groups", ["metric", "n", "medians", "H", "p", "q"],
-                [[METRIC_LABELS.get(r.metric, r.metric), r.n, r.medians, _cell(r.h), _format_p(r.p), _format_p(r.q)]
+                [[metric_label(r.metric), r.n, r.medians, _cell(r.h), _format_p(r.p), _format_p(r.q)]
                  for r in omnibus.itertuples(index=False)])
     header, rows = _readable_stats(stats)
     section("Pairwise comparisons" if omnibus is not None else "Comparison", header, rows,

@@ -18,6 +18,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+# the B-cell marker's positive cells as % of all cells, named by role (not by marker: CD20, CD19 or MS4A1
+# depending on channels.b_cells), so one cohort compares slides of different panels
+B_CELL_METRIC = "b_cell_pct"
+DEFAULT_METRICS = ("tls_density_per_mm2", "tls_area_pct", "tls_mature_density_per_mm2", "tls_count", B_CELL_METRIC)
 EXACT_MAX_N = 50  # exact (conditional) distribution when both groups are at most this large
 
 STATS_COLUMNS = [
@@ -289,8 +293,7 @@ def compare_groups(df: pd.DataFrame, group: str, metrics: Sequence[str] | None =
         if label not in labels:
             raise TLSQuantError(f"group {label!r} not found in column {group!r}; groups: {', '.join(sorted(labels))}")
     if metrics is None:
-        preferred = ["tls_density_per_mm2", "tls_area_pct", "tls_mature_density_per_mm2", "tls_count", "cd20_pct"]
-        metrics = [m for m in preferred if m in df.columns]
+        metrics = [m for m in DEFAULT_METRICS if m in df.columns]
     missing = [m for m in metrics if m not in df.columns]
     if missing:
         raise TLSQuantError(f"metric column(s) not found: {', '.join(missing)}; columns: {', '.join(map(str, df.columns))}")

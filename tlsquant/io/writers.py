@@ -181,8 +181,8 @@ def write_qptiff(
     base = levels[0]
 
     def page_options(level, level_index):
-        factor = base.shape[2] / level.shape[2]
-        size = (pixel_size_um[0] * factor, pixel_size_um[1] * factor)
+        # each axis by its own factor: a level of an odd-sized slide (or non-square pixels) is not scaled alike in y and x
+        size = (pixel_size_um[0] * base.shape[2] / level.shape[2], pixel_size_um[1] * base.shape[1] / level.shape[1])
         options = dict(metadata=None, compression=compression, tile=(tile, tile))
         if resolution_tags:
             options.update(resolution=_resolution_per_cm(size), resolutionunit="CENTIMETER")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..config import TLS
 from .regions import cells, disk, smooth
 
 
@@ -54,9 +55,10 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
 
 
 def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float, min_b_fraction: float,
-                      min_b_plateau: float, level_fraction: float, min_area_um2: float, debris: np.ndarray | None = None,
-                      max_debris_fraction: float = 0.3, t_fraction: np.ndarray | None = None,
-                      t_zone_width_um: float = 30.0, min_t_fraction: float = 0.0,
+                      min_b_plateau: float, level_fraction: float, min_area_um2: float, max_debris_fraction: float,
+                      t_zone_width_um: float, grow_um: float = TLS.grow_um,
+                      contrast_band_um: tuple[float, float] = TLS.contrast_band_um, debris: np.ndarray | None = None,
+                      t_fraction: np.ndarray | None = None, min_t_fraction: float = 0.0,
                       nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
                       min_contrast: float = 0.0, min_relative_density: float = 0.0,
                       rejected: list | None = None) -> tuple[np.ndarray, dict]:
@@ -66,13 +68,15 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     After smoothing by ``sigma_um`` (large enough that lone B cells and loose infiltrates
     stay low), cells above ``min_b_fraction`` seed aggregates, which grow by hysteresis
     down to ``level_fraction`` of the typical aggregate density: the outline then sits
-    where B cells give way to the T-cell zone or stroma. Holes are filled; aggregates
+    where B cells give way to the T-cell zone or stroma (at most ``3 * sigma_um + grow_um``
+    beyond the seed). Holes are filled; aggregates
     smaller than ``min_area_um2``, made mostly of debris, with fewer nuclei than
     ``min_nuclear_fraction`` (a share of pixels: lymphoid aggregates are packed with
     nuclei, red-blood-cell strings and stain precipitate have none) or (when
     ``min_t_fraction`` > 0) without a T-cell zone around them are dropped. With
     ``min_contrast`` > 0 an aggregate's B-cell density must reach that multiple of the
-    density in a band 10-40 µm around it: a TLS is a bounded aggregate. With
+    density in a band around it (``contrast_band_um``: inner and outer distance from its
+    outline): a TLS is a bounded aggregate. With
     ``min_relative_density`` > 0 its B-cell density must also reach that share of the densest
     candidate's on the slide: follicles are packed with B cells, a dense patch of a loose
     infiltrate holds a third to a half as many, however sharply it ends (a T-cell zone rich
@@ -88,7 +92,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     density = smooth(b_fraction, sigma_um=sigma_um, cell_um=cell_um)
     mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
                                       level_fraction=level_fraction,
-                                      reach=int(np.ceil(cells(3 * sigma_um + 20.0, cell_um))))
+                                      reach=int(np.ceil(cells(3 * sigma_um + grow_um, cell_um))))
     del density
     labels, count = ndi.label(mask)
     del mask
@@ -100,8 +104,9 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
         return labels.astype(np.int32), info
     kept, dense = [], []
     cell_area = cell_um * cell_um
+    band_inner_um, band_outer_um = contrast_band_um
     for index, box in enumerate(ndi.find_objects(labels), start=1):
-        pad = int(np.ceil(cells(max(t_zone_width_um, 40.0), cell_um))) + 1
+        pad = int(np.ceil(cells(max(t_zone_width_um, band_outer_um), cell_um))) + 1
         box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
         region = ndi.binary_fill_holes(labels[box] == index)
         area_um2 = region.sum() * cell_area
@@ -119,8 +124,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             continue
         inside = float(b_fraction[box][region].mean())
         if min_contrast > 0:
-            band = ndi.binary_dilation(region, structure=disk(40.0, cell_um)) & ~ndi.binary_dilation(
-                region, structure=disk(10.0, cell_um))
+            band = ndi.binary_dilation(region, structure=disk(band_outer_um, cell_um)) & ~ndi.binary_dilation(
+                region, structure=disk(band_inner_um, cell_um))
             if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
                 info["rejected_low_contrast"] += 1
                 _reject(rejected, "low_contrast", box, region)

@@ -6,6 +6,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
+from ..config import Tissue
+
 
 def cells(length_um: float, cell_um: float) -> float:
     """A length in µm as a (fractional) number of grid cells: the one unit conversion."""
@@ -51,10 +53,10 @@ def remove_small(mask: np.ndarray, *, min_area_um2: float, cell_um: float) -> np
 
 
 def tissue_mask(nuclei_fraction: np.ndarray, *, cell_um: float, sigma_um: float, min_fraction: float,
-                min_area_mm2: float) -> tuple[np.ndarray, dict]:
-    """Tissue: where nuclei are, smoothed, holes filled, specks dropped."""
+                min_area_mm2: float, level_fraction: float = Tissue.level_fraction) -> tuple[np.ndarray, dict]:
+    """Tissue: where nuclei are, smoothed, edged at ``level_fraction`` of the typical level, holes filled, specks dropped."""
     smoothed = smooth(nuclei_fraction, sigma_um=sigma_um, cell_um=cell_um)
-    mask, threshold, level = half_level_mask(smoothed, floor=min_fraction, level_fraction=0.5)
+    mask, threshold, level = half_level_mask(smoothed, floor=min_fraction, level_fraction=level_fraction)
     mask = ndi.binary_fill_holes(mask)
     mask = remove_small(mask, min_area_um2=min_area_mm2 * 1e6, cell_um=cell_um)
     return mask, {"nuclei_fraction_threshold": threshold, "nuclei_fraction_level": level}
