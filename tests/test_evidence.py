@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tlsquant.background import expand
-from tlsquant.segment.evidence import COARSE_MAPS, FINE_MAPS, EvidencePlan, compute_evidence
+from tlsquant.segment.evidence import COARSE_MAPS, FINE_MAPS, EvidencePlan, ScaledThresholds, compute_evidence, scaled_level
 
 ROLES = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells")
 GRID = 9  # threshold-map cell, level-0 px
@@ -124,3 +124,56 @@ def test_autofluorescence_channel_decides_debris(images):
     maps = compute_evidence([da.from_array(i, chunks=200) for i in list(images) + [af]], plan, thresholds=thresholds,
                             scheduler="sync")
     assert maps.fine["debris"].sum() == 100  # only where the AF channel is bright
+
+
+@pytest.mark.parametrize("chunk", [64, 100, 256, 1000])
+@pytest.mark.parametrize("as_float", [False, True])
+def test_scaled_thresholds_in_one_pass_equal_separate_passes(images, chunk, as_float):
+    # each scenario group's maps, counted alongside the baseline, equal a separate pass with its thresholds;
+    # tumour and t_cells read one channel (scaled together), crosstalk into t_cells, an AF channel
+    roles = ROLES + ("autofluorescence",)
+    stack = [image.astype(np.float32) if as_float else image for image in images]
+    af = np.zeros_like(stack[0])
+    af[300:340, 50:120] = 500
+    stack.append(af)
+    thresholds = _threshold_maps(images[0].shape, roles)
+    thresholds["autofluorescence"] = thresholds["autofluorescence"] + 300
+    backgrounds = {"b_cells": thresholds["b_cells"] - 30}
+    crosstalk = (("t_cells", (("b_cells", 0.1),)),)
+    channels = ("DAPI", "X", "CD20", "CD21", "CD23", "CD3", "AF")
+    scales = (0.8, 0.9, 1.1, 1.25)
+    groups = (("nuclei",), ("b_cells",), ("fdc",), ("germinal_centre",), ("tumour",), ("autofluorescence",))
+    # scaled: the margin of 60 above a background (or, for AF, a margin map), as the pipeline scales them
+    scaled = {role: ScaledThresholds(thresholds[role] - 60, None, (1.0,) * 4, tuple(60 * s for s in scales))
+              for role in ROLES}
+    spread = np.linspace(40, 80, thresholds["b_cells"].size, dtype=np.float32).reshape(thresholds["b_cells"].shape)
+    scaled["autofluorescence"] = ScaledThresholds(thresholds["autofluorescence"] - spread, spread, scales, (0.0,) * 4)
+    levels = {role: [scaled_level(t.base, t.spread, c, d, t.base.shape) for c, d in zip(t.factors, t.shifts)]
+              for role, t in scaled.items()}
+    plan = EvidencePlan(roles, 3, 9, GRID, 2, crosstalk, channels=channels, scenarios=groups)
+    arrays = [da.from_array(image, chunks=chunk) for image in stack]
+    maps = compute_evidence(arrays, plan, thresholds=thresholds, backgrounds=backgrounds, scaled=scaled,
+                            scheduler="threads", num_workers=2)
+    plain = EvidencePlan(roles, 3, 9, GRID, 2, crosstalk, channels=channels)
+    whole = [da.from_array(image, chunks=image.shape) for image in stack]
+    changed = 0
+    for g, group in enumerate(groups):
+        for k in range(len(scales)):
+            key = (as_float, g, k)
+            if key not in _SEPARATE:  # the separate passes do not depend on the chunking: count them once
+                _SEPARATE[key] = compute_evidence(whole, plain, thresholds={**thresholds, **{r: levels[r][k] for r in group}},
+                                                  backgrounds=backgrounds, scheduler="sync")
+            separate = _SEPARATE[key]
+            scenario = maps.scenario(g, k)
+            for name in FINE_MAPS:
+                np.testing.assert_array_equal(scenario.fine[name], separate.fine[name], err_msg=f"{group} {k} {name}")
+            for name in COARSE_MAPS:
+                np.testing.assert_array_equal(scenario.coarse[name], separate.coarse[name], err_msg=f"{group} {k} {name}")
+            changed += len(maps.changed_maps(g, k))
+    assert changed >= len(groups) * len(scales)  # every scenario moved some map
+    baseline = compute_evidence(whole, plain, thresholds=thresholds, backgrounds=backgrounds, scheduler="sync")
+    for name in FINE_MAPS:  # the baseline is untouched
+        np.testing.assert_array_equal(maps.fine[name], baseline.fine[name])
+
+
+_SEPARATE: dict = {}

@@ -8,6 +8,7 @@ threshold applies to every tile (never per tile).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -17,6 +18,32 @@ from skimage import filters
 from .config import ThresholdRule
 
 MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class ScaledThresholds:
+    """One role's thresholds at several scales, each ``base + factor * spread + shift`` (float32).
+
+    Kept as two maps and numbers per scale rather than a map per scale: the pass cuts
+    the maps into block pieces and evaluates the scales there, with the same float32
+    arithmetic as :func:`scaled_level` on the whole map. A missing map counts as 0.
+    """
+
+    base: np.ndarray | None
+    spread: np.ndarray | None
+    factors: tuple[float, ...]
+    shifts: tuple[float, ...]
+
+
+def scaled_level(base: np.ndarray | None, spread: np.ndarray | None, factor: float, shift: float,
+                 shape: tuple[int, int]) -> np.ndarray:
+    """``base + factor * spread + shift`` as float32 (a missing map is 0): the same numbers whole or in pieces."""
+    level = np.zeros(shape, np.float32) if base is None else base.astype(np.float32, copy=False)
+    if spread is not None:
+        level = level + np.float32(factor) * spread
+    if shift:
+        level = level + np.float32(shift)
+    return level
 
 
 def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int,
@@ -85,3 +112,35 @@ def estimate_threshold(values: np.ndarray, rule: ThresholdRule) -> float:
     if method == "li":
         return float(function(values, tolerance=max(np.ptp(values) * 1e-4, 1e-12)))
     return float(function(values, nbins=1024) if method != "li" else function(values))
+
+
+
+def scaled_thresholds(signal, channel: str, scales) -> ScaledThresholds:
+    """The evidence threshold of ``channel`` at each of ``scales``, as the counting pass evaluates them.
+
+    ``signal`` is a :class:`tlsquant.background.SignalModel`. What is scaled is what the
+    rule decides: the margin above the local background (``background`` method: glass,
+    AF and offset stay put, so 0.8 never dips into the background) or the threshold
+    itself (global methods).
+    """
+    model = signal.channels[channel]
+    if model.global_threshold is not None:
+        return ScaledThresholds(None, None, tuple(scales), tuple(model.global_threshold * s for s in scales))
+    if channel in signal.pixel_af:
+        return ScaledThresholds(None, None, tuple(scales),
+                                tuple(model.glass_level + model.offset + s * model.margin for s in scales))
+    return ScaledThresholds(signal.background(channel), None, tuple(scales),
+                            tuple(model.offset + s * model.margin for s in scales))
+
+
+def positive_threshold(signal, channel: str, *, scale: float = 1.0) -> np.ndarray:
+    """The evidence threshold of ``channel`` on the coarse grid (float32), scaled by ``scale`` (see :func:`scaled_thresholds`).
+
+    ``scale`` 1 is exactly the model's own threshold, and any other scale the very
+    numbers a sensitivity scenario at that scale compares with: a run with
+    ``thresholds.<role>.scale = s`` and the scenario at ``s`` count the same pixels.
+    """
+    if scale == 1.0:
+        return signal.corrected_threshold(channel)
+    parts = scaled_thresholds(signal, channel, (scale,))
+    return scaled_level(parts.base, parts.spread, scale, parts.shifts[0], signal.template.shape)

@@ -5,17 +5,25 @@ pixels are summed into grid cells anchored at the slide origin. Cells cut by a b
 edge get partial sums from each block, which are added: the maps are exact integer
 counts and identical for any chunking or worker count. Only the coarse maps are ever
 held whole.
+
+Threshold sensitivity rides on the same pass: for each scenario channel the block is
+also compared with that channel's scaled thresholds. Only pixels between the lowest
+and the highest of its thresholds (a thin band at stain edges) can decide differently,
+so the whole decision (positives, artefact votes, the masks of every map) is redone
+for those pixels alone and kept as sparse count differences from the baseline maps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import dask
 import numpy as np
 
 from ..background import expand
 from ..blocks import block_grid, compute_blocks
+from ..thresholds import ScaledThresholds, scaled_level  # noqa: F401  (re-exported: the pass evaluates them)
 
 # maps counted on the fine (TLS) grid and on the coarse (tissue / tumour) grid
 FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "nuclei", "debris")
@@ -44,6 +52,8 @@ class EvidencePlan:
     pixel_af: tuple[tuple[str, float], ...] = ()
     af_glass: float = 0.0
     channels: tuple[str, ...] = ()  # slide channel of each role: a channel with two roles votes once
+    # sensitivity: groups of roles whose thresholds are scaled together (one slide channel each)
+    scenarios: tuple[tuple[str, ...], ...] = ()
 
     @property
     def uses_autofluorescence(self) -> bool:
@@ -64,6 +74,31 @@ class EvidenceMaps:
     coarse_cols: np.ndarray
     fine_factor: int
     coarse_factor: int
+    # sensitivity: per scenario group, per grid ("fine" / "coarse"), per map: (flat cell index, count
+    # difference per scale, shape (scales, cells)); a cell may be listed twice (cut by a block edge)
+    scenario_deltas: list[dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = field(default_factory=list)
+
+    def changed_maps(self, group: int, scale: int) -> set[tuple[str, str]]:
+        """(grid, map) pairs whose counts differ from the baseline in scenario ``group`` at scale index ``scale``."""
+        return {(grid, name) for grid, maps in self.scenario_deltas[group].items()
+                for name, (_, deltas) in maps.items() if deltas[scale].any()}
+
+    def scenario(self, group: int, scale: int) -> EvidenceMaps:
+        """The maps as counted with scenario ``group``'s thresholds at scale index ``scale``.
+
+        Unchanged maps are shared with this object (read them, never write them); changed
+        ones are copies.
+        """
+        grids = {"fine": dict(self.fine), "coarse": dict(self.coarse)}
+        for grid, maps in self.scenario_deltas[group].items():
+            for name, (cells, deltas) in maps.items():
+                delta = deltas[scale]
+                if not delta.any():
+                    continue
+                counts = grids[grid][name].astype(np.int32)
+                np.add.at(counts.reshape(-1), cells, delta)
+                grids[grid][name] = counts.astype(grids[grid][name].dtype)
+        return dataclasses.replace(self, fine=grids["fine"], coarse=grids["coarse"], scenario_deltas=[])
 
     def pixels(self, grid: str, box=(slice(None), slice(None))) -> np.ndarray:
         """Level-0 pixels per cell of ``grid`` ("fine" or "coarse") within ``box``, float32."""
@@ -111,24 +146,118 @@ def _bin(mask: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
     return cells
 
 
+def _comparable(threshold: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``threshold`` in the values' own dtype where they are integers: x > t is x > floor(t)."""
+    if dtype.kind in "ui" and threshold.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.floor(threshold), info.min, info.max).astype(dtype)
+    return threshold
+
+
 def _above(values: np.ndarray, threshold: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
     """values > threshold, where ``threshold`` holds one value per grid cell covering the block."""
     height, width = values.shape
-    if values.dtype.kind in "ui" and threshold.dtype.kind == "f":
-        # x > t is x > floor(t) for integers: compare in the block's own dtype
-        info = np.iinfo(values.dtype)
-        threshold = np.clip(np.floor(threshold), info.min, info.max).astype(values.dtype)
+    threshold = _comparable(threshold, values.dtype)
     if y0 % factor == 0 and x0 % factor == 0 and height % factor == 0 and width % factor == 0:
         shaped = values.reshape(height // factor, factor, width // factor, factor)
         return (shaped > threshold[:, None, :, None]).reshape(height, width)
     return values > expand(threshold, factor, y0 % factor, x0 % factor, values.shape)
 
 
-def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, *blocks: np.ndarray):
-    """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts).
+def _decide(plan: EvidencePlan, positive: dict[str, np.ndarray], shape) -> dict[str, np.ndarray]:
+    """The mask of every map from the positives of each role (arrays of any one shape): artefacts voted out."""
+    votes = None
+    groups = 0
+    channel_of = dict(zip(plan.roles, plan.channels or plan.roles))
+    voted: set[str] = set()
+    for group in VOTING_GROUPS:
+        members = [positive[r] for r in group if r in positive and channel_of[r] not in voted]
+        voted.update(channel_of[r] for r in group if r in positive)
+        if not members:
+            continue
+        groups += 1
+        vote = members[0] if len(members) == 1 else np.logical_or.reduce(members)
+        votes = vote.view(np.uint8).copy() if votes is None else votes + vote.view(np.uint8)
+    debris = votes >= min(plan.min_votes, max(groups, 2)) if votes is not None else np.zeros(shape, bool)
+    if plan.uses_autofluorescence:
+        debris |= positive["autofluorescence"]
+    clean = ~debris
+    masks = {name: positive[name] & clean for name in set(FINE_MAPS + COARSE_MAPS) - {"debris"} if name in positive}
+    masks["debris"] = debris
+    return masks
+
+
+def delta_dtype(factor: int) -> np.dtype:
+    """Signed dtype holding any difference of two counts of a ``factor`` x ``factor`` cell."""
+    cells = factor * factor
+    return np.dtype(np.int8 if cells <= 127 else np.int16 if cells <= 32767 else np.int32)
+
+
+def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, values: dict, thresholds: dict,
+                     scaled: dict, positive: dict, masks: dict) -> dict:
+    """Count differences from the baseline when the thresholds of ``group`` are scaled (each scale at once).
+
+    Returns {grid: (origin, grid width of the block, {map: (cells, differences (scales, cells))})};
+    cells are block-local flat indices, only those whose count changes at some scale.
+    """
+    f = plan.grid_factor
+    height, width = values[group[0]].shape
+    band = None
+    stacks = {}
+    for role in group:
+        base, spread, factors, shifts = scaled[role]
+        stack = stacks[role] = np.stack([scaled_level(base, spread, c, d, thresholds[role].shape)
+                                         for c, d in zip(factors, shifts)])
+        low = np.minimum(stack.min(axis=0), thresholds[role])
+        high = np.maximum(stack.max(axis=0), thresholds[role])
+        inside = _above(values[role], low, y0, x0, f) & ~_above(values[role], high, y0, x0, f)
+        band = inside if band is None else band | inside
+    index = np.flatnonzero(band)
+    if index.size == 0:
+        return {}
+    rows, cols = np.divmod(index, width)
+    grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
+    gathered = {role: mask.reshape(-1)[index] for role, mask in positive.items()}
+    baseline = {name: mask.reshape(-1)[index].view(np.int8) for name, mask in masks.items()}
+    n_scales = stacks[group[0]].shape[0]
+    differences: dict[str, list] = {}
+    for k in range(n_scales):
+        trial = dict(gathered)
+        for role in group:
+            level = _comparable(stacks[role][k], values[role].dtype)[grid_rows, grid_cols]
+            trial[role] = values[role].reshape(-1)[index] > level
+        for name, mask in _decide(plan, trial, index.shape).items():
+            difference = mask.view(np.int8) - baseline[name]
+            if difference.any():
+                differences.setdefault(name, [None] * n_scales)[k] = difference
+    out = {}
+    for grid, names, cell in (("fine", FINE_MAPS, plan.fine_factor), ("coarse", COARSE_MAPS, plan.coarse_factor)):
+        present = [name for name in names if name in differences]
+        if not present:
+            continue
+        grid_width = -(-(x0 % cell + width) // cell)
+        local = ((y0 % cell + rows) // cell) * grid_width + (x0 % cell + cols) // cell
+        order = np.argsort(local, kind="stable")
+        ordered = local[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        cells = ordered[starts]
+        maps = {}
+        for name in present:
+            stack = np.stack([d[order] if d is not None else np.zeros(index.size, np.int8) for d in differences[name]])
+            sums = np.add.reduceat(stack, starts, axis=1, dtype=np.int32)
+            changed = sums.any(axis=0)
+            maps[name] = (cells[changed].astype(np.int32), sums[:, changed].astype(delta_dtype(cell)))
+        out[grid] = ((y0 // cell, x0 // cell), grid_width, maps)
+    return out
+
+
+def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, *blocks: np.ndarray,
+                scaled: dict | None = None):
+    """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts, scenario deltas).
 
     ``thresholds`` / ``backgrounds`` map roles to the threshold-grid pieces covering the
-    block (backgrounds only for crosstalk sources).
+    block (backgrounds only for crosstalk sources); ``scaled`` each scenario role's
+    (base piece, spread piece, factors, shifts) (see :class:`ScaledThresholds`).
     """
     factor = plan.grid_factor
     data = dict(zip(plan.roles, blocks))
@@ -143,28 +272,11 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
             background = expand(backgrounds[source], factor, y0 % factor, x0 % factor, value.shape)
             value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
         corrected[target] = value
-    positive = {}
-    for role in plan.roles:
-        threshold = thresholds[role]
-        positive[role] = _above(corrected.get(role, data[role]), threshold, y0, x0, factor)
-    votes = None
-    groups = 0
-    channel_of = dict(zip(plan.roles, plan.channels or plan.roles))
-    voted: set[str] = set()
-    for group in VOTING_GROUPS:
-        members = [positive[r] for r in group if r in positive and channel_of[r] not in voted]
-        voted.update(channel_of[r] for r in group if r in positive)
-        if not members:
-            continue
-        groups += 1
-        vote = members[0] if len(members) == 1 else np.logical_or.reduce(members)
-        votes = vote.view(np.uint8).copy() if votes is None else votes + vote.view(np.uint8)
-    debris = votes >= min(plan.min_votes, max(groups, 2)) if votes is not None else np.zeros(blocks[0].shape, bool)
-    if plan.uses_autofluorescence:
-        debris |= positive["autofluorescence"]
-    clean = ~debris
-    masks = {name: positive[name] & clean for name in set(FINE_MAPS + COARSE_MAPS) - {"debris"} if name in positive}
-    masks["debris"] = debris
+    values = {role: corrected.get(role, data[role]) for role in plan.roles}
+    positive = {role: _above(values[role], thresholds[role], y0, x0, factor) for role in plan.roles}
+    masks = _decide(plan, positive, blocks[0].shape)
+    scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled, positive, masks)
+                 for group in plan.scenarios]
     out = []
     for names, cell in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
         stack = []
@@ -176,11 +288,12 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
                 stack.append(np.zeros(shape, count_dtype(cell)))
         # partial sums never exceed cell², so the small dtype holds them and their total
         out.append(((y0 // cell, x0 // cell), np.stack(stack)))
-    return out[0][0], out[0][1], out[1][0], out[1][1]
+    return out[0][0], out[0][1], out[1][0], out[1][1], scenarios
 
 
 def _pieces(grid: np.ndarray, factor: int, y0: int, x0: int, height: int, width: int) -> np.ndarray:
-    return np.ascontiguousarray(grid[y0 // factor : -(-(y0 + height) // factor), x0 // factor : -(-(x0 + width) // factor)])
+    return np.ascontiguousarray(grid[..., y0 // factor : -(-(y0 + height) // factor),
+                                     x0 // factor : -(-(x0 + width) // factor)])
 
 
 def count_dtype(factor: int) -> np.dtype:
@@ -196,23 +309,34 @@ def _grid_pixels(size: int, factor: int) -> np.ndarray:
 
 
 def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.ndarray],
-                     backgrounds: dict[str, np.ndarray] | None = None, scheduler=None, num_workers=None) -> EvidenceMaps:
+                     backgrounds: dict[str, np.ndarray] | None = None,
+                     scaled: dict[str, ScaledThresholds] | None = None,
+                     scheduler=None, num_workers=None) -> EvidenceMaps:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
     ``thresholds`` maps each role to its threshold map on the threshold grid (float32);
-    ``backgrounds`` the crosstalk sources' background maps. Each block gets only the
-    pieces covering it, so the task graph stays small.
+    ``backgrounds`` the crosstalk sources' background maps; ``scaled`` each role of
+    ``plan.scenarios`` to its thresholds at every sensitivity scale.
+    Each block gets only the pieces covering it, so the task graph stays small.
     """
     height, width = channels[0].shape
     y_chunks, x_chunks = channels[0].chunks
     grids = [channel.to_delayed() for channel in channels]
     backgrounds = backgrounds or {}
+    scaled = scaled or {}
+    missing = [role for group in plan.scenarios for role in group if role not in scaled]
+    if missing:
+        raise ValueError(f"scenario roles {missing} have no scaled thresholds")
     f = plan.grid_factor
     tasks = []
     for i, j, y0, x0, h, w in block_grid(y_chunks, x_chunks):
         pieces = {role: _pieces(thresholds[role], f, y0, x0, h, w) for role in plan.roles}
         bg = {role: _pieces(grid, f, y0, x0, h, w) for role, grid in backgrounds.items()}
-        tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, pieces, bg, *[grid[i, j] for grid in grids]))
+        stacks = {role: (None if t.base is None else _pieces(t.base, f, y0, x0, h, w),
+                         None if t.spread is None else _pieces(t.spread, f, y0, x0, h, w), t.factors, t.shifts)
+                  for role, t in scaled.items()}
+        tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, pieces, bg, *[grid[i, j] for grid in grids],
+                                                          scaled=stacks))
     results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
 
     def assemble(factor, names, index):
@@ -226,6 +350,23 @@ def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.n
     fine = assemble(plan.fine_factor, FINE_MAPS, 0)
     coarse = assemble(plan.coarse_factor, COARSE_MAPS, 2)
     f, c = plan.fine_factor, plan.coarse_factor
+    deltas = []
+    for g in range(len(plan.scenarios)):
+        group: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for grid, factor in (("fine", f), ("coarse", c)):
+            grid_width = -(-width // factor)
+            index_dtype = np.int32 if -(-height // factor) * grid_width < 2**31 else np.int64
+            cells_of: dict[str, list] = {}
+            for result in results:
+                if grid not in result[4][g]:
+                    continue
+                (cy, cx), block_width, maps = result[4][g][grid]
+                for name, (local, difference) in maps.items():
+                    flat = (cy + local // block_width).astype(index_dtype) * grid_width + cx + local % block_width
+                    cells_of.setdefault(name, []).append((flat, difference))
+            group[grid] = {name: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1))
+                           for name, parts in cells_of.items()}
+        deltas.append(group)
     return EvidenceMaps(
         fine=fine,
         coarse=coarse,
@@ -235,4 +376,5 @@ def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.n
         coarse_cols=_grid_pixels(width, c),
         fine_factor=f,
         coarse_factor=c,
+        scenario_deltas=deltas,
     )
