@@ -37,6 +37,7 @@ def analysed(request, tmp_path_factory):
     return analyze_slide(path, NO_CELLS), json.loads(truth_path.read_text())
 
 
+@pytest.mark.slow
 def test_accuracy_against_truth(analysed):
     result, truth = analysed
     summary = result.summary
@@ -54,15 +55,20 @@ def test_accuracy_against_truth(analysed):
     assert summary["tissue_area_mm2"] == pytest.approx(truth["tissue_area_mm2"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_debris_never_counts_or_matures(analysed):
     result, truth = analysed
+    outside_tls = []
     for blob in truth["decoys"]["debris"] + truth["decoys"]["small_aggregates"]:
-        distances = np.hypot(result.tls["centroid_x_um"] - blob["x_um"], result.tls["centroid_y_um"] - blob["y_um"])
         inside_tls = [t for t in truth["tls"]
                       if np.hypot(t["centroid_x_um"] - blob["x_um"], t["centroid_y_um"] - blob["y_um"])
                       < np.sqrt(t["area_um2"] / np.pi)]
-        if not inside_tls:
-            assert (distances > 60).all()
+        if not inside_tls:  # decoys inside a true TLS are that TLS's business (below)
+            outside_tls.append(blob)
+    assert len(outside_tls) >= 3
+    for blob in outside_tls:
+        distances = np.hypot(result.tls["centroid_x_um"] - blob["x_um"], result.tls["centroid_y_um"] - blob["y_um"])
+        assert (distances > 60).all(), blob
     # primary TLS carry a debris particle inside: they must stay primary
     pairs = match_tls(result.tls, truth["tls"])
     assert all(row.stage == "primary" for row, item in pairs if item["stage"] == "primary")
@@ -78,6 +84,7 @@ def _outputs(slide_path, tmp_path, name, **kwargs):
     return (tmp_path / name / "tls.csv").read_text(), summary, (tmp_path / name / "tls.geojson").read_text()
 
 
+@pytest.mark.slow
 def test_chunking_and_workers_do_not_change_results(tmp_path, process_pool):
     # 2 µm pixels: 1200 x 900 px, still cut by every chunk size below
     scene = synthetic.make_scene(seed=31, width_um=2400, height_um=1800, pixel_size_um=2.0, tls_counts=(2, 1, 1))
@@ -98,10 +105,10 @@ def test_chunking_and_workers_do_not_change_results(tmp_path, process_pool):
         assert run[1] == reference[1]
 
 
-def test_missing_marker_is_a_clear_error(tmp_path):
+def test_missing_marker_is_a_clear_error(small_slide):
     config = load_config(None, ["channels.tumour=panCK"])
     with pytest.raises(ChannelError, match=r"channels.tumour = 'panCK' but the slide has no such channel; channels present: DAPI"):
-        analyze_slide(open_slide(_small_slide(tmp_path)), config)
+        analyze_slide(open_slide(small_slide), config)
 
 
 def _small_slide(tmp_path, **kwargs):
@@ -111,6 +118,13 @@ def _small_slide(tmp_path, **kwargs):
     return path
 
 
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory):
+    """The default small slide, written once for the tests that only read it."""
+    return _small_slide(tmp_path_factory.mktemp("small"))
+
+
+@pytest.mark.slow
 def test_no_tumour_gives_null_density_and_a_warning(tmp_path):
     scene = synthetic.make_scene(seed=42, width_um=2000, height_um=1500, pixel_size_um=2.5, tls_counts=(0, 2, 0),
                                  tls_radius_um=(55, 70))
@@ -126,6 +140,7 @@ def test_no_tumour_gives_null_density_and_a_warning(tmp_path):
     assert summary["tls_density_per_mm2"] is None
 
 
+@pytest.mark.slow
 def test_no_tls_gives_zero_counts_and_headers(tmp_path):
     path = _small_slide(tmp_path, tls_counts=(0, 0, 0))
     result = analyze_slide(path)
@@ -139,8 +154,8 @@ def test_no_tls_gives_zero_counts_and_headers(tmp_path):
     assert "Tumor" in {f["properties"]["classification"].get("name") for f in regions["features"]}
 
 
-def test_output_files_follow_the_contract(tmp_path):
-    path = _small_slide(tmp_path)
+def test_output_files_follow_the_contract(tmp_path, small_slide):
+    path = small_slide
     slide = open_slide(path)
     result = analyze_slide(slide, load_config(None, ["outputs.masks_zarr=true"]))
     written = write_slide_outputs(result, tmp_path / "out", slide=slide)
@@ -198,8 +213,9 @@ def test_output_files_follow_the_contract(tmp_path):
     assert (out / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failed_write_leaves_no_partial_file_and_nothing_that_looks_complete(tmp_path, monkeypatch):
-    path = _small_slide(tmp_path)
+@pytest.mark.slow
+def test_a_failed_write_leaves_no_partial_file_and_nothing_that_looks_complete(tmp_path, monkeypatch, small_slide):
+    path = small_slide
     slide = open_slide(path)
     result = analyze_slide(slide)
     write_slide_outputs(result, tmp_path / "out", slide=slide)
@@ -221,8 +237,8 @@ def test_a_failed_write_leaves_no_partial_file_and_nothing_that_looks_complete(t
     assert not [p for p in (tmp_path / "out").iterdir() if "partial" in p.name]
 
 
-def test_marker_rules_must_name_a_channel_and_match_like_channel_names(tmp_path):
-    slide = open_slide(_small_slide(tmp_path))
+def test_marker_rules_must_name_a_channel_and_match_like_channel_names(small_slide):
+    slide = open_slide(small_slide)
     with pytest.raises(ChannelError, match=r"thresholds.markers names 'CD68', no channel of this slide; channels present"):
         analyze_slide(slide, load_config(None, ['thresholds.markers.CD68={method="fixed", value=5}']))
     # "cd-20" is the slide's CD20, as in [channels]: the rule applies (a huge fixed threshold: no B cells, no TLS)
@@ -230,25 +246,26 @@ def test_marker_rules_must_name_a_channel_and_match_like_channel_names(tmp_path)
     assert result.summary["thresholds"]["b_cells"]["value"] == 1e9 and result.summary["tls_count"] == 0
 
 
-def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(tmp_path):
-    slide = open_slide(_small_slide(tmp_path))
+@pytest.mark.slow
+def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(small_slide):
+    slide = open_slide(small_slide)
     plain = analyze_slide(slide, load_config(None, ["cells.enabled=false"]))
     config = load_config(None, ["cells.enabled=false", "compute.chunk_px=256"])
     rechunked = analyze_slide(slide, config)
     assert rechunked.summary["tls_count"] == plain.summary["tls_count"] >= 1
     pd.testing.assert_frame_equal(rechunked.tls, plain.tls)
     seen = []
-    import tlsquant.pipeline as pipeline
+    import tlsquant.steps.signal as signal_step
 
-    original = pipeline.compute_evidence
+    original = signal_step.compute_evidence
 
     def spy(arrays, *args, **kwargs):
         seen.append(arrays[0].chunks[0][0])
         return original(arrays, *args, **kwargs)
 
-    pipeline.compute_evidence = spy
+    signal_step.compute_evidence = spy
     try:
         analyze_slide(slide, config)
     finally:
-        pipeline.compute_evidence = original
+        signal_step.compute_evidence = original
     assert seen and seen[0] <= 512  # about 256 px, whole tiles

@@ -5,6 +5,7 @@ Layout of OUTDIR::
     slides/<slide_id>/summary.json, tls.csv, tls.geojson, qc.png   (per slide; summary last)
     cohort.csv                 one row per completed slide: manifest columns + metrics
     cohort_tls.csv (.parquet)  one row per TLS of those slides, slide_id first
+    cohort_sensitivity.csv     with sensitivity.enabled: every slide's scenarios (TLS metrics under scaled thresholds)
     failures.csv               slide_id, path, error_type, error
     batch.log                  (written by the CLI)
 
@@ -33,6 +34,7 @@ from .errors import StaleResultError, TLSQuantError
 from .provenance import completion, provenance
 
 log = logging.getLogger("tlsquant.batch")
+SENSITIVITY_TABLE = "sensitivity.csv"  # a slide folder's threshold-sensitivity scenarios
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 # manifest columns that steer the analysis; every other column is clinical data carried into the cohort
@@ -467,6 +469,7 @@ def _run_batch(manifest: Manifest, outdir: Path, config: Config, *, client, work
     if len(cohort) or not _earlier_cohort_holds(manifest, outdir, outdir / cohort_name, shard):
         _write_csv(cohort, outdir / cohort_name)
         write_cohort_tls(cohort, outdir, cohort_name.replace("cohort", "cohort_tls", 1))
+        write_cohort_sensitivity(cohort, outdir, cohort_name.replace("cohort", "cohort_sensitivity", 1))
     else:  # nothing complete with this config (every slide refused as stale, say): keep the cohort that is still true
         log.warning("%s: no slide is complete with this config; kept the cohort of an earlier run (its config_hash "
                     "column names that run's config)", outdir / cohort_name)
@@ -500,6 +503,25 @@ def write_cohort_tls(cohort: pd.DataFrame, outdir: Path, name: str) -> Path:
 
     with atomic_path(path.with_suffix(".parquet")) as temporary:
         table.to_parquet(temporary, index=False, engine="pyarrow")
+    return path
+
+
+def write_cohort_sensitivity(cohort: pd.DataFrame, outdir: Path, name: str) -> Path | None:
+    """Every slide's sensitivity.csv in one table (``slide_id`` first, cohort order), or None when no
+    slide of the cohort was analysed with ``sensitivity.enabled`` (an older table of that name is removed:
+    it would describe other slides)."""
+    pieces = []
+    for slide_id in cohort["slide_id"] if len(cohort) else []:
+        path = slide_dir(outdir, str(slide_id)) / SENSITIVITY_TABLE
+        if path.is_file():
+            table = pd.read_csv(path)
+            table.insert(0, "slide_id", str(slide_id))
+            pieces.append(table)
+    path = outdir / name
+    if not pieces:
+        path.unlink(missing_ok=True)
+        return None
+    _write_csv(pd.concat(pieces, ignore_index=True), path)
     return path
 
 
@@ -611,5 +633,6 @@ def collect(manifest: Manifest | str | Path, outdir: str | Path) -> tuple[pd.Dat
     failures = failures[~failures["slide_id"].isin(completed)].drop_duplicates("slide_id")
     _write_csv(cohort, outdir / "cohort.csv")
     write_cohort_tls(cohort, outdir, "cohort_tls.csv")
+    write_cohort_sensitivity(cohort, outdir, "cohort_sensitivity.csv")
     _write_csv(failures, outdir / "failures.csv")
     return cohort, failures

@@ -154,6 +154,8 @@ def _overrides(args) -> list[str]:
     overrides = list(args.set or ())
     if getattr(args, "cells_table", False):
         overrides.append("outputs.cells_table=true")
+    if getattr(args, "sensitivity", False):
+        overrides.append("sensitivity.enabled=true")
     return overrides
 
 
@@ -432,19 +434,59 @@ def cmd_compare(args) -> int:
     slides_dir = cohort_path.parent / "slides"
     failures_path = cohort_path.parent / cohort_path.name.replace("cohort", "failures", 1)
     failures = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() and failures_path != cohort_path else None
+    sensitivity = _compare_sensitivity(cohort_path, table, args, groups, omnibus is not None)
     written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None,
                            omnibus=omnibus, failures=failures)
     if args.json:
         _print_json({"comparisons": stats.to_dict("records"),
                      "omnibus": omnibus.to_dict("records") if omnibus is not None else None,
+                     "sensitivity": sensitivity[0].to_dict("records") if sensitivity else None,
                      "report": str(written["html"])})
         return 0
     if omnibus is not None:
         print(omnibus[["metric", "n", "h", "p", "q"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     shown = stats[["metric", "group_a", "group_b", "n_a", "n_b", "median_a", "median_b", "p", "q", "method"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if sensitivity:
+        from .sensitivity import scenario_label
+
+        result = sensitivity[0]
+        scenarios = result[result["parameter"] != "baseline"]
+        changed = scenarios[~scenarios["holds"].astype(bool)]
+        print(f"threshold sensitivity: the conclusion holds in {len(scenarios) - len(changed)} of {len(scenarios)} "
+              f"scenario comparisons" + (" (changes: " + ", ".join(
+                  f"{r.metric} at {scenario_label(r.parameter, r.role, r.channel, r.scale)}"
+                  for r in changed.fillna("").itertuples()) + ")"
+                  if len(changed) else "") + "; sensitivity_comparison.csv, sensitivity.png")
     print(f"report: {written['html']}  (self-contained; also {written['markdown'].name}, stats.csv, figures/)")
     return 0
+
+
+def _compare_sensitivity(cohort_path: Path, table, args, groups, many_groups: bool):
+    """With cohort_sensitivity.csv beside the cohort: the comparison under every threshold scenario, as
+    sensitivity_comparison.csv and sensitivity.png in the output folder; None without it."""
+    import pandas as pd
+
+    from .sensitivity import cohort_sensitivity, sensitivity_figure
+
+    path = cohort_path.parent / cohort_path.name.replace("cohort", "cohort_sensitivity", 1)
+    if not path.is_file() or path == cohort_path:
+        return None
+    if many_groups:
+        log.warning("%s: threshold sensitivity compares two groups; not run for %s groups", path, "3+")
+        return None
+    scenarios = pd.read_csv(path, dtype={"slide_id": str})
+    labels = table[["slide_id", args.group]].astype({"slide_id": str})
+    merged = scenarios.merge(labels, on="slide_id", how="inner")
+    metrics = [m for m in (args.metrics.split(",") if args.metrics else ()) if m in scenarios.columns] or None
+    result = cohort_sensitivity(merged, args.group, groups=groups, **({"metrics": metrics} if metrics else {}))
+    out = Path(args.output)
+    from .io.atomic import atomic_path
+
+    with atomic_path(out / "sensitivity_comparison.csv") as temporary:
+        result.to_csv(temporary, index=False)
+    figure = sensitivity_figure(result, out / "sensitivity.png") if len(result) else None
+    return result, figure
 
 
 def _parse_categories(text: str | None) -> dict[str, list[str]] | None:
@@ -619,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "failures (default: analyse such slides again)")
     batch.add_argument("--fail-fast", action="store_true", help="stop at the first failed slide")
     batch.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz per slide (one row per cell)")
+    batch.add_argument("--sensitivity", action="store_true",
+                       help="also measure TLS density, area %% and mature count with each channel's threshold scaled "
+                            "(sensitivity.csv per slide, cohort_sensitivity.csv; compare then tests every scenario)")
     batch.add_argument("--threads", type=int, default=1, metavar="N",
                        help="threads per worker process for each slide's full-resolution passes (default 1)")
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -674,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--workers", type=int, dest="threads", help=argparse.SUPPRESS)  # old name of --threads
     analyze.add_argument("--json", action="store_true", help="print the slide's headline metrics as one JSON object")
     analyze.add_argument("--cells-table", action="store_true", help="also write cells.csv.gz (one row per cell)")
+    analyze.add_argument("--sensitivity", action="store_true",
+                         help="also measure TLS density, area %% and mature count with each channel's threshold "
+                              "scaled (sensitivity.csv; settings in [sensitivity])")
     analyze.add_argument("--annotations", metavar="GEOJSON",
                          help="QuPath annotations of this slide: tumour bed, exclusions, region of interest "
                               "(classes mapped by the [annotations] config section)")
