@@ -55,8 +55,10 @@ def score(summary: dict, tls: pd.DataFrame, truth: dict) -> dict[str, float]:
     cells = summary.get("cells") or {}
     if cells.get("total"):
         out["cell_count_error"] = _rel(cells["total"], truth["cells"]["total"])
-        if summary.get("cd20_pct") is not None:
-            out["cd20_pct_error"] = _rel(summary["cd20_pct"], truth["cells"]["cd20_pct"])
+        # the B-cell channel's share under its role's name (any panel); cd20_pct from tlsquant before b_cell_pct
+        b_cell_pct = summary.get("b_cell_pct", summary.get("cd20_pct"))
+        if b_cell_pct is not None:
+            out["cd20_pct_error"] = _rel(b_cell_pct, truth["cells"]["cd20_pct"])
     return {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 
 
