@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tlsquant import config_docs
-from tlsquant.config import Cells, Config, ThresholdRule, Thresholds, load_config
+from tlsquant.config import RENAMED, Cells, Config, ThresholdRule, Thresholds, load_config
 from tlsquant.config_docs import default_toml, generated_files
 from tlsquant.errors import ConfigError
 
@@ -129,13 +129,13 @@ def test_overrides_take_toml_values():
     ("tls.min_area_um2=big", "tls.min_area_um2: expected a number, got 'big'"),
     ("tls.min_area_um2=-5", "tls.min_area_um2 must be > 0, got -5.0"),
     ("tumour.closing_um=-1", "tumour.closing_um must be >= 0"),
-    ("tls.level_fraction=1.5", "tls.level_fraction is a fraction between 0 and 1"),
+    ("tls.edge_fraction=1.5", "tls.edge_fraction is a fraction between 0 and 1"),
     ("thresholds.fdc.method=magic", "thresholds.fdc.method must be one of background, otsu, triangle, li"),
     ("maturation.scheme=other", "maturation.scheme must be 'binary' or 'silina'"),
     ("location.counted=['nearby']", "location.counted may hold intratumoral, peritumoral, distal"),
     ("tls.require_t_cell_zone=1", "expected true or false"),
     ("channels.b_cells=''", "channels.b_cells needs a marker name"),
-    ("tissue.level_fraction=2", "tissue.level_fraction is a fraction between 0 and 1"),
+    ("tissue.edge_fraction=2", "tissue.edge_fraction is a fraction between 0 and 1"),
     ("tls.grow_um=-1", "tls.grow_um must be >= 0"),
     ("tls.contrast_band_um=[40, 10]", "tls.contrast_band_um is [inner, outer] in µm with 0 <= inner < outer, got [40.0, 10.0]"),
     ("cells.whole_cell_markers=['Foxp3']", "marker 'Foxp3' is in both cells.nuclear_markers and cells.whole_cell_markers"),
@@ -190,3 +190,20 @@ def test_the_cytokeratin_example_scores_its_tumour_marker_in_the_cytoplasm():
     cells = load_config(REPO / "configs" / "cytokeratin-carcinoma.toml").cells
     assert cells.compartment("panCK") == "ring" and cells.compartment("CD20") == "ring"
     assert cells.compartment("TFE3") == "nucleus"
+
+
+@pytest.mark.parametrize(("old", "new"), [(f"{section}.{old}", f"{section}.{new}")
+                                          for (section, old), new in RENAMED.items()])
+def test_a_renamed_setting_is_still_read_and_warned_about(old, new, tmp_path):
+    section, name = new.split(".")
+    default = getattr(getattr(load_config(), section), name)
+    value = 0.4 if default != 0.4 else 0.45
+    with pytest.warns(FutureWarning, match=f"{old} is now called {new}"):
+        from_override = load_config(None, [f"{old}={value}"])
+    assert getattr(getattr(from_override, section), name) == value
+    path = tmp_path / "old.toml"
+    path.write_text(f"[{section}]\n{old.split('.')[1]} = {value}\n")
+    with pytest.warns(FutureWarning, match=str(path)):
+        assert getattr(getattr(load_config(path), section), name) == value
+    with pytest.raises(ConfigError, match=f"give only {new}"):
+        load_config(None, [f"{old}={value}", f"{new}={value}"])

@@ -17,7 +17,7 @@ from tlsquant.measure import (
 from tlsquant.segment.aggregates import detect_aggregates
 from tlsquant.segment.regions import tissue_mask, tumour_mask
 
-CELL_UM = 2.0
+BIN_UM = 2.0
 
 
 def _disc(shape, cy, cx, radius, value=1.0):
@@ -35,18 +35,18 @@ def test_tumour_bed_includes_enclosed_stroma_and_tls(rng):
     bed = _disc(shape, 125, 150, 90) > 0
     holes = (_disc(shape, 110, 130, 20) > 0) | (_disc(shape, 150, 190, 12) > 0)
     fraction = _dotted(bed & ~holes, rng)
-    mask, info = tumour_mask(fraction, cell_um=8.0, sigma_um=20, level_fraction=0.5,
+    mask, info = tumour_mask(fraction, bin_um=8.0, sigma_um=20, edge_fraction=0.5,
                              min_positive_fraction=0.04, closing_um=50, min_area_mm2=0.02)
     assert mask[holes].all()  # holes belong to the bed
     assert mask.sum() == pytest.approx(bed.sum(), rel=0.05)
     assert info["tumour_fraction_level"] == pytest.approx(0.35, abs=0.05)
-    empty, _ = tumour_mask(np.zeros(shape), cell_um=8.0, sigma_um=20, level_fraction=0.5,
+    empty, _ = tumour_mask(np.zeros(shape), bin_um=8.0, sigma_um=20, edge_fraction=0.5,
                            min_positive_fraction=0.04, closing_um=50, min_area_mm2=0.02)
     assert not empty.any()
 
 
 def _detect(fraction, **overrides):
-    options = dict(cell_um=CELL_UM, sigma_um=8.0, min_b_fraction=0.15, min_b_plateau=0.2, level_fraction=0.5,
+    options = dict(bin_um=BIN_UM, sigma_um=8.0, min_b_fraction=0.15, min_b_plateau=0.2, edge_fraction=0.5,
                    min_area_um2=6000.0, max_debris_fraction=TLS.max_debris_fraction,
                    t_zone_width_um=TLS.t_zone_width_um)
     options.update(overrides)
@@ -117,9 +117,9 @@ def test_network_needs_connected_area_not_scattered_cells(rng):
     network[40:80, 30:90:3] = True
     scattered = np.zeros((120, 120), bool)
     scattered[rng.integers(15, 105, 30), rng.integers(15, 105, 30)] = True
-    assert largest_network_um2(network, region, cell_um=2.0, closing_um=4.0) > 2000
-    assert largest_network_um2(scattered, region, cell_um=2.0, closing_um=4.0) < 100
-    assert largest_network_um2(np.zeros_like(region), region, cell_um=2.0, closing_um=4.0) == 0.0
+    assert largest_network_um2(network, region, bin_um=2.0, closing_um=4.0) > 2000
+    assert largest_network_um2(scattered, region, bin_um=2.0, closing_um=4.0) < 100
+    assert largest_network_um2(np.zeros_like(region), region, bin_um=2.0, closing_um=4.0) == 0.0
 
 
 def test_cd23_positive_b_cells_do_not_make_a_germinal_centre(rng):
@@ -135,12 +135,12 @@ def test_cd23_positive_b_cells_do_not_make_a_germinal_centre(rng):
     positive = np.zeros(shape, bool)
     for y, x in zip(*np.nonzero(cd23_cells)):  # a 7 µm membrane ring touches about 3 x 3 grid cells
         positive[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = True
-    scattered = largest_network_um2(positive, follicle, cell_um=2.0, closing_um=rules.closing_um)
+    scattered = largest_network_um2(positive, follicle, bin_um=2.0, closing_um=rules.closing_um)
     meshwork = np.zeros(shape, bool)
     meshwork[45:106:3, 45:106] = True
     meshwork[45:106, 45:106:3] = True
     meshwork &= _disc(shape, 75, 75, 15) > 0  # 60 µm across
-    gc = largest_network_um2(meshwork, follicle, cell_um=2.0, closing_um=rules.closing_um)
+    gc = largest_network_um2(meshwork, follicle, bin_um=2.0, closing_um=rules.closing_um)
     assert scattered < rules.min_network_area_um2 < gc
     assert stage(scattered, 0, scheme="binary", min_network_area_um2=rules.min_network_area_um2) == "primary"
     assert stage(gc, 0, scheme="binary", min_network_area_um2=rules.min_network_area_um2) == "mature"
@@ -158,12 +158,12 @@ def test_stage_rules(gc, fdc, scheme, expected):
 def test_location_and_signed_distance():
     tumour = np.zeros((100, 100), bool)
     tumour[20:60, 20:60] = True
-    distance = signed_tumour_distance(tumour, cell_um=(10.0, 10.0))
+    distance = signed_tumour_distance(tumour, bin_um=(10.0, 10.0))
     assert distance[40, 40] < 0 and distance[40, 80] == pytest.approx(210.0)
     assert locate(-30.0, margin_um=500) == "intratumoral"
     assert locate(400.0, margin_um=500) == "peritumoral"
     assert locate(700.0, margin_um=500) == "distal"
-    assert signed_tumour_distance(np.zeros((5, 5), bool), cell_um=(1.0, 1.0)) is None
+    assert signed_tumour_distance(np.zeros((5, 5), bool), bin_um=(1.0, 1.0)) is None
 
 
 def test_metrics_without_tumour_or_tls_are_null_not_inf():
@@ -177,15 +177,15 @@ def test_metrics_without_tumour_or_tls_are_null_not_inf():
     assert metrics["tls_density_per_mm2"] == 0.0 and metrics["tls_area_pct"] == 0.0
 
 
-def test_tissue_edge_follows_its_level_fraction():
+def test_tissue_edge_follows_its_edge_fraction():
     shape = (120, 120)
     tissue = _disc(shape, 60, 60, 40) > 0
     fraction = tissue * 0.6
-    options = dict(cell_um=8.0, sigma_um=40.0, min_fraction=0.03, min_area_mm2=0.01)
+    options = dict(bin_um=8.0, sigma_um=40.0, min_fraction=0.03, min_area_mm2=0.01)
     half, _ = tissue_mask(fraction, **options)
     assert half.sum() == pytest.approx(tissue.sum(), rel=0.05)  # half the plateau: the true edge
-    assert tissue_mask(fraction, **options, level_fraction=0.5)[0].sum() == half.sum()
-    assert tissue_mask(fraction, **options, level_fraction=0.8)[0].sum() < 0.85 * half.sum()
+    assert tissue_mask(fraction, **options, edge_fraction=0.5)[0].sum() == half.sum()
+    assert tissue_mask(fraction, **options, edge_fraction=0.8)[0].sum() < 0.85 * half.sum()
 
 
 def test_contrast_band_and_growth_reach_are_settings(rng):

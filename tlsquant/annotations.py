@@ -2,7 +2,7 @@
 
 Classes map to roles by ``config.annotations`` (names matched case-insensitively, ``*``
 wildcards, a derived class such as ``Tumor: edge`` also by its base name). Polygons are
-rasterised onto the coarse (tissue, tumour) and fine (TLS) grids: a grid cell belongs to a
+rasterised onto the coarse (tissue, tumour) and fine (TLS) grids: a grid bin belongs to a
 polygon when its centre lies inside (:func:`tlsquant.polygons.rasterise`).
 
 What is done with bad geometry, and recorded:
@@ -157,7 +157,7 @@ def region_masks(annotations: list[Annotation] | str | Path, settings: Annotatio
     settings : config.annotations
     slide_shape : (height, width) of level 0 in px
     pixel_size_um : level-0 pixel size (µm), to recognise µm coordinates
-    fine_factor, coarse_factor : level-0 px per fine / coarse grid cell
+    fine_factor, coarse_factor : level-0 px per fine / coarse grid bin
 
     Returns
     -------
@@ -197,7 +197,7 @@ def region_masks(annotations: list[Annotation] | str | Path, settings: Annotatio
         regions.roi_fine = rasterise(polygons(by_role["roi"]), fine_shape, fine_factor)
     for role, mask in (("tumour", regions.tumour), ("exclude", regions.exclude_coarse), ("roi", regions.roi_coarse)):
         if mask is not None and not mask.any():
-            regions.notes.append(f"warning: the {role} annotations cover no {coarse_factor}-px grid cell centre")
+            regions.notes.append(f"warning: the {role} annotations cover no {coarse_factor}-px grid bin centre")
     return regions
 
 

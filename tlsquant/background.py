@@ -146,7 +146,7 @@ class SignalModel:
 
 
 def _cell_sums(factor: int, y0: int, x0: int, block: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
-    """Sum a level-0 block into grid cells anchored at the slide origin (partial cells at its edges)."""
+    """Sum a level-0 block into grid bins anchored at the slide origin ((partial bins at its edges))."""
     height, width = block.shape
     top, left = y0 % factor, x0 % factor
     rows, cols = -(-(top + height) // factor), -(-(left + width) // factor)
@@ -186,14 +186,14 @@ def overview(slide, names: list[str], factor: int, *, scheduler=None, num_worker
     """
     height, width = slide.shape[1:]
     shape = (-(-height // factor), -(-width // factor))
-    cell_um = factor * max(slide.pixel_size_x_um, slide.pixel_size_y_um)
-    level = slide.level_for_pixel_size(cell_um)
+    bin_um = factor * max(slide.pixel_size_x_um, slide.pixel_size_y_um)
+    level = slide.level_for_pixel_size(bin_um)
     if factor == 1:
         level = 0
     if level == 0 and factor > 1:
         images = {name: block_means(slide.channel(name), factor, scheduler=scheduler, num_workers=num_workers)
                   for name in names}
-        return images, f"level 0 averaged over {factor} x {factor} px (no pyramid level at <= {cell_um:.3g} µm)"
+        return images, f"level 0 averaged over {factor} x {factor} px (no pyramid level at <= {bin_um:.3g} µm)"
     planes = dask.compute(*[slide.channel(name, level) for name in names], scheduler=scheduler or "threads")
     images = {}
     for name, plane in zip(names, planes):
@@ -204,7 +204,7 @@ def overview(slide, names: list[str], factor: int, *, scheduler=None, num_worker
                                      mode="edge").astype(np.float32)
         images[name] = plane
     ds = slide.levels[level].downsample_x
-    return images, f"pyramid level {level} ({ds:g}x downsampled), resampled to the {cell_um:.3g} µm grid"
+    return images, f"pyramid level {level} ({ds:g}x downsampled), resampled to the {bin_um:.3g} µm grid"
 
 
 # -- tissue, glass and the AF template -----------------------------------------------------------
@@ -415,8 +415,8 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     """
     images, source = overview(slide, names, factor, scheduler=scheduler, num_workers=num_workers)
     tissue, glass, has_glass = tissue_and_glass(images, nuclei)
-    cell_um = factor * math.sqrt(slide.pixel_size_x_um * slide.pixel_size_y_um)
-    opening = max(1, int(round(opening_um / cell_um))) | 1
+    bin_um = factor * math.sqrt(slide.pixel_size_x_um * slide.pixel_size_y_um)
+    opening = max(1, int(round(opening_um / bin_um))) | 1
     if autofluorescence is not None or has_glass:
         template = af_template(images, glass, tissue, autofluorescence=autofluorescence,
                                exclude=tuple(n for n in (nuclei,) if n), opening_cells=opening)
@@ -503,7 +503,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
 
 def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, window_px: int, shape: tuple[int, int],
                        tile: int, count: int, floor: float) -> list[tuple[slice, slice]]:
-    """Up to ``count`` level-0 windows centred on the brightest coarse cells of ``excess``, apart from each other."""
+    """Up to ``count`` level-0 windows centred on the brightest coarse bins of ``excess``, apart from each other."""
     score = np.where(tissue, excess, -np.inf)
     flat = score.ravel()
     top = min(flat.size, 20000)

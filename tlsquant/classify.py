@@ -1,7 +1,7 @@
 """TLS maturation: a follicular dendritic-cell or germinal-centre network inside the TLS.
 
 A network is connected positive area above a size, not a handful of scattered positive
-cells: positive grid cells are closed over gaps of ``closing_um`` and the largest
+cells: positive grid bins are closed over gaps of ``closing_um`` and the largest
 connected piece inside the TLS must reach ``min_network_area_um2``.
 """
 
@@ -16,17 +16,17 @@ BINARY_STAGES = ("primary", "mature")
 SILINA_STAGES = ("early", "primary_follicle", "secondary_follicle")
 
 
-def largest_network_um2(positive: np.ndarray, region: np.ndarray, *, cell_um: float, closing_um: float) -> float:
+def largest_network_um2(positive: np.ndarray, region: np.ndarray, *, bin_um: float, closing_um: float) -> float:
     """Area (µm²) of the largest connected network of ``positive`` cells within ``region``."""
     network = positive & region
     if not network.any():
         return 0.0
     if closing_um > 0:
-        network = ndi.binary_closing(network, structure=disk(closing_um, cell_um)) & region
+        network = ndi.binary_closing(network, structure=disk(closing_um, bin_um)) & region
     labels, count = ndi.label(network)
     if count == 0:
         return 0.0
-    return float(np.bincount(labels.ravel())[1:].max() * cell_um * cell_um)
+    return float(np.bincount(labels.ravel())[1:].max() * bin_um * bin_um)
 
 
 def stage(gc_network_um2: float, fdc_network_um2: float, *, scheme: str, min_network_area_um2: float) -> str:

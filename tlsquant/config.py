@@ -113,7 +113,7 @@ class Thresholds:
 class Evidence:
     """The fine grid of the counting pass."""
 
-    grid_um: float = setting(2.0, "fine grid (TLS, networks): positive pixels are counted per cell of about this side")
+    grid_um: float = setting(2.0, "fine grid (TLS, networks): positive pixels are counted per bin of about this side")
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class Tissue:
     """The tissue outline, from the nuclear stain on the coarse grid."""
 
     sigma_um: float = setting(20.0, "smoothing of the nuclei density before thresholding")
-    level_fraction: float = setting(0.5, "edge at this fraction of the typical in-tissue density (half: unbiased edge)")
+    edge_fraction: float = setting(0.5, "edge at this fraction of the typical in-tissue density (half: unbiased edge)")
     min_fraction: float = setting(0.03, "floor for the tissue edge (share of DAPI+ pixels)")
     min_area_mm2: float = setting(0.01, "tissue pieces smaller than this are dropped")
 
@@ -143,7 +143,7 @@ class Tumour:
 
     grid_um: float = setting(8.0, "coarse grid for tissue and tumour (a multiple of the fine grid)")
     sigma_um: float = setting(20.0, "smoothing that turns separate tumour nuclei into a density")
-    level_fraction: float = setting(0.5, "edge at this fraction of the typical in-tumour density (half: unbiased edge)")
+    edge_fraction: float = setting(0.5, "edge at this fraction of the typical in-tumour density (half: unbiased edge)")
     min_positive_fraction: float = setting(0.04, "floor: below this share of tumour-marker+ pixels there is no tumour")
     closing_um: float = setting(50.0, "bridges stromal gaps narrower than about twice this")
     min_area_mm2: float = setting(0.02, "tumour pieces smaller than this are dropped")
@@ -154,7 +154,7 @@ class TLS:
     """TLS candidates: dense B-cell aggregates, and the tests each must pass."""
 
     sigma_um: float = setting(8.0, "smoothing of CD20 density: single B cells and loose infiltrates stay low")
-    level_fraction: float = setting(0.5, "outline at this fraction of each aggregate's own plateau density")
+    edge_fraction: float = setting(0.5, "outline at this fraction of each aggregate's own plateau density")
     min_b_fraction: float = setting(0.25, "seed: smoothed share of CD20+ pixels that starts an aggregate")
     min_b_plateau: float = setting(0.35, "an aggregate's typical density must reach this (else a loose infiltrate or "
                                    "chance cluster)")
@@ -180,7 +180,7 @@ class Maturation:
 
     scheme: str = setting("binary", "binary: primary / mature (reference study); silina: early / primary_follicle / "
                           "secondary_follicle")
-    min_cell_fraction: float = setting(0.25, "a fine-grid cell belongs to a network when this share of its pixels is "
+    min_bin_fraction: float = setting(0.25, "a fine-grid bin belongs to a network when this share of its pixels is "
                                        "positive")
     closing_um: float = setting(4.0, "gaps in a network up to about twice this are bridged")
     min_network_area_um2: float = setting(1800.0, "a CD23+ (or CD21+) network: connected area at least this (~48 µm "
@@ -203,7 +203,7 @@ class Debris:
                                          "channels = artefact")
     autofluorescence_ratio: float = setting(1.0, "with an AF channel: AF above its local level by this share of that "
                                             "level = artefact")
-    min_fraction: float = setting(0.25, "a fine grid cell is artefact when this share of its pixels is")
+    min_fraction: float = setting(0.25, "a fine grid bin is artefact when this share of its pixels is")
     dilate_um: float = setting(4.0, "artefact zones grow by this to cover their dim rims")
 
 
@@ -486,12 +486,12 @@ def _validate(config: Config, source: str) -> Config:
     if config.cells.min_area_um2 >= config.cells.max_area_um2:
         raise ConfigError(f"{source}: cells.min_area_um2 ({config.cells.min_area_um2}) must be below "
                           f"cells.max_area_um2 ({config.cells.max_area_um2})")
-    for section, name in [("tissue", "min_fraction"), ("tissue", "level_fraction"), ("tumour", "level_fraction"),
-                          ("tumour", "min_positive_fraction"), ("tls", "level_fraction"),
+    for section, name in [("tissue", "min_fraction"), ("tissue", "edge_fraction"), ("tumour", "edge_fraction"),
+                          ("tumour", "min_positive_fraction"), ("tls", "edge_fraction"),
                           ("tls", "min_b_fraction"), ("tls", "min_b_plateau"), ("tls", "max_debris_fraction"), ("tls", "min_t_fraction"),
                           ("tls", "min_nuclear_fraction"), ("tls", "min_relative_density"), ("debris", "min_fraction"),
                           ("cells", "min_signal_fraction"),
-                          ("maturation", "min_cell_fraction")]:
+                          ("maturation", "min_bin_fraction")]:
         value = getattr(getattr(config, section), name)
         if not 0 <= value <= 1:
             raise ConfigError(f"{source}: {section}.{name} is a fraction between 0 and 1, got {value}")
@@ -562,6 +562,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+# settings renamed since tlsquant 0.1: (section, old) -> new. The old name is still read, with a FutureWarning
+RENAMED = {
+    ("tissue", "level_fraction"): "edge_fraction",
+    ("tumour", "level_fraction"): "edge_fraction",
+    ("tls", "level_fraction"): "edge_fraction",
+    ("maturation", "min_cell_fraction"): "min_bin_fraction",
+}
+
+
+def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` with settings under their old names moved to the new ones (warned about; both at once is an error)."""
+    import warnings
+
+    for (section, old), new in RENAMED.items():
+        table = values.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        if new in table:
+            raise ConfigError(f"{source}: {section}.{old} is the old name of {section}.{new}; give only "
+                              f"{section}.{new}")
+        table[new] = table.pop(old)
+        warnings.warn(f"{source}: {section}.{old} is now called {section}.{new}; the old name will stop working "
+                      f"in a later version", FutureWarning, stacklevel=3)
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
     values: dict[str, Any] = {}
@@ -583,7 +609,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {key} is a setting, not a section")
         node[keys[-1]] = value
-    return _validate(_build(Config, values, source), source)
+    return _validate(_build(Config, _renamed(values, source), source), source)
 
 
-__all__ = ["THRESHOLD_METHODS", "Config", "ThresholdRule", "load_config"]
+__all__ = ["RENAMED", "THRESHOLD_METHODS", "Config", "ThresholdRule", "load_config"]

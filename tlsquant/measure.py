@@ -18,17 +18,17 @@ TLS_COLUMNS = [
 SHAPE_COLUMNS = ("perimeter_um", "circularity", "max_feret_um")
 
 
-def tls_shape(region: np.ndarray, *, cell_um: tuple[float, float]) -> dict[str, float]:
+def tls_shape(region: np.ndarray, *, bin_um: tuple[float, float]) -> dict[str, float]:
     """Perimeter (µm), circularity (4πA/P², 1 for a disc) and maximum Feret diameter (µm) of one TLS.
 
-    ``region``: its grid cells (bool, any box around it); ``cell_um``: (y, x) size of a grid cell.
+    ``region``: its grid bins (bool, any box around it); ``bin_um``: (y, x) size of a grid bin.
     The outline is the marching-squares contour at half height (holes add their rim to the
     perimeter), so the measures follow the same outline as tls.geojson, not the cell staircase.
     """
     from scipy.spatial import ConvexHull
     from skimage.measure import find_contours
 
-    scale = np.asarray(cell_um, float)
+    scale = np.asarray(bin_um, float)
     contours = [c * scale for c in find_contours(np.pad(region, 1).astype(np.uint8), 0.5)]
     perimeter = float(sum(np.hypot(*np.diff(c, axis=0).T).sum() for c in contours))
     area = float(region.sum()) * scale[0] * scale[1]
@@ -44,12 +44,12 @@ def tls_shape(region: np.ndarray, *, cell_um: tuple[float, float]) -> dict[str, 
             "max_feret_um": round(feret, 1)}
 
 
-def signed_tumour_distance(tumour: np.ndarray, *, cell_um: tuple[float, float]) -> np.ndarray | None:
-    """Distance (µm) from each coarse cell to the tumour border: negative inside, positive outside."""
+def signed_tumour_distance(tumour: np.ndarray, *, bin_um: tuple[float, float]) -> np.ndarray | None:
+    """Distance (µm) from each coarse bin to the tumour border: negative inside, positive outside."""
     if not tumour.any():
         return None
-    outside = ndi.distance_transform_edt(~tumour, sampling=cell_um)
-    inside = ndi.distance_transform_edt(tumour, sampling=cell_um)
+    outside = ndi.distance_transform_edt(~tumour, sampling=bin_um)
+    inside = ndi.distance_transform_edt(tumour, sampling=bin_um)
     return np.where(tumour, -inside, outside)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, measure
 
-# Douglas-Peucker tolerance in grid cells: below the 0.35-cell clearance of every cell centre
+# Douglas-Peucker tolerance in grid bins: below the 0.35-cell clearance of every cell centre
 # from a marching-squares outline, so simplified outlines still rasterise to the same cells
 SIMPLIFY_CELLS = 0.2
 FOUR = ndi.generate_binary_structure(2, 1)
@@ -66,7 +66,7 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
     mask : (Y, X) bool array
         A mask on a grid of ``factor`` level-0 px per cell.
     factor : int
-        Level-0 px per grid cell side.
+        Level-0 px per grid bin side.
     offset : (row, col)
         Grid position of ``mask[0, 0]`` (when ``mask`` is a crop of a larger grid).
 
@@ -164,7 +164,7 @@ def _cross(p, q, r, s) -> np.ndarray:
 
 
 def cell_pixels(shape: tuple[int, int], factor: int, slide_shape: tuple[int, int]) -> np.ndarray:
-    """Level-0 pixels in each grid cell (cells at the right and bottom edges are cut by the slide)."""
+    """Level-0 pixels in each grid bin (cells at the right and bottom edges are cut by the slide)."""
     rows = np.minimum(factor, slide_shape[0] - np.arange(shape[0]) * factor).clip(0)
     cols = np.minimum(factor, slide_shape[1] - np.arange(shape[1]) * factor).clip(0)
     return np.outer(rows, cols).astype(np.float64)

@@ -130,7 +130,7 @@ def _stage_of(item: Annotation, stages: tuple[str, ...], fallback: str | None, s
 
 def tls_row(mask: np.ndarray, grid: SlideGrid, distance: np.ndarray | None, *, margin_um: float,
             counted_locations, fine_pixels: np.ndarray) -> dict[str, Any]:
-    """The geometric tls.csv columns of one TLS given as fine-grid cells, measured as the pipeline does."""
+    """The geometric tls.csv columns of one TLS given as fine-grid bins, measured as the pipeline does."""
     py, px = grid.pixel_size
     f, c = grid.fine_factor, grid.coarse_factor
     ys, xs = np.nonzero(mask)
@@ -149,7 +149,7 @@ def tls_row(mask: np.ndarray, grid: SlideGrid, distance: np.ndarray | None, *, m
         "bbox_x0_px": int(xs.min()) * f, "bbox_y0_px": int(ys.min()) * f,
         "bbox_x1_px": min((int(xs.max()) + 1) * f, grid.slide_shape[1]),
         "bbox_y1_px": min((int(ys.max()) + 1) * f, grid.slide_shape[0]),
-        **tls_shape(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1], cell_um=(f * py, f * px)),
+        **tls_shape(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1], bin_um=(f * py, f * px)),
     }
 
 
@@ -213,7 +213,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
     location_config = summary.get("config", {}).get("location", {})
     margin_um = float(location_config.get("margin_um", 500.0))
     counted_locations = tuple(location_config.get("counted", ("intratumoral", "peritumoral")))
-    distance = signed_tumour_distance(tumour, cell_um=grid.pixel_size.scaled(grid.coarse_factor))
+    distance = signed_tumour_distance(tumour, bin_um=grid.pixel_size.scaled(grid.coarse_factor))
 
     # the automatic TLS: table rows and their cells, from the folder's own tls.geojson
     automatic = pd.read_csv(grid.folder / "tls.csv") if (grid.folder / "tls.csv").is_file() else empty_tls_table()
@@ -245,7 +245,7 @@ def review_slide(folder: str | Path, reviewed_tls: str | Path, *, annotations: s
         stage = _stage_of(item, grid.stages, before["stage"] if before is not None else unstaged, str(reviewed_tls))
         cells = rasterise(item.polygons, grid.fine_shape, grid.fine_factor) & ~drop
         if not cells.any():
-            notes.append(f"{item.label()}: covers no {grid.fine_factor}-px grid cell centre (or only excluded "
+            notes.append(f"{item.label()}: covers no {grid.fine_factor}-px grid bin centre (or only excluded "
                          "ones), left out")
             continue
         row = {"tls_id": original if original is not None else next_id, "stage": stage,

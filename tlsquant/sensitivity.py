@@ -25,9 +25,9 @@ from scipy import ndimage as ndi
 from .classify import BINARY_STAGES, SILINA_STAGES
 from .config import LOCATIONS, Config
 from .measure import empty_tls_table, slide_metrics
-from .steps import FoundTLS, Grid, TumourBed, artefact_zone, b_occupancy, find_tls, staged_tls, tissue_and_tumour
 from .segment.evidence import EvidenceMaps
 from .segment.regions import smooth
+from .steps import FoundTLS, Grid, TumourBed, artefact_zone, b_occupancy, find_tls, staged_tls, tissue_and_tumour
 
 SENSITIVITY_COLUMNS = ["parameter", "role", "channel", "scale", "tls_count", "tls_counted", "tls_mature_count",
                        "tls_counted_mature_count", "tls_density_per_mm2", "tls_area_pct", "tumour_area_mm2"]
@@ -50,7 +50,7 @@ def _tls_unchanged(found: FoundTLS, changed: np.ndarray, density: np.ndarray | N
                    scenario_density: np.ndarray | None, config: Config, grids: Grid) -> bool:
     """Whether TLS detection on a scenario's maps must give the baseline's TLS, so it need not run.
 
-    ``changed`` marks fine cells whose B-cell occupancy, artefact zone, nuclear or
+    ``changed`` marks fine bins whose B-cell occupancy, artefact zone, nuclear or
     T-cell map differ; ``density`` / ``scenario_density`` are the smoothed occupancies
     (None: occupancy unchanged). It holds when (1) the smoothed density moved only
     where it stays at or below half the seed level in both (there no aggregate can
@@ -91,7 +91,7 @@ def threshold_sensitivity(evidence: EvidenceMaps, config: Config, grids: Grid, r
     """
     bed, found, metrics = baseline
     occupancy = b_occupancy(evidence, found.debris)
-    density = smooth(occupancy, sigma_um=config.tls.sigma_um, cell_um=grids.fine_um)
+    density = smooth(occupancy, sigma_um=config.tls.sigma_um, bin_um=grids.fine_um)
     tls_inputs = {"nuclei"} | ({"t_cells"} if has_t_cells and config.tls.require_t_cell_zone else set())
 
     def threshold_scenario(g: int, k: int) -> dict:
@@ -111,7 +111,7 @@ def threshold_sensitivity(evidence: EvidenceMaps, config: Config, grids: Grid, r
             for name in fine & tls_inputs:
                 changed_cells |= maps.fine[name] != evidence.fine[name]
             if changed_cells.any():
-                scenario_density = (smooth(scenario_occupancy, sigma_um=config.tls.sigma_um, cell_um=grids.fine_um)
+                scenario_density = (smooth(scenario_occupancy, sigma_um=config.tls.sigma_um, bin_um=grids.fine_um)
                                     if moved.any() else None)
                 if regions is not None or not _tls_unchanged(found, changed_cells, density if moved.any() else None,
                                                              scenario_density, config, grids):

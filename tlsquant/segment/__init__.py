@@ -1,1 +1,1 @@
-"""Segmentation on coarse evidence maps: pure functions on arrays plus the grid cell size."""
+"""Segmentation on coarse evidence maps: pure functions on arrays plus the grid bin size."""

@@ -6,10 +6,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TLS
-from .regions import cells, disk, smooth
+from .regions import bins, disk, smooth
 
 
-def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float, min_fraction: float = 0.0) -> np.ndarray:
+def debris_zone(debris_fraction: np.ndarray, *, bin_um: float, dilate_um: float, min_fraction: float = 0.0) -> np.ndarray:
     """Grid cells where artefact pixels (debris, red blood cells) exceed ``min_fraction``, grown by ``dilate_um``.
 
     The floor keeps stray pixels (two touching cells of different lineages) out; the
@@ -17,7 +17,7 @@ def debris_zone(debris_fraction: np.ndarray, *, cell_um: float, dilate_um: float
     """
     zone = debris_fraction > min_fraction if min_fraction > 0 else debris_fraction > 0
     if dilate_um > 0 and zone.any():
-        zone = ndi.binary_dilation(zone, structure=disk(dilate_um, cell_um))
+        zone = ndi.binary_dilation(zone, structure=disk(dilate_um, bin_um))
     return zone
 
 
@@ -26,9 +26,9 @@ def _reject(rejected: list | None, reason: str, box, region) -> None:
         rejected.append((reason, box, region))
 
 
-def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, level_fraction: float,
+def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, edge_fraction: float,
                        reach: int):
-    """Seeds above ``seed``, each outlined at ``level_fraction`` of its own plateau.
+    """Seeds above ``seed``, each outlined at ``edge_fraction`` of its own plateau.
 
     The plateau is the upper quartile of the smoothed density inside the seed (its edge
     pulls the median down). Each aggregate gets its own edge level, so a dimmer or
@@ -46,7 +46,7 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
         if level < min_plateau:
             continue
         levels.append(level)
-        edge = max(level_fraction * level, 0.5 * seed)
+        edge = max(edge_fraction * level, 0.5 * seed)
         grown_box = tuple(slice(max(0, s.start - reach), s.stop + reach) for s in box)
         above, _ = ndi.label(density[grown_box] > edge)
         touching = np.unique(above[(seeds[grown_box] == index) & (above > 0)])
@@ -54,8 +54,8 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
     return mask, levels
 
 
-def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float, min_b_fraction: float,
-                      min_b_plateau: float, level_fraction: float, min_area_um2: float, max_debris_fraction: float,
+def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float, min_b_fraction: float,
+                      min_b_plateau: float, edge_fraction: float, min_area_um2: float, max_debris_fraction: float,
                       t_zone_width_um: float, grow_um: float = TLS.grow_um,
                       contrast_band_um: tuple[float, float] = TLS.contrast_band_um, debris: np.ndarray | None = None,
                       t_fraction: np.ndarray | None = None, min_t_fraction: float = 0.0,
@@ -64,10 +64,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
                       rejected: list | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
-    ``b_fraction`` is the share of each grid cell's pixels that are CD20+ (debris excluded).
+    ``b_fraction`` is the share of each grid bin's pixels that are CD20+ (debris excluded).
     After smoothing by ``sigma_um`` (large enough that lone B cells and loose infiltrates
     stay low), cells above ``min_b_fraction`` seed aggregates, which grow by hysteresis
-    down to ``level_fraction`` of the typical aggregate density: the outline then sits
+    down to ``edge_fraction`` of the typical aggregate density: the outline then sits
     where B cells give way to the T-cell zone or stroma (at most ``3 * sigma_um + grow_um``
     beyond the seed). Holes are filled; aggregates
     smaller than ``min_area_um2``, made mostly of debris, with fewer nuclei than
@@ -89,10 +89,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
-    density = smooth(b_fraction, sigma_um=sigma_um, cell_um=cell_um)
+    density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
     mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
-                                      level_fraction=level_fraction,
-                                      reach=int(np.ceil(cells(3 * sigma_um + grow_um, cell_um))))
+                                      edge_fraction=edge_fraction,
+                                      reach=int(np.ceil(bins(3 * sigma_um + grow_um, bin_um))))
     del density
     labels, count = ndi.label(mask)
     del mask
@@ -103,10 +103,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
     if count == 0:
         return labels.astype(np.int32), info
     kept, dense = [], []
-    cell_area = cell_um * cell_um
+    cell_area = bin_um * bin_um
     band_inner_um, band_outer_um = contrast_band_um
     for index, box in enumerate(ndi.find_objects(labels), start=1):
-        pad = int(np.ceil(cells(max(t_zone_width_um, band_outer_um), cell_um))) + 1
+        pad = int(np.ceil(bins(max(t_zone_width_um, band_outer_um), bin_um))) + 1
         box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
         region = ndi.binary_fill_holes(labels[box] == index)
         area_um2 = region.sum() * cell_area
@@ -124,8 +124,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             continue
         inside = float(b_fraction[box][region].mean())
         if min_contrast > 0:
-            band = ndi.binary_dilation(region, structure=disk(band_outer_um, cell_um)) & ~ndi.binary_dilation(
-                region, structure=disk(band_inner_um, cell_um))
+            band = ndi.binary_dilation(region, structure=disk(band_outer_um, bin_um)) & ~ndi.binary_dilation(
+                region, structure=disk(band_inner_um, bin_um))
             if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
                 info["rejected_low_contrast"] += 1
                 _reject(rejected, "low_contrast", box, region)
@@ -141,7 +141,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, cell_um: float, sigma_um: float
             _reject(rejected, "low_density", box, region)
             continue
         if min_t_fraction > 0 and t_fraction is not None:
-            rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, cell_um)) & ~region
+            rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, bin_um)) & ~region
             if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
                 info["rejected_no_t_zone"] += 1
                 _reject(rejected, "no_t_zone", box, region)

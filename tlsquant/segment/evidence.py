@@ -1,7 +1,7 @@
 """Full-resolution pass: positive pixels counted into coarse "evidence maps".
 
 Each level-0 block is thresholded with the slide's global thresholds and its positive
-pixels are summed into grid cells anchored at the slide origin. Cells cut by a block
+pixels are summed into grid bins anchored at the slide origin. Bins cut by a block
 edge get partial sums from each block, which are added: the maps are exact integer
 counts and identical for any chunking or worker count. Only the coarse maps are ever
 held whole.
@@ -43,8 +43,8 @@ class EvidencePlan:
     """
 
     roles: tuple[str, ...]  # channel roles read, in the order blocks are passed
-    fine_factor: int  # level-0 px per fine cell side
-    coarse_factor: int  # level-0 px per coarse cell side (a multiple of fine_factor)
+    fine_factor: int  # level-0 px per fine bin side
+    coarse_factor: int  # level-0 px per coarse bin side (a multiple of fine_factor)
     grid_factor: int  # level-0 px per threshold-map cell
     min_votes: int  # artefact: positive in at least this many lineage groups
     crosstalk: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
@@ -62,7 +62,7 @@ class EvidencePlan:
 
 @dataclass
 class EvidenceMaps:
-    """Positive-pixel counts per grid cell, and the pixels each cell covers."""
+    """Positive-pixel counts per grid bin, and the pixels each bin covers."""
 
     fine: dict[str, np.ndarray]
     coarse: dict[str, np.ndarray]
@@ -101,12 +101,12 @@ class EvidenceMaps:
         return dataclasses.replace(self, fine=grids["fine"], coarse=grids["coarse"], scenario_deltas=[])
 
     def pixels(self, grid: str, box=(slice(None), slice(None))) -> np.ndarray:
-        """Level-0 pixels per cell of ``grid`` ("fine" or "coarse") within ``box``, float32."""
+        """Level-0 pixels per bin of ``grid`` ("fine" or "coarse") within ``box``, float32."""
         rows, cols = (self.fine_rows, self.fine_cols) if grid == "fine" else (self.coarse_rows, self.coarse_cols)
         return np.outer(rows[box[0]], cols[box[1]]).astype(np.float32)
 
     def fraction(self, grid: str, name: str, box=(slice(None), slice(None))) -> np.ndarray:
-        """Share of positive pixels per cell of map ``name`` (float32), optionally within ``box``."""
+        """Share of positive pixels per bin of map ``name`` (float32), optionally within ``box``."""
         counts = (self.fine if grid == "fine" else self.coarse)[name][box]
         factor = self.fine_factor if grid == "fine" else self.coarse_factor
         out = counts.astype(np.float32)
@@ -122,7 +122,7 @@ class EvidenceMaps:
 
 
 def _bin(mask: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
-    """Sum a boolean block into the grid cells it touches (cells anchored at the slide origin).
+    """Sum a boolean block into the grid bins it touches (cells anchored at the slide origin).
 
     Strided additions on a uint8 view: about one pass over the block, several times
     faster than reshape-sum or reduceat on the bool array.
@@ -155,7 +155,7 @@ def _comparable(threshold: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _above(values: np.ndarray, threshold: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
-    """values > threshold, where ``threshold`` holds one value per grid cell covering the block."""
+    """values > threshold, where ``threshold`` holds one value per grid bin covering the block."""
     height, width = values.shape
     threshold = _comparable(threshold, values.dtype)
     if y0 % factor == 0 and x0 % factor == 0 and height % factor == 0 and width % factor == 0:

@@ -22,7 +22,7 @@ from .tls import FoundTLS
 def staged_tls(evidence: EvidenceMaps, labels: np.ndarray, debris: np.ndarray, distance: np.ndarray | None,
                config: Config, grid: Grid) -> list[dict]:
     """Each TLS's box, region, area (µm², as in tls.csv), centroid (level-0 px), networks, stage and location."""
-    min_fraction, closing_um = config.maturation.min_cell_fraction, config.maturation.closing_um
+    min_fraction, closing_um = config.maturation.min_bin_fraction, config.maturation.closing_um
     gc_positive = (evidence.fraction("fine", "germinal_centre") >= min_fraction) & ~debris
     fdc_positive = (evidence.fraction("fine", "fdc") >= min_fraction) & ~debris
     py, px = grid.pixel_size
@@ -35,8 +35,8 @@ def staged_tls(evidence: EvidenceMaps, labels: np.ndarray, debris: np.ndarray, d
         ys, xs = np.nonzero(region)
         cy = (ys.mean() + box[0].start + 0.5) * grid.fine_factor  # level-0 px
         cx = (xs.mean() + box[1].start + 0.5) * grid.fine_factor
-        gc_um2 = largest_network_um2(gc_positive[box], region, cell_um=grid.fine_um, closing_um=closing_um)
-        fdc_um2 = largest_network_um2(fdc_positive[box], region, cell_um=grid.fine_um, closing_um=closing_um)
+        gc_um2 = largest_network_um2(gc_positive[box], region, bin_um=grid.fine_um, closing_um=closing_um)
+        fdc_um2 = largest_network_um2(fdc_positive[box], region, bin_um=grid.fine_um, closing_um=closing_um)
         if distance is None:
             dist_um = None
         else:
@@ -101,7 +101,7 @@ def measure_tls(evidence: EvidenceMaps, config: Config, plan: ChannelPlan, grid:
             # T-cell zone: the part of the aggregate where T-cell occupancy exceeds B-cell occupancy
             "t_cell_zone_um2": round(float(((fraction("t_cells", box) > fraction("b_cells", box)) & region).sum())
                                      * fine_bin[0] * fine_bin[1], 1) if has_t_cells else None,
-            **tls_shape(region, cell_um=fine_bin),
+            **tls_shape(region, bin_um=fine_bin),
             "bbox_x0_px": box[1].start * f,
             "bbox_y0_px": box[0].start * f,
             "bbox_x1_px": min(box[1].stop * f, slide_shape[1]),

@@ -33,13 +33,13 @@ def tissue_and_tumour(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=
     """Tissue and tumour bed from the coarse evidence maps, ``drawn`` regions applied
     (:class:`tlsquant.annotations.RegionMasks`: a drawn tumour bed, exclusions, a region of interest)."""
     tissue, tissue_info = tissue_mask(
-        evidence.fraction("coarse", "nuclei"), cell_um=grid.coarse_um, sigma_um=config.tissue.sigma_um,
+        evidence.fraction("coarse", "nuclei"), bin_um=grid.coarse_um, sigma_um=config.tissue.sigma_um,
         min_fraction=config.tissue.min_fraction, min_area_mm2=config.tissue.min_area_mm2,
-        level_fraction=config.tissue.level_fraction,
+        edge_fraction=config.tissue.edge_fraction,
     )
     tumour, tumour_info = tumour_mask(
-        evidence.fraction("coarse", "tumour"), cell_um=grid.coarse_um, sigma_um=config.tumour.sigma_um,
-        level_fraction=config.tumour.level_fraction, min_positive_fraction=config.tumour.min_positive_fraction,
+        evidence.fraction("coarse", "tumour"), bin_um=grid.coarse_um, sigma_um=config.tumour.sigma_um,
+        edge_fraction=config.tumour.edge_fraction, min_positive_fraction=config.tumour.min_positive_fraction,
         closing_um=config.tumour.closing_um, min_area_mm2=config.tumour.min_area_mm2, tissue=tissue,
     )
     coarse_pixels = evidence.pixels("coarse")
@@ -50,7 +50,7 @@ def tissue_and_tumour(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=
     def area_mm2(mask):
         return 0.0 if mask is None else float(coarse_pixels[mask].sum(dtype=np.float64) * pixel_area_um2 / 1e6)
 
-    distance = signed_tumour_distance(tumour, cell_um=grid.coarse_bin)
+    distance = signed_tumour_distance(tumour, bin_um=grid.coarse_bin)
     # the peritumoral band on tissue: where cells per mm² around the tumour are counted
     margin = None if distance is None else (distance > 0) & (distance <= config.location.margin_um) & tissue
     return TumourBed(tissue, tumour, tissue_info, tumour_info, area_mm2(tissue), area_mm2(tumour), distance, margin,

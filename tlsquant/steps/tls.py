@@ -38,7 +38,7 @@ def b_occupancy(evidence: EvidenceMaps, debris: np.ndarray) -> np.ndarray:
 
 def artefact_zone(evidence: EvidenceMaps, config: Config, grid: Grid) -> np.ndarray:
     """Fine bins excluded as artefact (debris, red blood cells, edge rims), grown by ``debris.dilate_um``."""
-    return debris_zone(evidence.fraction("fine", "debris"), cell_um=grid.fine_um, dilate_um=config.debris.dilate_um,
+    return debris_zone(evidence.fraction("fine", "debris"), bin_um=grid.fine_um, dilate_um=config.debris.dilate_um,
                        min_fraction=config.debris.min_fraction)
 
 
@@ -66,8 +66,8 @@ def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, 
     tls = config.tls
     t_fraction = evidence.fraction("fine", "t_cells") if has_t_cells and tls.require_t_cell_zone else None
     labels, info = detect_aggregates(
-        b_fraction, cell_um=grid.fine_um, sigma_um=tls.sigma_um, min_b_fraction=tls.min_b_fraction,
-        min_b_plateau=tls.min_b_plateau, level_fraction=tls.level_fraction,
+        b_fraction, bin_um=grid.fine_um, sigma_um=tls.sigma_um, min_b_fraction=tls.min_b_fraction,
+        min_b_plateau=tls.min_b_plateau, edge_fraction=tls.edge_fraction,
         min_area_um2=tls.min_area_um2 if min_area_um2 is None else min_area_um2, debris=debris,
         max_debris_fraction=tls.max_debris_fraction, t_fraction=t_fraction, t_zone_width_um=tls.t_zone_width_um,
         grow_um=tls.grow_um, contrast_band_um=tuple(tls.contrast_band_um),
