@@ -34,7 +34,6 @@ from .errors import StaleResultError, TLSQuantError
 from .provenance import completion, provenance
 
 log = logging.getLogger("tlsquant.batch")
-SENSITIVITY_TABLE = "sensitivity.csv"  # a slide folder's threshold-sensitivity scenarios
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 # manifest columns that steer the analysis; every other column is clinical data carried into the cohort
@@ -510,9 +509,11 @@ def write_cohort_sensitivity(cohort: pd.DataFrame, outdir: Path, name: str) -> P
     """Every slide's sensitivity.csv in one table (``slide_id`` first, cohort order), or None when no
     slide of the cohort was analysed with ``sensitivity.enabled`` (an older table of that name is removed:
     it would describe other slides)."""
+    from .outputs import SENSITIVITY
+
     pieces = []
     for slide_id in cohort["slide_id"] if len(cohort) else []:
-        path = slide_dir(outdir, str(slide_id)) / SENSITIVITY_TABLE
+        path = slide_dir(outdir, str(slide_id)) / SENSITIVITY
         if path.is_file():
             table = pd.read_csv(path)
             table.insert(0, "slide_id", str(slide_id))

@@ -436,7 +436,7 @@ def cmd_compare(args) -> int:
     failures = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() and failures_path != cohort_path else None
     sensitivity = _compare_sensitivity(cohort_path, table, args, groups, omnibus is not None)
     written = write_report(table, stats, args.group, args.output, slides_dir=slides_dir if slides_dir.is_dir() else None,
-                           omnibus=omnibus, failures=failures)
+                           omnibus=omnibus, failures=failures, sensitivity=sensitivity)
     if args.json:
         _print_json({"comparisons": stats.to_dict("records"),
                      "omnibus": omnibus.to_dict("records") if omnibus is not None else None,
@@ -463,30 +463,17 @@ def cmd_compare(args) -> int:
 
 
 def _compare_sensitivity(cohort_path: Path, table, args, groups, many_groups: bool):
-    """With cohort_sensitivity.csv beside the cohort: the comparison under every threshold scenario, as
-    sensitivity_comparison.csv and sensitivity.png in the output folder; None without it."""
-    import pandas as pd
-
-    from .sensitivity import cohort_sensitivity, sensitivity_figure
+    """With cohort_sensitivity.csv beside the cohort: (table, figure) of the comparison per threshold scenario."""
+    from .sensitivity import compare_sensitivity
 
     path = cohort_path.parent / cohort_path.name.replace("cohort", "cohort_sensitivity", 1)
     if not path.is_file() or path == cohort_path:
         return None
     if many_groups:
-        log.warning("%s: threshold sensitivity compares two groups; not run for %s groups", path, "3+")
+        log.warning("%s: threshold sensitivity compares two groups; not run for 3 or more", path)
         return None
-    scenarios = pd.read_csv(path, dtype={"slide_id": str})
-    labels = table[["slide_id", args.group]].astype({"slide_id": str})
-    merged = scenarios.merge(labels, on="slide_id", how="inner")
-    metrics = [m for m in (args.metrics.split(",") if args.metrics else ()) if m in scenarios.columns] or None
-    result = cohort_sensitivity(merged, args.group, groups=groups, **({"metrics": metrics} if metrics else {}))
-    out = Path(args.output)
-    from .io.atomic import atomic_path
-
-    with atomic_path(out / "sensitivity_comparison.csv") as temporary:
-        result.to_csv(temporary, index=False)
-    figure = sensitivity_figure(result, out / "sensitivity.png") if len(result) else None
-    return result, figure
+    metrics = args.metrics.split(",") if args.metrics else None
+    return compare_sensitivity(path, table, args.group, args.output, groups=groups, metrics=metrics)
 
 
 def _parse_categories(text: str | None) -> dict[str, list[str]] | None:

@@ -21,6 +21,7 @@ METRIC_LABELS = {
     "tls_area_pct": "TLS area (% of tumour)",
     "tls_mature_density_per_mm2": "Mature TLS density (per mm² tumour)",
     "tls_count": "TLS count",
+    "tls_mature_count": "Mature TLS count",
     B_CELL_METRIC: "B cells (% of all cells)",
 }
 
@@ -212,15 +213,48 @@ def _table(header: list[str], rows: list[list[str]]) -> tuple[list[str], str]:
     return md, page
 
 
+def _sensitivity_section(sensitivity, outdir: Path, section, md: list[str], page: list[str]) -> None:
+    """One row per threshold scenario: p of each metric's comparison, marked where the conclusion changes."""
+    from .sensitivity import scenario_label
+
+    table, figure = sensitivity
+    metrics = list(dict.fromkeys(table["metric"]))
+    keys = ["parameter", "role", "channel", "scale"]
+    rows, changed = [], 0
+    for _, scenario in table[keys].drop_duplicates().fillna("").iterrows():
+        selected = table[(table[keys].fillna("") == scenario).all(axis=1)].set_index("metric")
+        cells = [scenario_label(*scenario)]
+        for metric in metrics:
+            if metric not in selected.index:
+                cells.append("–")
+                continue
+            holds = bool(selected.loc[metric, "holds"])
+            changed += not holds
+            cells.append(_format_p(selected.loc[metric, "p"]) + ("" if holds else " (changes)"))
+        rows.append(cells)
+    note = ("Each channel's threshold scaled (margin above background x0.8-1.25) and the minimum TLS area x0.75 and "
+            "x1.25, counted in the same pass; Mann-Whitney p per scenario. "
+            + (f"The baseline's conclusion changes in {changed} scenario comparison(s), marked." if changed
+               else "The baseline's conclusion holds in every scenario.") + " Full table: sensitivity_comparison.csv.")
+    section("Threshold sensitivity", ["scenario", *(metric_label(m) for m in metrics)], rows, note)
+    if figure is not None:
+        relative = Path(figure).relative_to(outdir)
+        md += [f"![threshold sensitivity]({relative})", ""]
+        page.append(f'<img src="{html.escape(str(relative))}" alt="threshold sensitivity">')
+
+
 def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str | Path, *,
                  slides_dir: Path | None = None, title: str = "TLS group comparison", outcomes=None,
-                 omnibus: pd.DataFrame | None = None, failures: pd.DataFrame | None = None) -> dict[str, Path]:
+                 omnibus: pd.DataFrame | None = None, failures: pd.DataFrame | None = None,
+                 sensitivity: tuple[pd.DataFrame, Path | None] | None = None) -> dict[str, Path]:
     """stats.csv, figures/<metric>.{png,svg}, thumbnails/, report.md and a self-contained report.html in ``outdir``.
 
     ``stats``: :func:`tlsquant.stats.compare_groups` rows (or the pairwise rows of
     :func:`tlsquant.stats.compare_many`, whose omnibus table goes in ``omnibus``);
     ``failures``: the batch's failures.csv, listed with their reasons; ``outcomes``: an
-    :class:`tlsquant.outcomes.OutcomeResult`, added as a clinical-outcomes section.
+    :class:`tlsquant.outcomes.OutcomeResult`, added as a clinical-outcomes section;
+    ``sensitivity``: (:func:`tlsquant.sensitivity.compare_sensitivity`'s table, its figure),
+    added as a threshold-sensitivity section.
     Every string from the cohort is escaped; report.html embeds its images.
     """
     outdir = Path(outdir)
@@ -297,6 +331,8 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
         md.extend(["Slides without a value of a metric (e.g. no tumour found) are left out of that metric: "
                    + "; ".join(f"{md_escape(r.metric)}: {r.excluded_a} + {r.excluded_b}"
                                for r in excluded.itertuples(index=False)), ""])
+    if sensitivity is not None and len(sensitivity[0]):
+        _sensitivity_section(sensitivity, outdir, section, md, page)
     if outcomes is not None:
         from .outcome_report import outcome_sections, write_outcome_files
 

@@ -186,6 +186,8 @@ def cohort_sensitivity(slides: pd.DataFrame, group: str, *, groups: Sequence[str
     missing = [c for c in keys + ["slide_id", group, *metrics] if c not in slides.columns]
     if missing:
         raise TLSQuantError(f"sensitivity table lacks column(s) {', '.join(missing)}")
+    # read back from CSV, the baseline's and min-area rows' empty role and channel are NaN, which equals nothing
+    slides = slides.assign(role=slides["role"].fillna("").astype(str), channel=slides["channel"].fillna("").astype(str))
     scenarios = slides[keys].drop_duplicates()
     baseline_first = scenarios["parameter"].ne("baseline").to_numpy().argsort(kind="stable")
     rows = []
@@ -247,5 +249,31 @@ def sensitivity_figure(table: pd.DataFrame, path: str | Path, *, alpha: float = 
     return path
 
 
-__all__ = ["COHORT_SENSITIVITY_COLUMNS", "SENSITIVITY_COLUMNS", "cohort_sensitivity", "sensitivity_figure",
+def compare_sensitivity(scenarios: str | Path | pd.DataFrame, cohort: pd.DataFrame, group: str, outdir: str | Path, *,
+                        groups: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
+                        alpha: float = 0.05) -> tuple[pd.DataFrame, Path | None]:
+    """The cohort's group comparison under every threshold scenario, written into ``outdir``.
+
+    ``scenarios`` is a batch's cohort_sensitivity.csv (or its table): every slide's
+    sensitivity.csv rows with ``slide_id``; ``cohort`` gives each slide's ``group``.
+    Writes ``sensitivity_comparison.csv`` (:func:`cohort_sensitivity`) and ``sensitivity.png``
+    (:func:`sensitivity_figure`); ``metrics`` not among the scenario columns are left out.
+    Returns (table, figure path or None when there is nothing to draw).
+    """
+    from .io.atomic import atomic_path
+
+    table = scenarios if isinstance(scenarios, pd.DataFrame) else pd.read_csv(scenarios, dtype={"slide_id": str})
+    labels = cohort[["slide_id", group]].astype({"slide_id": str})
+    merged = table.merge(labels, on="slide_id", how="inner")
+    chosen = [m for m in (metrics or ()) if m in table.columns] or list(SENSITIVITY_METRICS)
+    result = cohort_sensitivity(merged, group, groups=groups, metrics=chosen, alpha=alpha)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(outdir / "sensitivity_comparison.csv") as temporary:
+        result.to_csv(temporary, index=False)
+    figure = sensitivity_figure(result, outdir / "sensitivity.png", alpha=alpha) if len(result) else None
+    return result, figure
+
+
+__all__ = ["COHORT_SENSITIVITY_COLUMNS", "compare_sensitivity", "SENSITIVITY_COLUMNS", "cohort_sensitivity", "sensitivity_figure",
            "sensitivity_summary", "threshold_sensitivity"]

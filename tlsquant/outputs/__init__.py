@@ -1,5 +1,5 @@
 """Per-slide output files: summary.json, tls.csv, tls.geojson, annotations.geojson, qc.png, thresholds.png,
-tls_gallery.html and tls_gallery/, masks.ome.zarr, cells.csv.gz.
+tls_gallery.html and tls_gallery/, masks.ome.zarr, cells.csv.gz, sensitivity.csv.
 
 This package sits above the pipeline: it takes a :class:`~tlsquant.pipeline.SlideResult`
 and writes files; nothing below it imports it.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import output_error, remove_partials, write_text_atomic
+from ..io.atomic import atomic_path, output_error, remove_partials, write_text_atomic
 from .annotations import annotation_features
 from .geojson import geojson_features
 from .masks import write_masks
@@ -32,6 +32,7 @@ MASKS = "masks.ome.zarr"
 CELLS_TABLE = CELL_FILES["csv"]
 CELLS_PARQUET = CELL_FILES["parquet"]
 CELLS_H5AD = CELL_FILES["h5ad"]
+SENSITIVITY = "sensitivity.csv"  # with sensitivity.enabled: TLS metrics per threshold scenario
 
 
 def _json_default(value):
@@ -47,7 +48,7 @@ def _json_default(value):
 
 
 ALL_OUTPUTS = (SUMMARY, TLS_TABLE, GEOJSON, ANNOTATIONS, QC_PICTURE, THRESHOLD_PICTURE, GALLERY, GALLERY_CROPS, MASKS,
-               CELLS_TABLE, CELLS_PARQUET, CELLS_H5AD)
+               CELLS_TABLE, CELLS_PARQUET, CELLS_H5AD, SENSITIVITY)
 
 
 def _remove(path: Path) -> None:
@@ -98,6 +99,10 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
         written["masks"] = write_masks(result, outdir / MASKS)
     if result.cells is not None:
         written.update(write_cell_tables(result, outdir))  # outputs.cells_format: csv, parquet, h5ad
+    if result.sensitivity is not None:
+        with atomic_path(outdir / SENSITIVITY) as temporary:
+            result.sensitivity.to_csv(temporary, index=False)
+        written["sensitivity"] = outdir / SENSITIVITY
     summary = dict(result.summary)
     if slide is not None:  # where names and pixel size came from; file values the user overrode
         summary["source"] = {**summary.get("source", {}), "reader": slide.metadata}
