@@ -161,8 +161,10 @@ class TLS:
     grow_um: float = setting(20.0, "an outline reaches at most 3 sigma_um plus this beyond its seed")
     min_area_um2: float = setting(6000.0, "published minimum TLS sizes are 5,000-6,500 µm² (about 45-50 lymphocytes)")
     max_debris_fraction: float = setting(0.3, "aggregates made mostly of artefact (debris, red blood cells) are rejected")
-    min_nuclear_fraction: float = setting(0.15, "share of nucleus pixels an aggregate must hold: lymphoid aggregates are "
-                                          "packed with nuclei")
+    # measured: follicles 0.45-0.82 (two synthetic generators, every artefact), real lymphoid tissue 0.43 (t-CyCIF)
+    # and 0.68 (MIBI); a loose B-cell infiltrate accepted on a TLS-free slide 0.18, red-blood-cell strings lower
+    min_nuclear_fraction: float = setting(0.3, "share of nucleus pixels an aggregate must hold: lymphoid aggregates are "
+                                          "packed with nuclei, loose infiltrates and artefacts are not")
     min_contrast: float = setting(4.5, "B-cell density inside at least this multiple of the contrast band around "
                                   "(0: off): a bounded aggregate")
     contrast_band_um: tuple[float, ...] = setting((10.0, 40.0), "the band for min_contrast: this far from the outline, "
