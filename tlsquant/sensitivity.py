@@ -116,12 +116,13 @@ def threshold_sensitivity(evidence: EvidenceMaps, config: Config, grids: Grid, r
                 if regions is not None or not _tls_unchanged(found, changed_cells, density if moved.any() else None,
                                                              scenario_density, config, grids):
                     scenario_tls = find_tls(maps, config, grids, regions, has_t_cells=has_t_cells, debris=debris,
-                                            b_fraction=scenario_occupancy)
+                                            b_fraction=scenario_occupancy,
+                                            density=scenario_density if scenario_density is not None else density)
         return _scenario_metrics(maps, scenario_tls, scenario_bed, config, grids)
 
     def area_scenario(scale: float) -> dict:
         scenario_tls = find_tls(evidence, config, grids, regions, has_t_cells=has_t_cells, debris=found.debris,
-                                b_fraction=occupancy, min_area_um2=config.tls.min_area_um2 * scale)
+                                b_fraction=occupancy, density=density, min_area_um2=config.tls.min_area_um2 * scale)
         return _scenario_metrics(evidence, scenario_tls, bed, config, grids)
 
     # scenarios are independent and their filters release the GIL: threads, results in a fixed order

@@ -21,6 +21,11 @@ def debris_zone(debris_fraction: np.ndarray, *, bin_um: float, dilate_um: float,
     return zone
 
 
+def _disk_radius(radius_um: float, bin_um: float) -> int:
+    """The radius in whole bins of :func:`disk` (``radius_um`` rounded): the same neighbourhood, as a distance."""
+    return max(0, int(round(bins(radius_um, bin_um))))
+
+
 def _reject(rejected: list | None, reason: str, box, region) -> None:
     if rejected is not None:
         rejected.append((reason, box, region))
@@ -61,7 +66,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
                       t_fraction: np.ndarray | None = None, min_t_fraction: float = 0.0,
                       nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
                       min_contrast: float = 0.0, min_relative_density: float = 0.0,
-                      rejected: list | None = None) -> tuple[np.ndarray, dict]:
+                      rejected: list | None = None, density: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid bin's pixels that are CD20+ (debris excluded).
@@ -89,7 +94,8 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
-    density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
+    if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
+        density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
     mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
                                       edge_fraction=edge_fraction,
                                       reach=int(np.ceil(bins(3 * sigma_um + grow_um, bin_um))))
@@ -123,25 +129,27 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
             _reject(rejected, "no_nuclei", box, region)
             continue
         inside = float(b_fraction[box][region].mean())
+        # bins from the outline, Euclidean: a dilation by a disc of radius r is exactly the bins within r
+        # (radius rounded to whole bins, as the disc is), at a fraction of a large dilation's cost
+        reach = ndi.distance_transform_edt(~region) if (min_contrast > 0 or min_t_fraction > 0) else None
         if min_contrast > 0:
-            band = ndi.binary_dilation(region, structure=disk(band_outer_um, bin_um)) & ~ndi.binary_dilation(
-                region, structure=disk(band_inner_um, bin_um))
+            band = (reach > _disk_radius(band_inner_um, bin_um)) & (reach <= _disk_radius(band_outer_um, bin_um))
             if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
                 info["rejected_low_contrast"] += 1
                 _reject(rejected, "low_contrast", box, region)
                 continue
-        dense.append((box, region, inside))
+        dense.append((box, region, inside, reach))
     # the slide's own follicle density: the densest bounded candidate (identical for any chunking:
     # the maps are whole-slide grids)
-    reference = max((inside for _, _, inside in dense), default=0.0)
+    reference = max((inside for _, _, inside, _ in dense), default=0.0)
     info["b_density_reference"] = round(reference, 4)
-    for box, region, inside in dense:
+    for box, region, inside, reach in dense:
         if min_relative_density > 0 and inside < min_relative_density * reference:
             info["rejected_low_density"] += 1
             _reject(rejected, "low_density", box, region)
             continue
         if min_t_fraction > 0 and t_fraction is not None:
-            rim = ndi.binary_dilation(region, structure=disk(t_zone_width_um, bin_um)) & ~region
+            rim = (reach > 0) & (reach <= _disk_radius(t_zone_width_um, bin_um))
             if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
                 info["rejected_no_t_zone"] += 1
                 _reject(rejected, "no_t_zone", box, region)

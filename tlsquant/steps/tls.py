@@ -52,12 +52,12 @@ def artefact_area_mm2(evidence: EvidenceMaps, debris: np.ndarray, tissue: np.nda
 
 def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, has_t_cells: bool,
              min_area_um2: float | None = None, debris: np.ndarray | None = None,
-             b_fraction: np.ndarray | None = None) -> FoundTLS:
+             b_fraction: np.ndarray | None = None, density: np.ndarray | None = None) -> FoundTLS:
     """Dense B-cell aggregates, artefacts excluded; ``min_area_um2`` replaces ``tls.min_area_um2``.
 
     ``debris`` and ``b_fraction`` (:func:`artefact_zone`, :func:`b_occupancy`) may be
-    given when already computed from the same maps; ``drawn`` regions (exclusions, a
-    region of interest) clip the labels.
+    given when already computed from the same maps, and ``density``, ``b_fraction``
+    smoothed by ``tls.sigma_um``; ``drawn`` regions (exclusions, a region of interest) clip the labels.
     """
     if debris is None:
         debris = artefact_zone(evidence, config, grid)
@@ -74,6 +74,7 @@ def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, 
         min_t_fraction=tls.min_t_fraction if tls.require_t_cell_zone else 0.0,
         nuclei_fraction=evidence.fraction("fine", "nuclei"), min_nuclear_fraction=tls.min_nuclear_fraction,
         min_contrast=tls.min_contrast, min_relative_density=tls.min_relative_density, rejected=(rejected := []),
+        density=density,
     )
     if drawn is not None:
         labels = drawn.apply_fine(labels)
