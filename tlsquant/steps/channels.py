@@ -86,14 +86,15 @@ def column_key(channel: str) -> str:
     return re.sub(r"[^0-9a-z]+", "", channel.casefold()) or "marker"
 
 
-def resolve_cell_markers(slide: Slide, config: Config, roles: dict[str, str]) -> tuple[list[CellMarker], list[str]]:
-    """The channels scored per cell, each with its compartment, and warnings.
+def resolve_cell_markers(slide: Slide, config: Config, roles: dict[str, str], *,
+                         unplaced: list[str] | None = None) -> list[CellMarker]:
+    """The channels scored per cell, each with its compartment.
 
     Markers named in ``cells.markers`` must exist and have a known compartment (an error
     otherwise). Without that list every channel but the nuclear and AF ones is scored;
-    a channel in none of the compartment lists is then left out with a warning naming
-    it and the settings that would score it: guessing would misjudge a nuclear or
-    cytoplasmic marker.
+    a channel in none of the compartment lists is then left out (appended to ``unplaced``
+    when given: :func:`plan_channels` warns, naming the settings that would score it):
+    guessing would misjudge a nuclear or cytoplasmic marker.
     """
     cells = config.cells
     explicit = bool(cells.markers)
@@ -108,7 +109,8 @@ def resolve_cell_markers(slide: Slide, config: Config, roles: dict[str, str]) ->
     else:
         skip = {roles[r].casefold() for r in ("nuclei", "autofluorescence") if r in roles}
         names = [name for name in slide.channel_names if name.casefold() not in skip]
-    markers, keys, unplaced = [], set(), []
+    markers, keys = [], set()
+    unplaced = unplaced if unplaced is not None else []
     for name in dict.fromkeys(names):
         try:
             compartment = cells.compartment(name)
@@ -123,11 +125,7 @@ def resolve_cell_markers(slide: Slide, config: Config, roles: dict[str, str]) ->
             key, suffix = f"{base}_{suffix}", suffix + 1
         keys.add(key)
         markers.append(CellMarker(name, compartment, key))
-    warnings = []
-    if unplaced:
-        warnings.append(f"not scored per cell: {', '.join(unplaced)} (compartment unknown: name them in "
-                        "cells.nuclear_markers, cells.ring_markers or cells.whole_cell_markers)")
-    return markers, warnings
+    return markers
 
 
 def plan_channels(slide: Slide, config: Config) -> ChannelPlan:
@@ -137,8 +135,10 @@ def plan_channels(slide: Slide, config: Config) -> ChannelPlan:
     measure_cells = config.cells.enabled and pixel_um <= config.cells.max_pixel_size_um
     cell_markers: list[CellMarker] = []
     if measure_cells:
-        cell_markers, marker_warnings = resolve_cell_markers(slide, config, roles)
-        warnings.extend(marker_warnings)
+        cell_markers = resolve_cell_markers(slide, config, roles, unplaced=(unplaced := []))
+        if unplaced:
+            warnings.append(f"not scored per cell: {', '.join(unplaced)} (compartment unknown: name them in "
+                            "cells.nuclear_markers, cells.ring_markers or cells.whole_cell_markers)")
     cells_skipped = "cells.enabled is false" if not config.cells.enabled else ""
     if config.cells.enabled and not measure_cells:
         cells_skipped = (f"cells not measured: pixel size {pixel_um:g} µm is coarser than cells.max_pixel_size_um "
