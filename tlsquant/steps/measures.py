@@ -22,21 +22,26 @@ from .tls import FoundTLS
 def staged_tls(evidence: EvidenceMaps, labels: np.ndarray, debris: np.ndarray, distance: np.ndarray | None,
                config: Config, grid: Grid) -> list[dict]:
     """Each TLS's box, region, area (µm², as in tls.csv), centroid (level-0 px), networks, stage and location."""
+    items = ((tls_id, box, labels[box] == tls_id, debris[box])
+             for tls_id, box in enumerate(ndi.find_objects(labels), start=1) if box is not None)
+    return stage_items(evidence, items, distance, config, grid)
+
+
+def stage_items(evidence: EvidenceMaps, items, distance: np.ndarray | None, config: Config, grid: Grid) -> list[dict]:
+    """:func:`staged_tls` of TLS given one by one as (tls_id, box, region, artefact zone in the box), boxes tight
+    on the fine grid: a TLS's numbers read only the maps within its box."""
     min_fraction, closing_um = config.maturation.min_bin_fraction, config.maturation.closing_um
-    gc_positive = (evidence.fraction("fine", "germinal_centre") >= min_fraction) & ~debris
-    fdc_positive = (evidence.fraction("fine", "fdc") >= min_fraction) & ~debris
     py, px = grid.pixel_size
     out = []
-    for tls_id, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        region = labels[box] == tls_id
+    for tls_id, box, region, debris in items:
+        gc_positive = (evidence.fraction("fine", "germinal_centre", box) >= min_fraction) & ~debris
+        fdc_positive = (evidence.fraction("fine", "fdc", box) >= min_fraction) & ~debris
         area_um2 = float(evidence.pixels("fine", box)[region].sum(dtype=np.float64) * px * py)
         ys, xs = np.nonzero(region)
         cy = (ys.mean() + box[0].start + 0.5) * grid.fine_factor  # level-0 px
         cx = (xs.mean() + box[1].start + 0.5) * grid.fine_factor
-        gc_um2 = largest_network_um2(gc_positive[box], region, bin_um=grid.fine_um, closing_um=closing_um)
-        fdc_um2 = largest_network_um2(fdc_positive[box], region, bin_um=grid.fine_um, closing_um=closing_um)
+        gc_um2 = largest_network_um2(gc_positive, region, bin_um=grid.fine_um, closing_um=closing_um)
+        fdc_um2 = largest_network_um2(fdc_positive, region, bin_um=grid.fine_um, closing_um=closing_um)
         if distance is None:
             dist_um = None
         else:
