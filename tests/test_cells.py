@@ -546,3 +546,20 @@ def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path, dask_client)
     stats = pd.read_csv(tmp_path / "stats" / "stats.csv")
     row = stats.set_index("metric").loc["cd20_pct"]
     assert row.p == pytest.approx(1 / 3) and row.method == "exact" and row.median_a > row.median_b
+
+
+def test_compiled_and_numpy_cell_sums_agree(monkeypatch, rng):
+    pytest.importorskip("numba")
+    import tlsquant.cells as cells
+
+    image = _discs((90, 90), [(10.0, 10.0), (10.0, 16.0), (30.0, 12.0), (28.0, 33.0)], [3.0, 2.6, 3.4, 4.0])
+    nuclei = segment_nuclei(image, pixel_size_um=PIXEL, threshold=500, sigma_um=0)
+    bodies = cell_bodies(nuclei, pixel_size_um=PIXEL, ring_um=2.0)
+    n = int(nuclei.max())
+    for values in ((rng.random(nuclei.shape) * 1000).astype(np.uint16), rng.random(nuclei.shape).astype(np.float32)):
+        compiled = cells._cell_sums(nuclei, bodies, n, (7, 11)), cells._marker_sums(nuclei, bodies, values, n)
+        with monkeypatch.context() as patch:
+            patch.setattr(cells, "_compiled", lambda loops: None)
+            plain = cells._cell_sums(nuclei, bodies, n, (7, 11)), cells._marker_sums(nuclei, bodies, values, n)
+        for got, want in zip((*compiled[0], *compiled[1]), (*plain[0], *plain[1])):
+            np.testing.assert_array_equal(got, want)

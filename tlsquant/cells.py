@@ -12,6 +12,8 @@ table is identical for any chunk size or worker count.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 
 import dask
@@ -132,8 +134,7 @@ def segment_nuclei(
     clump = _clump_zone(thick, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um)
     # centres: maxima of the distance to the background over a min_distance neighbourhood;
     # touching nuclei meet at a neck, where the distance dips between two maxima
-    footprint = _ellipse(_px(min_distance_um, pixel_size_um))
-    peaks = (distance == _footprint_filter(np.maximum, distance, footprint, mode="constant", cval=np.inf)) & foreground
+    peaks = _local_maxima(distance, foreground, _px(min_distance_um, pixel_size_um))
     if clump is not None:
         peaks &= ~clump
     peaks = _separate_maxima(peaks, distance, pixel_size_um=pixel_size_um)
@@ -150,6 +151,52 @@ def segment_nuclei(
     keep = np.cumsum(~bad).astype(np.int32)
     keep[bad] = 0
     return keep[labels]
+
+
+def _local_maxima(distance: np.ndarray, foreground: np.ndarray, radius_px: tuple[float, float]) -> np.ndarray:
+    """Foreground pixels no lower than any pixel of the ellipse of ``radius_px`` around them, none of it off the image.
+
+    The same pixels as ``distance == maximum_filter(distance, footprint=ellipse, mode='constant',
+    cval=inf) & foreground``. Compiled, each foreground pixel stops at the first higher
+    neighbour (neighbours nearest first), which on a distance map is almost always an adjacent one.
+    """
+    compiled = _compiled(_local_maxima_loops)
+    if compiled is None:
+        footprint = _ellipse(radius_px)
+        return (distance == _footprint_filter(np.maximum, distance, footprint, mode="constant", cval=np.inf)) & foreground
+    return compiled(distance, foreground, _footprint_offsets(radius_px))
+
+
+@functools.lru_cache(maxsize=32)
+def _footprint_offsets(radius_px: tuple[float, float]) -> np.ndarray:
+    """(dy, dx) of the ellipse of :func:`_ellipse` without its centre, nearest first (int64, read-only)."""
+    footprint = _ellipse(radius_px)
+    dy, dx = np.nonzero(footprint)
+    dy, dx = dy - footprint.shape[0] // 2, dx - footprint.shape[1] // 2
+    keep = (dy != 0) | (dx != 0)
+    dy, dx = dy[keep], dx[keep]
+    order = np.lexsort((dx, dy, dy.astype(np.float64) ** 2 + dx.astype(np.float64) ** 2))
+    offsets = np.stack([dy[order], dx[order]], axis=1).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _local_maxima_loops(distance, foreground, offsets):  # pragma: no cover - runs compiled
+    height, width = distance.shape
+    peaks = np.zeros(distance.shape, np.bool_)
+    for y in range(height):
+        for x in range(width):
+            if not foreground[y, x]:
+                continue
+            value = distance[y, x]
+            peak = True
+            for k in range(offsets.shape[0]):
+                ny, nx = y + offsets[k, 0], x + offsets[k, 1]
+                if ny < 0 or ny >= height or nx < 0 or nx >= width or distance[ny, nx] > value:
+                    peak = False
+                    break
+            peaks[y, x] = peak
+    return peaks
 
 
 # A maximum of the distance map narrower than a lymphocyte's (< 2.2 µm to the background, under 4.4 µm
@@ -242,7 +289,14 @@ def _clump_zone(thick: np.ndarray, foreground: np.ndarray, *, pixel_size_um, rea
     """Foreground within ``reach_um`` of a thick core: the clump and its rim (None without clumps)."""
     if not thick.any():
         return None
-    near = ndi.distance_transform_edt(~thick, sampling=pixel_size_um) <= reach_um + max(pixel_size_um)
+    # only the box around the thick cores, grown by the reach, can be near them
+    rows, cols = np.flatnonzero(thick.any(axis=1)), np.flatnonzero(thick.any(axis=0))
+    limit_um = reach_um + max(pixel_size_um)
+    my, mx = (int(np.ceil(limit_um / p)) + 1 for p in pixel_size_um)
+    box = (slice(max(rows[0] - my, 0), rows[-1] + my + 1), slice(max(cols[0] - mx, 0), cols[-1] + mx + 1))
+    near = np.zeros(thick.shape, bool)
+    # squared distances on the pixel lattice sit far apart near the limit, so float32 decides as float64 does
+    near[box] = distance_to_background(~thick[box], pixel_size_um) <= limit_um
     return near & foreground
 
 
@@ -294,12 +348,22 @@ def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *
     # slide raster order of each centre; entry 0 (no owner yet) loses every tie
     slide_order = np.concatenate([[np.iinfo(np.int64).max],
                                   (cy + origin[0]).astype(np.int64) * (1 << 32) + (cx + origin[1])])
-    py, px = pixel_size_um
-    ry, rx = int(np.ceil(reach_um / py)), int(np.ceil(reach_um / px))
-    offsets = [(dy, dx, float(np.hypot(dy * py, dx * px))) for dy in range(-ry, ry + 1) for dx in range(-rx, rx + 1)]
-    offsets = np.array([o for o in offsets if o[2] <= reach_um], dtype=np.float64).reshape(-1, 3)
+    offsets = _claim_offsets(tuple(float(p) for p in pixel_size_um), float(reach_um))
     claim = _claim_compiled() or _claim
     return claim(cy.astype(np.int64), cx.astype(np.int64), radius, slide_order, offsets, mask)
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_offsets(pixel_size_um: tuple[float, float], reach_um: float) -> np.ndarray:
+    """(dy, dx, µm) of every offset within ``reach_um``, in raster order (float64, read-only)."""
+    py, px = pixel_size_um
+    ry, rx = int(np.ceil(reach_um / py)), int(np.ceil(reach_um / px))
+    dy, dx = (v.ravel() for v in np.mgrid[-ry : ry + 1, -rx : rx + 1])
+    step = np.hypot(dy * py, dx * px)
+    keep = step <= reach_um
+    offsets = np.stack([dy[keep], dx[keep], step[keep]], axis=1).astype(np.float64)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _claim(cy, cx, radius, slide_order, offsets, mask) -> np.ndarray:
@@ -361,12 +425,57 @@ def _claim_loops(cy, cx, radius, slide_order, offsets, mask):  # pragma: no cove
 
 
 def cell_bodies(nuclei: np.ndarray, *, pixel_size_um: tuple[float, float], ring_um: float) -> np.ndarray:
-    """Grow each nucleus by ``ring_um``; a pixel joins the nearest nucleus (no overlaps)."""
+    """Grow each nucleus by ``ring_um``; a pixel joins the nearest nucleus (no overlaps).
+
+    Nearest by the Euclidean distance (µm) to the nucleus's closest pixel; at equal
+    distances the lower label wins (labels follow the centres' raster order, so every
+    window that holds both nuclei decides alike). The closest pixel of a nucleus to any
+    outside pixel borders the background, so only border pixels are grown.
+    """
     if ring_um <= 0 or not nuclei.any():
         return nuclei.copy()
-    distance, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, sampling=pixel_size_um, return_indices=True)
-    grown = nuclei[iy, ix]
-    grown[distance > ring_um] = 0
+    offsets = _ring_offsets(tuple(float(p) for p in pixel_size_um), float(ring_um))
+    grow = _compiled(_grow_rings_loops) or _grow_rings_loops
+    return grow(np.ascontiguousarray(nuclei, dtype=np.int32), offsets[:, 0].astype(np.int64),
+                offsets[:, 1].astype(np.int64), offsets[:, 2])
+
+
+@functools.lru_cache(maxsize=32)
+def _ring_offsets(pixel_size_um: tuple[float, float], reach_um: float) -> np.ndarray:
+    """(dy, dx, µm) of every offset within ``reach_um``, nearest first (float64, read-only)."""
+    py, px = pixel_size_um
+    ry, rx = int(np.floor(reach_um / py)), int(np.floor(reach_um / px))
+    dy, dx = (v.ravel() for v in np.mgrid[-ry : ry + 1, -rx : rx + 1])
+    step = np.sqrt((dy * py) ** 2 + (dx * px) ** 2)
+    keep = (step <= reach_um) & ((dy != 0) | (dx != 0))
+    order = np.lexsort((dx[keep], dy[keep], step[keep]))
+    offsets = np.stack([dy[keep][order], dx[keep][order], step[keep][order]], axis=1).astype(np.float64)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _grow_rings_loops(nuclei, dys, dxs, steps):
+    """Each background pixel within reach of a nucleus border: the label of the nearest (then lowest) nucleus."""
+    height, width = nuclei.shape
+    grown = nuclei.copy()
+    best = np.full(nuclei.shape, np.inf)
+    for y in range(height):
+        for x in range(width):
+            label = nuclei[y, x]
+            if label == 0:
+                continue
+            if not ((y > 0 and nuclei[y - 1, x] == 0) or (y < height - 1 and nuclei[y + 1, x] == 0)
+                    or (x > 0 and nuclei[y, x - 1] == 0) or (x < width - 1 and nuclei[y, x + 1] == 0)):
+                continue  # an inner pixel: a border pixel of its nucleus is nearer to every outside pixel
+            for k in range(dys.size):
+                ty, tx = y + dys[k], x + dxs[k]
+                if ty < 0 or ty >= height or tx < 0 or tx >= width or nuclei[ty, tx] != 0:
+                    continue
+                step = steps[k]
+                current = best[ty, tx]
+                if step < current or (step == current and label < grown[ty, tx]):
+                    best[ty, tx] = step
+                    grown[ty, tx] = label
     return grown
 
 
@@ -495,23 +604,12 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
                             min_area_um2=plan.min_area_um2, max_area_um2=plan.max_area_um2, origin=window_origin)
     n = int(nuclei.max())
     n_markers = len(plan.markers)
-    empty = BlockCells(np.zeros((len(REGIONS), 1 + n_markers), np.int64),
-                       np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(1, np.int64), 0,
-                       {name: np.empty(0, dtype) for name, dtype in table_dtypes(plan).items()} if plan.keep_table else None)
+    empty = _empty_block(plan)
     if n == 0:
         return empty
     bodies = cell_bodies(nuclei, pixel_size_um=pixel_size, ring_um=plan.ring_um)
-    height, width = nuclei.shape
-    flat_nuclei = nuclei.ravel()
-    in_nucleus = np.flatnonzero(flat_nuclei)
-    ring = np.flatnonzero((flat_nuclei == 0) & (bodies.ravel() > 0))
-    nucleus_ids = flat_nuclei[in_nucleus]
-    ring_ids = bodies.ravel()[ring]
-    nucleus_px = np.bincount(nucleus_ids, minlength=n + 1)
-    ring_px = np.bincount(ring_ids, minlength=n + 1)
     # centroids from exact integer sums of level-0 indices: identical in every window
-    sum_y = np.bincount(nucleus_ids, weights=in_nucleus // width + window_origin[0], minlength=n + 1)
-    sum_x = np.bincount(nucleus_ids, weights=in_nucleus % width + window_origin[1], minlength=n + 1)
+    nucleus_px, ring_px, sum_y, sum_x = _cell_sums(nuclei, bodies, n, window_origin)
     centre_y = sum_y[1:] / nucleus_px[1:] + 0.5  # level-0 px, pixel centres at .5
     centre_x = sum_x[1:] / nucleus_px[1:] + 0.5
     y0, y1, x0, x1 = core
@@ -535,9 +633,8 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     positive = np.zeros((ids.size, n_markers), bool)
     columns: dict[str, np.ndarray] = {}
     for k, (marker, compartment, threshold, block) in enumerate(zip(plan.markers, plan.compartments, plan.thresholds, markers)):
-        values = block.ravel()
-        nucleus_sum = np.bincount(nucleus_ids, weights=values[in_nucleus], minlength=n + 1)[ids]
-        ring_sum = np.bincount(ring_ids, weights=values[ring], minlength=n + 1)[ids]
+        nucleus_sum, ring_sum = _marker_sums(nuclei, bodies, block, n)
+        nucleus_sum, ring_sum = nucleus_sum[ids], ring_sum[ids]
         nucleus_mean = nucleus_sum / nucleus_px[ids]
         ring_mean = np.divide(ring_sum, ring_px[ids], out=np.zeros(ids.size), where=ring_px[ids] > 0)
         if compartment == "nucleus":
@@ -576,6 +673,76 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
             **columns,
         }
     return BlockCells(counts, tls_counts, excluded, int(nucleus_px[ids].sum()), table)
+
+
+def _cell_sums(nuclei: np.ndarray, bodies: np.ndarray, n: int, origin: tuple[int, int]):
+    """Per label 0..n: nucleus and ring pixel counts, and the sums of the nucleus pixels' level-0 rows and columns."""
+    compiled = _compiled(_cell_sums_loops)
+    if compiled is not None:
+        return compiled(nuclei, bodies, n, origin[0], origin[1])
+    in_nucleus = np.flatnonzero(nuclei)
+    ring = np.flatnonzero((nuclei.ravel() == 0) & (bodies.ravel() > 0))
+    nucleus_ids = nuclei.ravel()[in_nucleus]
+    width = nuclei.shape[1]
+    return (np.bincount(nucleus_ids, minlength=n + 1), np.bincount(bodies.ravel()[ring], minlength=n + 1),
+            np.bincount(nucleus_ids, weights=in_nucleus // width + origin[0], minlength=n + 1),
+            np.bincount(nucleus_ids, weights=in_nucleus % width + origin[1], minlength=n + 1))
+
+
+def _cell_sums_loops(nuclei, bodies, n, oy, ox):  # pragma: no cover - runs compiled
+    nucleus_px = np.zeros(n + 1, np.int64)
+    ring_px = np.zeros(n + 1, np.int64)
+    sum_y = np.zeros(n + 1)
+    sum_x = np.zeros(n + 1)
+    height, width = nuclei.shape
+    for y in range(height):
+        for x in range(width):
+            label = bodies[y, x]
+            if label == 0:
+                continue
+            if nuclei[y, x] != 0:
+                nucleus_px[label] += 1
+                sum_y[label] += y + oy
+                sum_x[label] += x + ox
+            else:
+                ring_px[label] += 1
+    return nucleus_px, ring_px, sum_y, sum_x
+
+
+def _marker_sums(nuclei: np.ndarray, bodies: np.ndarray, values: np.ndarray, n: int):
+    """Per label 0..n: the sums (float64, raster order) of ``values`` over the nucleus and over the ring."""
+    compiled = _compiled(_marker_sums_loops)
+    if compiled is not None:
+        return compiled(nuclei, bodies, values, n)
+    flat = values.ravel()
+    in_nucleus = np.flatnonzero(nuclei)
+    ring = np.flatnonzero((nuclei.ravel() == 0) & (bodies.ravel() > 0))
+    return (np.bincount(nuclei.ravel()[in_nucleus], weights=flat[in_nucleus], minlength=n + 1),
+            np.bincount(bodies.ravel()[ring], weights=flat[ring], minlength=n + 1))
+
+
+def _marker_sums_loops(nuclei, bodies, values, n):  # pragma: no cover - runs compiled
+    nucleus_sum = np.zeros(n + 1)
+    ring_sum = np.zeros(n + 1)
+    height, width = nuclei.shape
+    for y in range(height):
+        for x in range(width):
+            label = bodies[y, x]
+            if label == 0:
+                continue
+            if nuclei[y, x] != 0:
+                nucleus_sum[label] += np.float64(values[y, x])
+            else:
+                ring_sum[label] += np.float64(values[y, x])
+    return nucleus_sum, ring_sum
+
+
+def _empty_block(plan: CellPlan) -> BlockCells:
+    """What a block without counted cells contributes."""
+    n_markers = len(plan.markers)
+    return BlockCells(np.zeros((len(REGIONS), 1 + n_markers), np.int64),
+                      np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(1, np.int64), 0,
+                      {name: np.empty(0, dtype) for name, dtype in table_dtypes(plan).items()} if plan.keep_table else None)
 
 
 def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
@@ -623,27 +790,61 @@ class CellCounts:
         return row - self.counts[REGIONS.index("artefact")] if region == "all" else row
 
 
-def _halo_strips(core, window) -> tuple[tuple[int, int, int, int], ...]:
-    """The window minus the core as up to four boxes (y0, y1, x0, x1): top and bottom full width, then sides."""
-    y0, y1, x0, x1 = core
-    wy0, wy1, wx0, wx1 = window
-    boxes = ((wy0, y0, wx0, wx1), (y1, wy1, wx0, wx1), (y0, y1, wx0, x0), (y0, y1, x1, wx1))
-    return tuple(box for box in boxes if box[1] > box[0] and box[3] > box[2])
+BAND_BLOCKS = 4  # consecutive blocks of one block row read by one task (bounds the work per task)
 
 
-def _cells_from_pieces(plan: CellPlan, core, inner, context: RegionContext, window, strips, *pieces):
-    """Assemble each channel's window from its core chunk and halo strips, then run :func:`cells_block`."""
-    n_channels = 1 + len(plan.markers)
-    wy0, wy1, wx0, wx1 = window
-    windows = []
-    for k in range(n_channels):
-        centre = pieces[k]
-        out = np.empty((wy1 - wy0, wx1 - wx0), centre.dtype)
-        out[core[0] - wy0 : core[1] - wy0, core[2] - wx0 : core[3] - wx0] = centre
-        for s, (y0, y1, x0, x1) in enumerate(strips):
-            out[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = pieces[n_channels + k * len(strips) + s]
-        windows.append(out)
-    return cells_block(plan, core, (wy0, wx0), inner, context, *windows)
+@dataclass(frozen=True)
+class _Block:
+    """One block of the pass: its core and window (y0, y1, x0, x1, level-0 px), cut sides and masks."""
+
+    core: tuple[int, int, int, int]
+    inner: tuple[bool, bool, bool, bool]
+    window: tuple[int, int, int, int]
+    context: RegionContext
+
+
+class _Sources:
+    """The channels a band task reads, nuclear stain first, carried unopened (dask must not compute them up front)."""
+
+    def __init__(self, arrays) -> None:
+        self.arrays = tuple(arrays)
+        self.x_edges = tuple(int(v) for v in np.cumsum((0,) + tuple(self.arrays[0].chunks[1])))
+
+    def __dask_tokenize__(self):
+        return tuple(a.name for a in self.arrays)
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> list[np.ndarray]:
+        # inside a task: read in this thread (the task is the unit of parallel work)
+        return [np.asarray(a[rows[0]:rows[1], cols[0]:cols[1]].compute(scheduler="sync")) for a in self.arrays]
+
+
+def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources) -> list[BlockCells]:
+    """Run :func:`cells_block` on consecutive blocks of one block row, reading each source chunk once.
+
+    The columns read for one window that the next window also covers (its left halo and
+    the rest of the chunk they lie in) are kept, and only the columns beyond are read, in
+    whole source chunks: a storage tile along the band is decoded once, not once per
+    window that touches it. Each window holds the same pixels as if read on its own.
+    """
+    results = []
+    kept: list[np.ndarray] | None = None
+    kept_x = (0, 0)
+    for block in blocks:
+        wy0, wy1, wx0, wx1 = block.window
+        if kept is None or not kept_x[0] <= wx0 <= kept_x[1]:
+            start = max(e for e in sources.x_edges if e <= wx0)
+            kept, kept_x = None, (start, start)
+        if wx1 > kept_x[1]:
+            stop = min((e for e in sources.x_edges if e >= wx1), default=sources.x_edges[-1])
+            parts = sources.read((wy0, wy1), (kept_x[1], stop))
+            if kept is None:
+                kept, kept_x = parts, (kept_x[0], stop)
+            else:  # columns left of this window are no longer needed
+                lead = wx0 - kept_x[0]
+                kept, kept_x = [np.concatenate([k[:, lead:], p], axis=1) for k, p in zip(kept, parts)], (wx0, stop)
+        windows = [k[:, wx0 - kept_x[0] : wx1 - kept_x[0]] for k in kept]  # views: cells_block only reads them
+        results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context, *windows))
+    return results
 
 
 def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
@@ -657,11 +858,12 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
                   num_workers=None) -> CellCounts:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
-    Each chunk of the arrays is one block core. Its halo is read separately, strip by strip,
-    from ``halo_source`` (the same channels chunked about one storage tile; default: the
-    arrays themselves), privately for each block: no chunk is kept for a later block, so
-    memory holds the blocks being worked on, whatever the slide size, for the price of
-    decoding the halo tiles twice. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
+    Each chunk of the arrays is one block core, read with its halo from ``halo_source`` (the
+    same channels chunked about one storage tile; default: the arrays themselves). One task
+    runs up to ``BAND_BLOCKS`` neighbouring blocks of a block row left to right and keeps the
+    columns the next window shares with the last (see :func:`_cells_band`): a tile is decoded
+    once per band of blocks rather than once per window, and memory holds one band window per
+    worker whatever the slide size. Blocks whose core holds no tissue are not read. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
     ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the peritumoral band,
     optional); each block receives only the part
     around its core. ``threshold_maps`` (1 + markers, rows, cols), on the grid of
@@ -675,28 +877,41 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     if (y_chunks, x_chunks) != nuclear_stain.chunks:
         channels = tuple(c.rechunk((y_chunks, x_chunks)) for c in channels)
     halo_source = tuple(halo_source) if halo_source is not None else channels
-    cores = [channel.to_delayed() for channel in channels]
-    tasks = []
+    sources = _Sources(halo_source)
+    rows_of_blocks: dict[int, list[_Block | None]] = {}
     for i, j, y0, x0, ch_y, ch_x in block_grid(y_chunks, x_chunks):
         core = (y0, y0 + ch_y, x0, x0 + ch_x)
         # halo only on inner sides: along a slide edge every chunking sees the same pixels
         inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
         window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
                   x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
-        strips = _halo_strips(core, window)
         context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels,
                                  margin=margin)
+        if not context.tissue.any():  # no cell centred in this core could count: nothing is read
+            rows_of_blocks.setdefault(i, []).append(None)
+            continue
         if threshold_maps is not None:
             f = plan.grid_factor
             rows = slice(window[0] // f, -(-window[1] // f))
             cols = slice(window[2] // f, -(-window[3] // f))
             context = dataclasses.replace(context, thresholds=np.ascontiguousarray(threshold_maps[:, rows, cols]),
                                           threshold_origin=(rows.start, cols.start))
-        pieces = [grid[i, j] for grid in cores]
-        # a dask array handed to a task is read for that task alone: shared tiles are not held
-        pieces += [source[box[0]:box[1], box[2]:box[3]] for source in halo_source for box in strips]
-        tasks.append(dask.delayed(_cells_from_pieces, pure=True)(plan, core, inner, context, window, strips, *pieces))
-    results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
+        rows_of_blocks.setdefault(i, []).append(_Block(core, inner, window, context))
+    # long runs decode fewer halo tiles twice; short runs keep every worker busy (about 4 tasks each)
+    blocks_in_tissue = sum(block is not None for row in rows_of_blocks.values() for block in row)
+    run_length = max(1, min(BAND_BLOCKS, blocks_in_tissue // (4 * (num_workers or os.cpu_count() or 1))))
+    tasks = []
+    for row in rows_of_blocks.values():
+        run: list[_Block] = []
+        for block in [*row, None]:  # runs of tissue blocks, at most run_length long
+            if block is not None:
+                run.append(block)
+            if run and (block is None or len(run) == run_length):
+                tasks.append(dask.delayed(_cells_band, pure=True)(plan, tuple(run), sources))
+                run = []
+    results = [block for band in compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers) for block in band]
+    if not results:
+        results = [_empty_block(plan)]
     table = None
     if plan.keep_table:
         table = pd.DataFrame({name: np.concatenate([r.table[name] for r in results]).astype(dtype)

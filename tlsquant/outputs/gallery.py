@@ -30,7 +30,7 @@ import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
 from .geometry import STAGE_COLOURS
-from .qc import _binned, _scale_bar_um, tls_rings
+from .qc import FAST_PNG, _binned, _scale_bar_um, tls_rings
 
 PANEL_ROLES = (("b_cells", "B cells"), ("t_cells", "T cells"), ("fdc", "FDC"), ("germinal_centre", "germinal centre"))
 OVERLAY_ROLES = (("b_cells", (1.0, 0.2, 0.2)), ("t_cells", (0.1, 0.85, 0.2)), ("nuclei", (0.25, 0.35, 1.0)))
@@ -245,7 +245,7 @@ def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles:
             label = label[:-2] + "…"
         draw.text((left + 4, top + 2), label, fill=(230, 230, 230), font=font)
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG", **FAST_PNG)
     return buffer.getvalue(), [label for label, _ in panels], caption, zoom
 
 

@@ -37,6 +37,10 @@ REASON_LABELS = {"small": "too small", "debris": "mostly debris", "no_nuclei": "
 MAX_LABELLED_CANDIDATES = 300  # the largest rejected candidates get their reason written beside them
 
 
+# zlib level 1: the pictures are 10-40 % larger than at the default level 6 and encode several times faster
+FAST_PNG = {"compress_level": 1}
+
+
 def _stretch(plane: np.ndarray) -> np.ndarray:
     # black at the typical (mostly negative) level, white at the brightest structures
     plane = plane.astype(np.float32)
@@ -328,7 +332,7 @@ def write_qc_picture(result, slide, path: Path, *, target_px: int = 1200, max_px
     figure, _ = draw_qc_picture(result, slide, target_px=target_px, max_px=max_px, min_tls_px=min_tls_px)
     try:
         with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=100, facecolor="black")
+            figure.savefig(temporary, format="png", dpi=100, facecolor="black", pil_kwargs=FAST_PNG)
     finally:
         plt.close(figure)
     return path
@@ -376,8 +380,10 @@ def write_threshold_picture(result, path: Path) -> Path:
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     figure.suptitle(f"{result.slide_id}: background and thresholds (red band: 5-95 % of the local thresholds on tissue)",
                     fontsize=8)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
+    # fixed margins: tight_layout measured every tick label of every panel, seconds per slide
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.06 + 0.5 / (2.4 * rows), top=1 - 0.55 / (2.4 * rows),
+                           wspace=0.28, hspace=0.75)
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
+        figure.savefig(temporary, format="png", dpi=100, pil_kwargs=FAST_PNG)
     plt.close(figure)
     return path
