@@ -17,6 +17,8 @@ from tlsquant.errors import TLSQuantError
 from tlsquant.outputs import write_slide_outputs
 from tlsquant.outputs.geometry import STAGE_COLOURS
 from tlsquant.outputs.tables import cells_anndata, compartment_intensities, write_cell_tables
+from tlsquant.pixel_size import PixelSize
+from tlsquant.steps import CellMarker
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_masks_keep_pyramid_levels_for_big_grids(tmp_path):
     labels = np.zeros((2100, 900), np.int32)
     labels[1000:1010, 100:120] = 1
     result = SimpleNamespace(tls_labels=labels, tissue_mask=np.ones((700, 300), bool), tumour_mask=np.zeros((700, 300), bool),
-                             fine_factor=4, coarse_factor=12, pixel_size_um=(0.5, 0.5),
+                             fine_factor=4, coarse_factor=12, pixel_size=PixelSize(0.5, 0.5),
                              tls=pd.DataFrame({"tls_id": [1], "stage": ["mature"], "area_um2": [200.0]}))
     from tlsquant.outputs.masks import write_masks
 
@@ -120,9 +122,10 @@ def _cells_result(tmp_path, formats):
         "TFE3_nucleus": rng.uniform(0, 100, n).astype(np.float32), "TFE3_ring": rng.uniform(0, 100, n).astype(np.float32),
         "TFE3_positive": rng.random(n) > 0.5,
     })
-    summary = {"segmentation": {"cells": {"markers": {"CD20": {"compartment": "ring"}, "TFE3": {"compartment": "nucleus"}}}}}
+    markers = (CellMarker("CD20", "ring", "cd20"), CellMarker("TFE3", "nucleus", "tfe3"))
     config = load_config(overrides=[f"outputs.cells_format={json.dumps(formats)}"])
-    return SimpleNamespace(cells=cells, summary=summary, config=config, slide_id="case 7", pixel_size_um=(0.5, 0.5))
+    return SimpleNamespace(cells=cells, cell_markers=markers, config=config, slide_id="case 7",
+                           pixel_size=PixelSize(0.5, 0.5))
 
 
 def test_compartment_intensity_is_the_one_positivity_used():

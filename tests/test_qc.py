@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlsquant import analyze_slide, open_slide
+from tlsquant import analyze_slide, open_slide, synthetic
 from tlsquant.config import load_config
 from tlsquant.outputs import qc as qc_module
 from tlsquant.outputs import write_slide_outputs
@@ -233,3 +233,18 @@ def test_crop_window_picks_the_finest_level_that_fits():
     assert large.level == 1 and max(large.crop_shape) <= 600
     huge = crop_window((0, 0, 30000, 20000), levels, pixel_size_um=0.5, max_px=600)
     assert huge.level == 2 and huge.step == 4 and max(huge.crop_shape) <= 600
+
+
+def test_non_square_pixels_are_drawn_true_to_shape(tmp_path):
+    # 0.5 µm across, 1 µm down: the picture's pixels are drawn twice as tall as wide, the TLS stay round
+    scene = synthetic.make_scene(seed=4, width_um=900, height_um=700, pixel_size_um=0.5, pixel_size_y_um=1.0,
+                                 tls_counts=(1, 0, 0))
+    path, _ = synthetic.write_slide(scene, tmp_path / "tall.ome.tiff")
+    slide = open_slide(path)
+    result = analyze_slide(slide, load_config(None, ["cells.enabled=false"]))
+    assert result.pixel_size == (1.0, 0.5)
+    figure, info = draw_qc_picture(result, slide)
+    width, height = info["image_px"]
+    assert info["shown_px"] == (width, round(2 * height))
+    assert abs(width * info["scale"].downsample * 0.5 - 900) <= info["scale"].downsample  # it spans the 900 µm
+    figure.savefig(tmp_path / "qc.png")

@@ -21,6 +21,7 @@ from tlsquant.steps import (
     slide_metrics_of,
     tissue_and_tumour,
 )
+from tlsquant.steps.tls import artefact_area_mm2
 
 PLAIN = ["cells.enabled=false", "outputs.qc_png=false"]
 
@@ -85,7 +86,9 @@ def test_the_steps_in_order_give_the_analysis(slide):
     result = analyze_slide(slide, config)
     pd.testing.assert_frame_equal(tls, result.tls)
     assert np.array_equal(found.labels, result.tls_labels) and np.array_equal(bed.tumour, result.tumour_mask)
-    assert metrics == result.metrics and result.metrics["tls_count"] == result.summary["tls_count"] >= 2
+    areas = {"margin_area_mm2": round(bed.margin_area_mm2, 6),
+             "excluded_artefact_area_mm2": round(artefact_area_mm2(evidence, found.debris, bed.tissue, grid), 6)}
+    assert {**metrics, **areas} == result.metrics and result.metrics["tls_count"] == result.summary["tls_count"] >= 2
     assert result.roles == plan.roles and result.thresholds == result.summary["thresholds"]
     assert result.pixel_size == PixelSize(1.0, 1.0) and result.pixel_size_um == (1.0, 1.0)
 

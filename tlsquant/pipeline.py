@@ -77,6 +77,8 @@ class SlideResult:
     roles: dict[str, str] = field(default_factory=dict)  # role -> slide channel
     thresholds: dict[str, dict] = field(default_factory=dict)  # role -> the threshold used
     metrics: dict[str, Any] = field(default_factory=dict)  # the slide's metrics, as in summary.json
+    slide_shape: tuple[int, int] = (0, 0)  # level 0 (height, width) in px
+    cell_markers: tuple[CellMarker, ...] = ()  # the markers scored per cell (channel, compartment, column key)
 
     @property
     def pixel_size_um(self) -> tuple[float, float]:
@@ -165,6 +167,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         metrics = slide_metrics_of(tls, config, plan, bed, cells)
     progress.end()
     timings.mark("segmentation")
+    metrics["margin_area_mm2"] = round(bed.margin_area_mm2, 6)
+    metrics["excluded_artefact_area_mm2"] = round(found.artefact_area_mm2, 6)
 
     warnings = [*plan.warnings, *signal.notes, *region_warnings(bed, plan, thresholds, drawn)]
     if config.tls.require_t_cell_zone and not has_t_cells:
@@ -178,7 +182,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         cells=cells.counts.table if cells is not None else None, debris_mask=found.debris,
         signal_histograms={role: signal.histograms[channel] for role, channel in plan.roles.items()},
         rejected_candidates=found.rejected, tumour_distance_um=bed.distance, sensitivity=sensitivity,
-        roles=dict(plan.roles), thresholds=thresholds, metrics=metrics,
+        roles=dict(plan.roles), thresholds=thresholds, metrics=metrics, slide_shape=tuple(slide.shape[1:]),
+        cell_markers=plan.cell_markers if cells is not None else (),
     )
 
 
@@ -218,9 +223,7 @@ def _summary(slide, config, annotations, grid, signal, thresholds, plan, bed, fo
                    "dtype": slide.dtype.name, "channels": list(slide.channel_names)},
         "pixel_size_um": grid.pixel_size.x_um,
         "pixel_size_y_um": grid.pixel_size.y_um,
-        **metrics,
-        "margin_area_mm2": round(bed.margin_area_mm2, 6),
-        "excluded_artefact_area_mm2": round(found.artefact_area_mm2, 6),
+        **metrics,  # ends with margin_area_mm2 and excluded_artefact_area_mm2
         "regions": drawn.record() if drawn is not None else {"annotations": None, "tissue": "automatic",
                                                              "tumour": "automatic", "tls": "automatic"},
         "thresholds": thresholds,

@@ -53,13 +53,12 @@ def annotation_features(result, *, slide_shape: tuple[int, int] | None = None) -
     ``slide_shape`` (level-0 height, width) sizes the grid cells cut by the slide's edges;
     without it they count whole.
     """
-    px, py = result.pixel_size_um
+    py, px = result.pixel_size
     slide_id = result.slide_id
     coarse, fine = result.coarse_factor, result.fine_factor
     if slide_shape is None:
-        shape = result.summary.get("source", {}).get("shape")
-        slide_shape = tuple(shape[1:]) if shape else (result.tissue_mask.shape[0] * coarse,
-                                                       result.tissue_mask.shape[1] * coarse)
+        slide_shape = result.slide_shape if all(result.slide_shape) else (result.tissue_mask.shape[0] * coarse,
+                                                                            result.tissue_mask.shape[1] * coarse)
     coarse_pixels = cell_pixels(result.tissue_mask.shape, coarse, slide_shape)
     fine_pixels = cell_pixels(result.tls_labels.shape, fine, slide_shape)
 

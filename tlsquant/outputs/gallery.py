@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Outputs
 from ..io.atomic import atomic_path, write_text_atomic
 from .geometry import STAGE_COLOURS
 from .qc import FAST_PNG, _binned, _scale_bar_um, tls_rings
@@ -71,7 +72,7 @@ class CropWindow:
 
 
 def crop_window(bbox_px: tuple[float, float, float, float], levels: list[tuple[tuple[int, int], float, float]], *,
-                pixel_size_um: float, max_px: int = 600, context_um: float = CONTEXT_UM) -> CropWindow:
+                pixel_size_um: float, max_px: int = Outputs.gallery_crop_px, context_um: float = CONTEXT_UM) -> CropWindow:
     """The window showing a TLS whose level-0 box is ``bbox_px`` (x0, y0, x1, y1).
 
     ``levels`` holds per pyramid level its (height, width) and downsample (y, x) against
@@ -254,12 +255,11 @@ def _shown(table, max_tls: int):
     return table.sort_values(["area_um2", "tls_id"], ascending=[False, True]).head(max(max_tls, 0)).sort_values("tls_id")
 
 
-def iter_gallery(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> Iterator[GalleryEntry]:
+def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px) -> Iterator[GalleryEntry]:
     """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order): memory holds one."""
     if not len(result.tls):
         return
-    roles = result.summary["segmentation"]["channel_roles"]
-    thresholds = result.summary.get("thresholds", {})
+    roles, thresholds = result.roles, result.thresholds
     wanted = [role for role, _ in PANEL_ROLES] + ["nuclei"]
     channels = [roles[role] for role in wanted if role in roles]
     reader = slide
@@ -269,7 +269,7 @@ def iter_gallery(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> It
     rings = tls_rings(result)
     boxes = {tls_id: (min(r[:, 0].min() for r in rs), min(r[:, 1].min() for r in rs),
                       max(r[:, 0].max() for r in rs), max(r[:, 1].max() for r in rs)) for tls_id, rs in rings.items() if rs}
-    pixel_size_um = result.pixel_size_um[0]
+    pixel_size_um = result.pixel_size.x_um
     for row in _shown(result.tls, max_tls).itertuples(index=False):
         window = crop_window((row.bbox_x0_px, row.bbox_y0_px, row.bbox_x1_px, row.bbox_y1_px), levels,
                              pixel_size_um=pixel_size_um, max_px=crop_px)
@@ -283,7 +283,7 @@ def iter_gallery(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> It
         yield GalleryEntry(int(row.tls_id), caption, window, panels, png, zoom)
 
 
-def gallery_entries(result, slide, *, max_tls: int = 200, crop_px: int = 600) -> tuple[list[GalleryEntry], int]:
+def gallery_entries(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px) -> tuple[list[GalleryEntry], int]:
     """All of the gallery's pictures (see :func:`iter_gallery`) and the number of TLS on the slide."""
     return list(iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px)), len(result.tls)
 
@@ -326,8 +326,8 @@ def gallery_html(result, entries: list[GalleryEntry], total: int, *, max_tls: in
     return _html_head(result, len(entries), total, max_tls=max_tls) + "".join(map(_html_figure, entries)) + _HTML_TAIL
 
 
-def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = 200,
-                      crop_px: int = 600) -> dict[str, Path]:
+def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = Outputs.gallery_max_tls,
+                      crop_px: int = Outputs.gallery_crop_px) -> dict[str, Path]:
     """Write tls_gallery.html and tls_gallery/TLS-<id>.png (the folder only when there is a TLS), atomically.
 
     Pictures are written as they are made, so memory holds one TLS's, not the gallery's.

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_path
+from ..pixel_size import PixelSize
 from .geometry import STAGE_COLOURS, TUMOUR_COLOUR
 
 NGFF_VERSION = "0.5"
@@ -34,24 +35,24 @@ _CHUNK = 1024
 _SMALLEST_LEVEL_PX = 1024
 
 
-def grid_transforms(factor: int, pixel_size_um: tuple[float, float], *, step: int = 1) -> list[dict]:
-    """NGFF ``coordinateTransformations`` of a grid of ``factor`` level-0 px per cell, in µm (y, x).
+def grid_transforms(factor: int, pixel_size: PixelSize, *, step: int = 1) -> list[dict]:
+    """NGFF ``coordinateTransformations`` of a grid of ``factor`` level-0 px per bin, in µm (y, x).
 
     Parameters
     ----------
     factor : int
-        Level-0 pixels per grid cell side.
-    pixel_size_um : tuple of float
-        Level-0 pixel size (x, y) in µm.
+        Level-0 pixels per grid bin side.
+    pixel_size : PixelSize
+        Level-0 pixel size, (y, x) µm.
     step : int, optional
-        Every ``step``-th grid cell is kept (a reduced level).
+        Every ``step``-th grid bin is kept (a reduced level).
 
     Returns
     -------
     list of dict
-        ``[scale, translation]``: cell k's sample lies at (k·step + 0.5)·factor·pixel size µm.
+        ``[scale, translation]``: bin k's sample lies at (k·step + 0.5)·factor·pixel size µm.
     """
-    px, py = pixel_size_um
+    py, px = pixel_size
     return [{"type": "scale", "scale": [py * factor * step, px * factor * step]},
             {"type": "translation", "translation": [py * factor * 0.5, px * factor * 0.5]}]
 
@@ -74,14 +75,14 @@ def _axes() -> list[dict]:
             {"name": "x", "type": "space", "unit": "micrometer"}]
 
 
-def _write_multiscale(group, name: str, data: np.ndarray, factor: int, pixel_size_um) -> dict:
+def _write_multiscale(group, name: str, data: np.ndarray, factor: int, pixel_size: PixelSize) -> dict:
     datasets = []
     for index, (step, level) in enumerate(_levels(data)):
         chunks = tuple(min(_CHUNK, max(1, side)) for side in level.shape)
         array = group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=chunks,
                                    dimension_names=["y", "x"])
         array[...] = level
-        datasets.append({"path": str(index), "coordinateTransformations": grid_transforms(factor, pixel_size_um, step=step)})
+        datasets.append({"path": str(index), "coordinateTransformations": grid_transforms(factor, pixel_size, step=step)})
     return {"name": name, "axes": _axes(), "datasets": datasets}
 
 
@@ -123,7 +124,7 @@ def write_masks(result, path: Path) -> Path:
     """
     import zarr
 
-    pixel_size = result.pixel_size_um
+    pixel_size = result.pixel_size
     tissue = result.tissue_mask.astype(np.uint8)
     with atomic_path(path) as temporary:
         root = zarr.open_group(str(temporary), mode="w", zarr_format=3)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..config import Outputs
 from ..io.atomic import atomic_path
 from .annotations import MAX_CANDIDATES
 from .geometry import STAGE_COLOURS
@@ -76,8 +77,8 @@ class PictureScale:
 
 
 def picture_scale(level_sides: list[int], level_downsamples: list[float], *, pixel_size_um: float,
-                  min_tls_area_um2: float, target_px: int = 1200, max_px: int = 4000,
-                  min_tls_px: float = 8.0) -> PictureScale:
+                  min_tls_area_um2: float, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px,
+                  min_tls_px: float = Outputs.qc_min_tls_px) -> PictureScale:
     """Pyramid level and binning step for qc.png.
 
     Parameters
@@ -199,7 +200,7 @@ def rejected_candidates(result) -> list[tuple[str, list[np.ndarray]]]:
             for reason, box, region in candidates]
 
 
-def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000, min_tls_px: float = 8.0):
+def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px, min_tls_px: float = Outputs.qc_min_tls_px):
     """The qc.png figure and what is on it.
 
     Returns
@@ -218,9 +219,9 @@ def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000,
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    roles = result.summary["segmentation"]["channel_roles"]
+    roles = result.roles
     scale = picture_scale([max(level.shape[1:]) for level in slide.levels],
-                          [level.downsample_x for level in slide.levels], pixel_size_um=result.pixel_size_um[0],
+                          [level.downsample_x for level in slide.levels], pixel_size_um=result.pixel_size.x_um,
                           min_tls_area_um2=result.config.tls.min_area_um2, target_px=target_px, max_px=max_px,
                           min_tls_px=min_tls_px)
     rgb = composite(slide, roles, scale)
@@ -249,7 +250,7 @@ def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000,
     if has_artefacts:
         pool = max(1, int(downsample // result.fine_factor))  # outline no finer than the picture: thousands of specks
         layers.append((_rings(_pooled(result.debris_mask, pool), result.fine_factor * pool), ARTEFACT_COLOUR, 0.8, "solid"))
-        area = result.summary.get("excluded_artefact_area_mm2", 0.0)
+        area = result.metrics.get("excluded_artefact_area_mm2", 0.0)
         handles.append(Line2D([], [], color=rgb01(ARTEFACT_COLOUR), label=f"excluded artefacts ({area:.3f} mm²)"))
     candidates = rejected_candidates(result)
     by_reason: dict[str, int] = {}
@@ -272,7 +273,7 @@ def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000,
     handles += [Line2D([], [], color=c, marker="s", linestyle="", label=f"{roles[r]}")
                 for r, c in ROLE_COLOURS.items() if r in roles]
 
-    summary = result.summary
+    summary = result.metrics
     density = summary["tls_density_per_mm2"]
     title = (f"{result.slide_id}: {summary['tls_count']} TLS ({summary['tls_mature_count']} mature), "
              f"tumour {summary['tumour_area_mm2']:.2f} mm², density "
@@ -284,10 +285,13 @@ def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000,
     rows = math.ceil(len(handles) / columns)
     title_px = int(round(2.2 * font * pt))
     legend_px = int(round((rows * 1.7 + 1.0) * font * pt))
-    total_px = title_px + height + legend_px
+    # non-square pixels: each picture pixel drawn as tall as it is in µm, so shapes and the scale bar are true
+    aspect = result.pixel_size.y_um / result.pixel_size.x_um
+    shown_height = max(1, int(round(height * aspect)))
+    total_px = title_px + shown_height + legend_px
     figure = plt.figure(figsize=(width / dpi, total_px / dpi), dpi=dpi)
-    axes = figure.add_axes([0, legend_px / total_px, 1, height / total_px])
-    axes.imshow(rgb, interpolation="nearest")
+    axes = figure.add_axes([0, legend_px / total_px, 1, shown_height / total_px])
+    axes.imshow(rgb, interpolation="nearest", aspect=aspect)
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
     axes.set_axis_off()
@@ -318,14 +322,15 @@ def draw_qc_picture(result, slide, *, target_px: int = 1200, max_px: int = 4000,
                   labelcolor="white", bbox_to_anchor=(0.5, 0.2 * font * pt / total_px))
     figure.text(0.5, 1 - 0.5 * title_px / total_px, title, ha="center", va="center", fontsize=1.1 * font,
                 color="white")
-    info = {"scale": scale, "image_px": (width, height), "image_top_px": title_px, "size_px": (width, total_px),
+    info = {"scale": scale, "image_px": (width, height), "shown_px": (width, shown_height), "image_top_px": title_px,
+            "size_px": (width, total_px),
             "legend": [handle.get_label() for handle in handles], "title": title, "candidates": drawn,
             "margin_rings": [to_picture(ring) for ring in margin], "tls_px": scale.min_tls_px}
     return figure, info
 
 
-def write_qc_picture(result, slide, path: Path, *, target_px: int = 1200, max_px: int = 4000,
-                     min_tls_px: float = 8.0) -> Path:
+def write_qc_picture(result, slide, path: Path, *, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px,
+                     min_tls_px: float = Outputs.qc_min_tls_px) -> Path:
     """qc.png (see the module docstring), written atomically."""
     import matplotlib.pyplot as plt
 
@@ -350,7 +355,7 @@ def write_threshold_picture(result, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     histograms = result.signal_histograms
-    thresholds = result.summary["thresholds"]
+    thresholds = result.thresholds
     roles = [role for role in histograms if role in thresholds]
     columns = min(4, max(1, len(roles)))
     rows = max(1, math.ceil(len(roles) / columns))

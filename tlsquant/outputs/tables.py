@@ -38,19 +38,15 @@ def _missing_extra(package: str, fmt: str) -> TLSQuantError:
 
 
 def cell_compartments(result) -> dict[str, str]:
-    """Channel → compartment (nucleus, ring or cell) of each marker scored per cell, from the summary."""
-    markers = (((result.summary.get("segmentation") or {}).get("cells") or {}).get("markers")) or {}
-    compartments = {channel: info.get("compartment", "cell") for channel, info in markers.items()}
-    if not compartments and result.cells is not None:  # a summary without the record: nucleus + ring
-        compartments = {name[: -len("_nucleus")]: "cell" for name in result.cells.columns if name.endswith("_nucleus")}
-    return compartments
+    """Channel → compartment (nucleus, ring or cell) of each marker scored per cell."""
+    return {marker.channel: marker.compartment for marker in result.cell_markers}
 
 
 def cells_metadata(result) -> dict:
     """What a cell table file carries beside its rows: slide, pixel size, compartments, version."""
     from .. import __version__
 
-    px, py = result.pixel_size_um
+    py, px = result.pixel_size
     return {"slide_id": result.slide_id, "pixel_size_um": float(px), "pixel_size_y_um": float(py),
             "compartments": cell_compartments(result), "tlsquant_version": __version__,
             "units": "µm (centroid_x_um, centroid_y_um: origin top-left edge of level 0, x right, y down)"}
