@@ -86,8 +86,8 @@ elif mode == "naive":
     def whole_array(channels, plan, **kwargs):
         import dask.array as da
         return original([da.from_array(c, chunks=c.shape) for c in loaded], plan, **{**kwargs, "scheduler": "sync"})
-    import tlsquant.pipeline as pipeline
-    pipeline.compute_evidence = whole_array
+    import tlsquant.steps.signal as signal_step  # the step that runs the counting pass
+    signal_step.compute_evidence = whole_array
     result = tlsquant.analyze_slide(slide, config, scheduler="sync")
     extra = {"tls_count": result.summary["tls_count"]}
 elapsed = time.perf_counter() - started

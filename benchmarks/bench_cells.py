@@ -30,7 +30,7 @@ MEASURE = r"""
 import json, resource, sys, threading, time
 import psutil
 import tlsquant
-import tlsquant.pipeline as pipeline
+import tlsquant.steps.cells as cell_step  # the step that runs the cell pass
 path, workers = sys.argv[1], int(sys.argv[2])
 # RSS sampled every 0.2 s; the cell pass's own share is its peak over the RSS it started from
 process, samples, cell_pass = psutil.Process(), [], []
@@ -39,14 +39,14 @@ def sample():
         samples.append((time.perf_counter(), process.memory_info().rss / 2**20))
         time.sleep(0.2)
 threading.Thread(target=sample, daemon=True).start()
-original = pipeline.compute_cells
+original = cell_step.compute_cells
 def timed_cells(*args, **kwargs):
     cell_pass.append(time.perf_counter())
     try:
         return original(*args, **kwargs)
     finally:
         cell_pass.append(time.perf_counter())
-pipeline.compute_cells = timed_cells
+cell_step.compute_cells = timed_cells
 slide = tlsquant.open_slide(path)
 started = time.perf_counter()
 result = tlsquant.analyze_slide(slide, tlsquant.load_config(), scheduler="threads", num_workers=workers)
