@@ -150,3 +150,19 @@ def test_the_af_channel_is_found_under_its_usual_names(name):
     roles, _ = resolve_channels(slide, Channels())
     assert roles["autofluorescence"] == name
     assert "autofluorescence" not in resolve_channels(slide, Channels(autofluorescence=""))[0]
+
+
+def test_typical_positive_signal_is_read_from_the_stain_not_from_autofluorescent_fibres():
+    from tlsquant.background import typical_positive
+
+    rng = np.random.default_rng(0)
+    fibres = rng.lognormal(np.log(150), 0.3, 6000)  # dim, many: collagen autofluorescence above background
+    cells = rng.lognormal(np.log(1500), 0.3, 3000)  # bright: stained nuclei
+    assert typical_positive(np.r_[fibres, cells]) == pytest.approx(np.median(cells), rel=0.05)
+    # without fibres, or with the bright mode a sprinkle over a dim network (germinal centres over a CD21
+    # meshwork), or with modes too close to be two populations: the plain median
+    assert typical_positive(cells) == pytest.approx(np.median(cells))
+    network = np.r_[rng.lognormal(np.log(150), 0.3, 9300), rng.lognormal(np.log(1200), 0.3, 700)]
+    assert typical_positive(network) == np.median(network)
+    close = np.r_[rng.lognormal(np.log(400), 0.3, 6000), rng.lognormal(np.log(1000), 0.3, 3000)]
+    assert typical_positive(close) == np.median(close)

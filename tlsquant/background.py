@@ -376,9 +376,36 @@ def residual_stats(residual: np.ndarray, *, k: float, fraction: float, integer: 
     noise = max(noise, 0.5 if integer else 1e-9)
     excess = values - offset
     positive = excess[excess > k * noise]
-    scale = float(np.median(positive)) if positive.size >= max(100, 1e-4 * values.size) else 0.0
+    scale = typical_positive(positive) if positive.size >= max(100, 1e-4 * values.size) else 0.0
     margin = max(k * noise, fraction * scale, 1.0 if integer else 0.0)
     return offset, noise, scale, margin
+
+
+AF_MODE_RATIO = 5.0  # a dim mode this far below the bright one is autofluorescent structure, not weak stain
+BRIGHT_MODE_SHARE = 0.2  # ... provided the bright mode holds at least this share of the positive pixels
+
+
+def typical_positive(excess: np.ndarray) -> float:
+    """The typical excess over background of a channel's positive pixels: their median, or, where most of
+    them form a dim mode far below a bright one, the bright mode's median.
+
+    Autofluorescent structures (collagen fibres, elastin) rise above the background in
+    the short-wavelength channels as thin bright lines; where they outnumber the stained
+    cells their median would set the margin at their own level and count them as stain.
+    The two modes are split at Otsu's threshold of the log excess.
+    """
+    median = float(np.median(excess))
+    logs = np.log(excess[excess > 0])
+    if logs.size < 200 or np.ptp(logs) <= 0:
+        return median
+    split = float(filters.threshold_otsu(logs, nbins=256))
+    dim, bright = excess[excess <= math.exp(split)], excess[excess > math.exp(split)]
+    # the dim mode must be the larger one, and the bright one more than a sprinkle: a few bright germinal
+    # centres over a dim CD21/CD23 network are the stain's own range, not autofluorescence under it
+    if dim.size <= bright.size or bright.size < max(100, BRIGHT_MODE_SHARE * excess.size):
+        return median
+    dim_median, bright_median = float(np.median(dim)), float(np.median(bright))
+    return bright_median if bright_median >= AF_MODE_RATIO * dim_median else median
 
 
 def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
