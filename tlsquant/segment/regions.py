@@ -19,6 +19,22 @@ def disk(radius_um: float, bin_um: float) -> np.ndarray:
     return morphology.disk(radius)
 
 
+def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing by :func:`disk` of ``radius`` bins, from two Euclidean distance transforms.
+
+    A disc of radius r holds exactly the offsets within r, so the dilation is the bins
+    within r of the mask and the erosion the bins farther than r from what the dilation
+    left out: the same bins as ``ndi.binary_closing`` inside a border of ``radius`` (pad
+    the mask by it), at a fraction of a large disc's cost.
+    """
+    if radius <= 0:
+        return mask.copy()
+    grown = ndi.distance_transform_edt(~mask) <= radius
+    if grown.all():
+        return grown
+    return ndi.distance_transform_edt(grown) > radius
+
+
 def smooth(fraction: np.ndarray, *, sigma_um: float, bin_um: float) -> np.ndarray:
     """Gaussian smoothing in µm; ``mode='constant'`` so the slide edge reads as empty."""
     sigma = bins(sigma_um, bin_um)
@@ -76,7 +92,7 @@ def tumour_mask(tumour_fraction: np.ndarray, *, bin_um: float, sigma_um: float, 
     if closing_um > 0 and mask.any():
         radius = int(round(bins(closing_um, bin_um)))
         padded = np.pad(mask, radius)  # closing must not glue the bed to the slide edge
-        mask = ndi.binary_closing(padded, structure=disk(closing_um, bin_um))[radius:-radius or None, radius:-radius or None]
+        mask = disk_closing(padded, radius)[radius:-radius or None, radius:-radius or None]
     mask = ndi.binary_fill_holes(mask)
     if tissue is not None:
         mask &= tissue
