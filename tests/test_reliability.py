@@ -240,8 +240,12 @@ def test_a_stale_lock_file_another_user_left_is_replaced(tmp_path, monkeypatch):
     assert not stale.exists()
 
 
-def _run_cli_and_terminate(args, out, *, after_s: float = 0.3):
-    """Start ``python -m tlsquant ARGS -o OUT -q``, send SIGTERM once it holds OUT's lock; (exit code, stderr)."""
+def _run_cli_and_terminate(args, out, *, after_s: float = 0.05):
+    """Start ``python -m tlsquant ARGS -o OUT -q``, send SIGTERM once it holds OUT's lock; (exit code, stderr).
+
+    The lock is taken before the analysis starts; a bundled slide is analysed in about a second,
+    so the signal goes soon after (a longer wait lets the run finish first).
+    """
     import signal
     import time
 
