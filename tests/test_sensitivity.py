@@ -21,7 +21,7 @@ METRICS = [c for c in SENSITIVITY_COLUMNS if c not in ("parameter", "role", "cha
 @pytest.fixture(scope="module")
 def slide_path(tmp_path_factory):
     # a realistic scan: autofluorescence channel (pixel AF subtraction), crosstalk, debris, red blood cells
-    scene = synthetic.make_scene(seed=3, width_um=1600, height_um=1200, pixel_size_um=1.0, tls_counts=(3, 1, 1),
+    scene = synthetic.make_scene(seed=3, width_um=1300, height_um=1000, pixel_size_um=1.0, tls_counts=(3, 1, 1),
                                  tls_radius_um=(45, 90), extra_channels=("Autofluorescence",),
                                  realism=synthetic.Realism())
     path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("sensitivity") / "slide.ome.tiff")
