@@ -229,8 +229,9 @@ class Cells:
          "SMA", "PNAd", "MECA-79", "LYVE1", "Podoplanin"),
         "scored in the ring around the nucleus (membrane and cytoplasmic markers) unless nuclear_markers or "
         "whole_cell_markers also name them")
-    whole_cell_markers: tuple[str, ...] = setting((), "scored over nucleus + ring. A scored marker in none of the three "
-                                                  "lists is an error naming it: add it where it is measured")
+    whole_cell_markers: tuple[str, ...] = setting((), "scored over nucleus + ring. A channel in none of the three lists "
+                                                  "is not scored (a warning names it; an error when cells.markers "
+                                                  "asks for it): add it where it is measured")
     sigma_um: float = setting(0.3, "smoothing of the nuclear stain before its global threshold")
     min_distance_um: float = setting(1.5, "nuclear centres closer than this are not split")
     min_area_um2: float = setting(8.0, "smaller objects are noise, not nuclei")
