@@ -548,7 +548,10 @@ def cmd_demo(args) -> int:
     _quiet_dask(args.verbose)
     handler = _batch_logging(outroot)
     try:
-        run = run_demo(outroot, workers=args.workers, progress=None if args.quiet else _batch_display())
+        display = None if args.quiet else _batch_display()
+        # the steps inside the four small slides: on a terminal (one line redrawn), not as 48 lines in a log
+        run = run_demo(outroot, workers=args.workers, progress=display,
+                       step_progress=display.step if display and display.live else None)
     finally:
         logging.getLogger("tlsquant").removeHandler(handler)
         handler.close()

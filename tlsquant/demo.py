@@ -60,8 +60,11 @@ class DemoRun:
     truth: dict[str, dict]  # slide id -> truth summary
 
 
-def run_demo(outroot: str | Path, *, workers: int | None = None, progress=None) -> DemoRun:
-    """Manifest -> batch -> cohort -> comparison -> report, on the demo slides (two groups, alternating)."""
+def run_demo(outroot: str | Path, *, workers: int | None = None, progress=None, step_progress=None) -> DemoRun:
+    """Manifest -> batch -> cohort -> comparison -> report, on the demo slides (two groups, alternating).
+
+    ``progress`` and ``step_progress`` are :func:`tlsquant.batch.run_batch`'s (slides done; steps inside them).
+    """
     from .batch import run_batch
     from .config import load_config
     from .report import write_report
@@ -78,7 +81,8 @@ def run_demo(outroot: str | Path, *, workers: int | None = None, progress=None) 
     })
     manifest_path = outroot / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
-    result = run_batch(manifest_path, outroot, load_config(), workers=workers, progress=progress)
+    result = run_batch(manifest_path, outroot, load_config(), workers=workers, progress=progress,
+                       step_progress=step_progress)
     stats = compare_groups(result.cohort, "response", groups=list(GROUPS))
     written = write_report(result.cohort, stats, "response", outroot / "comparison", slides_dir=outroot / "slides",
                            title="tlsquant demo: good vs poor (synthetic slides)", failures=result.failures)
