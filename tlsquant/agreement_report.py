@@ -20,6 +20,7 @@ import pandas as pd
 from ._version import __version__
 from .io.atomic import write_text_atomic
 from .outcome_report import embed_images, md_escape
+from .report import table_parts
 
 # published inter-observer agreement of pathologists scoring TLS, for context (not a target)
 REFERENCE_AGREEMENT = ("Published agreement between pathologists scoring TLS on H&E/IHC: Fleiss κ about 0.65 for "
@@ -44,20 +45,6 @@ def _text(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]], *, first_column_header: bool = False) -> tuple[list[str], str]:
-    """(Markdown lines, HTML) of one table; every cell escaped."""
-    md = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
-
-    def cells(row):
-        return "".join((f"<th>{html.escape(c)}</th>" if first_column_header and k == 0 else f"<td>{html.escape(c)}</td>")
-                       for k, c in enumerate(row))
-
-    page = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-            + "".join(f"<tr>{cells(row)}</tr>" for row in rows) + "</table>")
-    return md, page
-
-
 def agreement_sections(cohort: dict[str, Any], slides: pd.DataFrame,
                        confusion: pd.DataFrame) -> list[tuple[str, list[str], str]]:
     """(title, Markdown lines, HTML) per section of the agreement page."""
@@ -70,7 +57,7 @@ def agreement_sections(cohort: dict[str, Any], slides: pd.DataFrame,
                  ["F1", _text(cohort.get("f1"))], ["mean Dice of matched outlines", _text(cohort.get("mean_dice"))],
                  ["Cohen's κ of stages (matched TLS)", f"{_text(cohort.get('stage_kappa'))} "
                                                        f"({cohort.get('stage_pairs', 0)} pairs)"]]
-    md, page = _table(["measure", "value"], detection, first_column_header=True)
+    md, page = table_parts(["measure", "value"], detection, row_headers=True)
     rule = (f"An automatic and a manual TLS match when their outlines, rasterised on the analysis's fine grid, overlap "
             f"with IoU of at least {matching.get('min_iou', '?')}; pairs are chosen one to one to maximise total IoU "
             f"({matching.get('method', 'Hungarian on IoU')}).")
@@ -82,18 +69,18 @@ def agreement_sections(cohort: dict[str, Any], slides: pd.DataFrame,
         rows.append([label, _text(m.get("n")), _text(m.get("bias")),
                      f"{_text(m.get('loa_low'))} to {_text(m.get('loa_high'))}", _text(m.get("lins_ccc")),
                      _text(m.get("icc_2_1"))])
-    md, page = _table(["metric", "slides", "bias (auto − manual)", "95 % limits of agreement", "Lin's CCC",
-                       "ICC(2,1)"], rows, first_column_header=True)
+    md, page = table_parts(["metric", "slides", "bias (auto − manual)", "95 % limits of agreement", "Lin's CCC",
+                       "ICC(2,1)"], rows, row_headers=True)
     sections.append(("Density and area % across slides", md, page))
 
     if len(confusion):
         labels = [str(c) for c in confusion.columns]
         rows = [[f"auto: {index}", *(str(int(v)) for v in confusion.loc[index])] for index in confusion.index]
-        md, page = _table(["", *(f"manual: {label}" for label in labels)], rows, first_column_header=True)
+        md, page = table_parts(["", *(f"manual: {label}" for label in labels)], rows, row_headers=True)
         sections.append(("Stage confusion (matched TLS)", md, page))
 
     rows = [[_text(row.get(key)) for key, _ in SLIDE_COLUMNS] for row in slides.to_dict("records")]
-    md, page = _table([label for _, label in SLIDE_COLUMNS], rows)
+    md, page = table_parts([label for _, label in SLIDE_COLUMNS], rows)
     missing = cohort.get("slides_without_manual") or []
     if missing:
         note = f"No manual annotations for: {', '.join(missing)} (not compared)."

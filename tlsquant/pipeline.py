@@ -150,7 +150,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
 
     progress.step("per-TLS measures")
     tls = measure_tls(evidence, config, plan, grid, bed, found, cells, slide_shape=slide.shape[1:])
-    metrics = slide_metrics_of(tls, config, plan, bed, None)
+    metrics = slide_metrics_of(tls, config, plan, bed, cells)
     timings.mark("segmentation")
 
     sensitivity = None
@@ -163,8 +163,6 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
             roles=plan.roles, has_t_cells=has_t_cells, baseline=(bed, found, dict(metrics)),
             workers=1 if scheduler in ("sync", "single-threaded") else num_workers)
         timings.mark("sensitivity")
-    if cells is not None:
-        metrics = slide_metrics_of(tls, config, plan, bed, cells)
     progress.end()
     timings.mark("segmentation")
     metrics["margin_area_mm2"] = round(bed.margin_area_mm2, 6)

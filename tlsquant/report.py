@@ -203,13 +203,17 @@ def _readable_stats(stats: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> tuple[list[str], str]:
-    """(Markdown lines, HTML) of one table; every cell escaped."""
+def table_parts(header: list[str], rows: list[list[str]], *, row_headers: bool = False) -> tuple[list[str], str]:
+    """(Markdown lines, HTML) of one table; every cell escaped. ``row_headers``: the first column as headers."""
     md = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
+
+    def cells(row):
+        return "".join(f"<th>{html.escape(c)}</th>" if row_headers and k == 0 else f"<td>{html.escape(c)}</td>"
+                       for k, c in enumerate(row))
+
     page = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-            + "</table>")
+            + "".join(f"<tr>{cells(row)}</tr>" for row in rows) + "</table>")
     return md, page
 
 
@@ -292,7 +296,7 @@ def write_report(df: pd.DataFrame, stats: pd.DataFrame, group: str, outdir: str 
             + ", ".join(f"<b>{html.escape(g)}</b> (n = {int((labels == g).sum())})" for g in groups_shown) + ".</p>"]
 
     def section(heading: str, header: list[str], rows: list[list[str]], note: str = ""):
-        table_md, table_html = _table(header, rows)
+        table_md, table_html = table_parts(header, rows)
         md.extend([f"## {heading}", ""] + ([note, ""] if note else []) + table_md + [""])
         page.append(f"<h2>{html.escape(heading)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "") + table_html)
 
