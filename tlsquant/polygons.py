@@ -14,9 +14,13 @@ image), holes negative.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, measure
+
+from .compiled import compiled_or_python
 
 # Douglas-Peucker tolerance in grid bins: below the 0.35-cell clearance of every cell centre
 # from a marching-squares outline, so simplified outlines still rasterise to the same cells
@@ -37,16 +41,63 @@ def ring_area(ring) -> float:
     return float(0.5 * np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
 
 
+def _douglas_peucker_loops(coords: np.ndarray, tolerance: float) -> np.ndarray:  # pragma: no cover - runs compiled
+    """The points Douglas-Peucker keeps (a bool per point), as skimage's ``approximate_polygon`` chooses them.
+
+    The distance to a segment is |cross product| / length rather than skimage's rotation by
+    atan2/sin/cos: the same value, but from correctly rounded operations only, so a point at
+    exactly the tolerance (common on a half-cell lattice) is decided alike on every machine.
+    """
+    n = coords.shape[0]
+    chain = np.zeros(n, np.bool_)
+    chain[0] = True
+    chain[n - 1] = True
+    stack = [(0, n - 1)]
+    while len(stack):
+        start, end = stack.pop()
+        r0, c0 = coords[start, 0], coords[start, 1]
+        r1, c1 = coords[end, 0], coords[end, 1]
+        dr, dc = r1 - r0, c1 - c0
+        length = math.sqrt(dr * dr + dc * dc)
+        farthest, worst = -1, -1.0
+        for k in range(start + 1, end):
+            dr0, dc0 = coords[k, 0] - r0, coords[k, 1] - c0
+            dr1, dc1 = coords[k, 0] - r1, coords[k, 1] - c1
+            if dr0 * dr + dc0 * dc > 0 and -dr1 * dr - dc1 * dc > 0:  # projects inside the segment
+                distance = abs(dr0 * dc - dc0 * dr) / length
+            else:
+                distance = min(math.sqrt(dc0 * dc0 + dr0 * dr0), math.sqrt(dc1 * dc1 + dr1 * dr1))
+            if distance > worst:  # the first of equal maxima, as argmax
+                farthest, worst = k, distance
+        if worst > tolerance:
+            stack.append((farthest, end))
+            stack.append((start, farthest))
+            chain[farthest] = True
+    return chain
+
+
+def simplify(coords: np.ndarray, tolerance: float) -> np.ndarray:
+    """``coords`` (K, 2) simplified by Douglas-Peucker: the points skimage's ``approximate_polygon`` keeps.
+
+    Compiled: outlines of large tissue pieces have tens of thousands of points, and the
+    vectorised version pays numpy's overhead once per segment.
+    """
+    if tolerance <= 0 or len(coords) < 3:
+        return coords
+    return coords[compiled_or_python(_douglas_peucker_loops)(np.ascontiguousarray(coords, np.float64), float(tolerance))]
+
+
 def _rings(mask: np.ndarray, factor: int, offset: tuple[int, int], *, fully_connected: str) -> list[Ring]:
     padded = np.pad(mask.astype(np.uint8), 1)
     rings = []
+    origin = np.asarray((offset[0] - 0.5, offset[1] - 0.5))
     for contour in measure.find_contours(padded, 0.5, fully_connected=fully_connected):
-        contour = measure.approximate_polygon(contour, tolerance=SIMPLIFY_CELLS)
+        contour = simplify(contour, SIMPLIFY_CELLS)
         if len(contour) < 4:
             continue
-        # padded index i is cell i - 1 of the box; the 0.5 contour runs along cell edges
-        xy = [[round(float((c - 0.5 + offset[1]) * factor), 3), round(float((r - 0.5 + offset[0]) * factor), 3)]
-              for r, c in contour]
+        # padded index i is cell i - 1 of the box; the 0.5 contour runs along cell edges (half cells:
+        # exact in binary, so the rounding only tidies the decimal form)
+        xy = np.round((contour + origin)[:, ::-1] * factor, 3).tolist()
         if xy[0] != xy[-1]:
             xy.append(list(xy[0]))
         if ring_area(xy) != 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -61,6 +62,26 @@ def _remove(path: Path) -> None:
         raise output_error(path, exc, "cannot remove the previous output") from exc
 
 
+def _output_threads(config) -> int:
+    """Threads for writing: the analysis's own worker count (1 in a batch worker running one thread per slide)."""
+    return max(1, min(config.compute.workers or os.cpu_count() or 1, 4))
+
+
+def _run_all(writers, workers: int) -> list[dict[str, Path]]:
+    """Call each writer (in ``workers`` threads); their results in order, or the first writer's error after all ended.
+
+    Every writer writes atomically, so one failing leaves no half file from the others.
+    """
+    if workers <= 1:
+        return [writer() for writer in writers]
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(min(workers, len(writers))) as pool:
+        futures = [pool.submit(writer) for writer in writers]
+        wait(futures)
+    return [future.result() for future in futures]  # raises the first writer's error, in writer order
+
+
 def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, Path]:
     """Write every output of one slide into ``outdir``; ``summary.json`` last, as the completion mark.
 
@@ -76,33 +97,50 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
         raise output_error(outdir, exc, "cannot create the output folder") from exc
     _remove(outdir / SUMMARY)
     remove_partials(outdir)
-    written = {"tls": write_tls_table(result, outdir / TLS_TABLE)}
-    written["geojson"] = write_text_atomic(outdir / GEOJSON, json.dumps(geojson_features(result), default=_json_default))
-    written["annotations"] = write_text_atomic(outdir / ANNOTATIONS,
-                                               json.dumps(annotation_features(result), default=_json_default))
     config = result.config
-    if config.outputs.qc_png and slide is not None:
-        from .qc import write_qc_picture
+    workers = _output_threads(config)
 
-        written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, target_px=config.outputs.qc_px,
-                                         max_px=config.outputs.qc_max_px, min_tls_px=config.outputs.qc_min_tls_px)
-    if config.outputs.qc_png and config.outputs.qc_gallery and slide is not None:
+    def tables() -> dict[str, Path]:
+        written = {"tls": write_tls_table(result, outdir / TLS_TABLE)}
+        written["geojson"] = write_text_atomic(outdir / GEOJSON,
+                                               json.dumps(geojson_features(result), default=_json_default))
+        written["annotations"] = write_text_atomic(outdir / ANNOTATIONS,
+                                                   json.dumps(annotation_features(result), default=_json_default))
+        if config.outputs.masks_zarr:
+            written["masks"] = write_masks(result, outdir / MASKS)
+        if result.cells is not None:
+            written.update(write_cell_tables(result, outdir))  # outputs.cells_format: csv, parquet, h5ad
+        if result.sensitivity is not None:
+            with atomic_path(outdir / SENSITIVITY) as temporary:
+                result.sensitivity.to_csv(temporary, index=False)
+            written["sensitivity"] = outdir / SENSITIVITY
+        return written
+
+    def pictures() -> dict[str, Path]:  # pyplot is not thread-safe: both figures in this one thread
+        written = {}
+        if config.outputs.qc_png and slide is not None:
+            from .qc import write_qc_picture
+
+            written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, target_px=config.outputs.qc_px,
+                                             max_px=config.outputs.qc_max_px, min_tls_px=config.outputs.qc_min_tls_px)
+        if config.outputs.qc_png and result.signal_histograms:
+            from .qc import write_threshold_picture
+
+            written["thresholds"] = write_threshold_picture(result, outdir / THRESHOLD_PICTURE)
+        return written
+
+    def gallery() -> dict[str, Path]:
+        if not (config.outputs.qc_png and config.outputs.qc_gallery and slide is not None):
+            return {}
         from .gallery import write_tls_gallery
 
-        written.update(write_tls_gallery(result, slide, outdir / GALLERY, outdir / GALLERY_CROPS,
-                                         max_tls=config.outputs.gallery_max_tls, crop_px=config.outputs.gallery_crop_px))
-    if config.outputs.qc_png and result.signal_histograms:
-        from .qc import write_threshold_picture
+        return write_tls_gallery(result, slide, outdir / GALLERY, outdir / GALLERY_CROPS,
+                                 max_tls=config.outputs.gallery_max_tls, crop_px=config.outputs.gallery_crop_px,
+                                 workers=workers)
 
-        written["thresholds"] = write_threshold_picture(result, outdir / THRESHOLD_PICTURE)
-    if config.outputs.masks_zarr:
-        written["masks"] = write_masks(result, outdir / MASKS)
-    if result.cells is not None:
-        written.update(write_cell_tables(result, outdir))  # outputs.cells_format: csv, parquet, h5ad
-    if result.sensitivity is not None:
-        with atomic_path(outdir / SENSITIVITY) as temporary:
-            result.sensitivity.to_csv(temporary, index=False)
-        written["sensitivity"] = outdir / SENSITIVITY
+    written: dict[str, Path] = {}
+    for part in _run_all([gallery, pictures, tables], workers):
+        written.update(part)
     summary = dict(result.summary)
     if slide is not None:  # where names and pixel size came from; file values the user overrode
         summary["source"] = {**summary.get("source", {}), "reader": slide.metadata}

@@ -104,14 +104,17 @@ def crop_window(bbox_px: tuple[float, float, float, float], levels: list[tuple[t
     return CropWindow(level, step, wy0, wy1, wx0, wx1, (levels[level][1], levels[level][2]))
 
 
-def read_window(slide, window: CropWindow, channels: list[str]) -> dict[str, np.ndarray]:
-    """The window of each channel (float32, binned by ``window.step``): only its chunks are read."""
+def read_window(slide, window: CropWindow, channels: list[str], *, threaded: bool = True) -> dict[str, np.ndarray]:
+    """The window of each channel (float32, binned by ``window.step``): only its chunks are read.
+
+    ``threaded=False`` reads in the calling thread (the caller already runs windows in parallel).
+    """
     import dask
 
     data = slide.levels[window.level].data
     planes = {name: data[slide.channel_index(name), window.y0: window.y1, window.x0: window.x1] for name in channels}
     if window.step == 1:
-        values = dask.compute(*planes.values())
+        values = dask.compute(*planes.values(), scheduler=None if threaded else "sync")
         return {name: np.asarray(value, np.float32) for name, value in zip(planes, values)}
     return {name: _binned(plane, window.step) for name, plane in planes.items()}
 
@@ -153,18 +156,25 @@ class GalleryEntry:
     panels: list[str]
     png: bytes
     zoom: int = 1  # display px per crop px (small crops are blown up)
+    jpeg_bytes: bytes | None = None  # made with the PNG, from the same canvas
 
     def jpeg(self, quality: int = HTML_JPEG_QUALITY) -> bytes:
         """The picture as JPEG: the page embeds these (a third of the PNG's size); the PNGs stay lossless."""
+        if self.jpeg_bytes is not None and quality == HTML_JPEG_QUALITY:
+            return self.jpeg_bytes
         from PIL import Image
 
-        buffer = io.BytesIO()
-        Image.open(io.BytesIO(self.png)).convert("RGB").save(buffer, format="JPEG", quality=quality)
-        return buffer.getvalue()
+        return _jpeg(Image.open(io.BytesIO(self.png)).convert("RGB"), quality)
 
     @property
     def file_name(self) -> str:
         return f"TLS-{self.tls_id}.png"
+
+
+def _jpeg(image, quality: int = HTML_JPEG_QUALITY) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def _caption(row, window: CropWindow, pixel_size_um: float) -> str:
@@ -179,12 +189,13 @@ def _caption(row, window: CropWindow, pixel_size_um: float) -> str:
 
 
 def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles: dict[str, str], thresholds: dict,
-               rings: dict[int, list[np.ndarray]], pixel_size_um: float) -> tuple[bytes, list[str], str, int]:
+               rings: dict[int, list[np.ndarray]], pixel_size_um: float,
+               with_jpeg: bool = False) -> tuple[bytes, list[str], str, int] | tuple[bytes, list[str], str, int, bytes]:
     """One TLS's picture: overlay + one grey panel per lymphoid role present, outlines, caption, scale bar.
 
     ``rings`` holds the level-0 outline rings of this TLS and of any neighbour in the window.
     A crop under ``MIN_PANEL_PX`` is blown up by a whole factor (each px a square).
-    Returns the PNG bytes, the panel labels, the caption and that zoom.
+    Returns the PNG bytes, the panel labels, the caption and that zoom (and the JPEG bytes with ``with_jpeg``).
     """
     from PIL import Image, ImageDraw
 
@@ -247,7 +258,8 @@ def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles:
         draw.text((left + 4, top + 2), label, fill=(230, 230, 230), font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", **FAST_PNG)
-    return buffer.getvalue(), [label for label, _ in panels], caption, zoom
+    made = (buffer.getvalue(), [label for label, _ in panels], caption, zoom)
+    return (*made, _jpeg(canvas)) if with_jpeg else made
 
 
 def _shown(table, max_tls: int):
@@ -255,8 +267,13 @@ def _shown(table, max_tls: int):
     return table.sort_values(["area_um2", "tls_id"], ascending=[False, True]).head(max(max_tls, 0)).sort_values("tls_id")
 
 
-def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px) -> Iterator[GalleryEntry]:
-    """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order): memory holds one."""
+def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px,
+                 workers: int = 1) -> Iterator[GalleryEntry]:
+    """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order).
+
+    ``workers`` threads draw pictures ahead (reading, drawing and PNG/JPEG encoding mostly
+    release the GIL); memory holds about ``2 * workers`` pictures, never the gallery's.
+    """
     if not len(result.tls):
         return
     roles, thresholds = result.roles, result.thresholds
@@ -270,17 +287,33 @@ def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_
     boxes = {tls_id: (min(r[:, 0].min() for r in rs), min(r[:, 1].min() for r in rs),
                       max(r[:, 0].max() for r in rs), max(r[:, 1].max() for r in rs)) for tls_id, rs in rings.items() if rs}
     pixel_size_um = result.pixel_size.x_um
-    for row in _shown(result.tls, max_tls).itertuples(index=False):
+
+    def entry(row) -> GalleryEntry:
         window = crop_window((row.bbox_x0_px, row.bbox_y0_px, row.bbox_x1_px, row.bbox_y1_px), levels,
                              pixel_size_um=pixel_size_um, max_px=crop_px)
         (ly, lx) = window.level_downsample
         x0, y0, x1, y1 = window.x0 * lx, window.y0 * ly, window.x1 * lx, window.y1 * ly
         near = {tls_id: rings[tls_id] for tls_id, (bx0, by0, bx1, by1) in boxes.items()
                 if bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0}
-        png, panels, caption, zoom = render_tls(row, planes=read_window(reader, window, channels), window=window,
-                                                roles={r: roles[r] for r in wanted if r in roles},
-                                                thresholds=thresholds, rings=near, pixel_size_um=pixel_size_um)
-        yield GalleryEntry(int(row.tls_id), caption, window, panels, png, zoom)
+        png, panels, caption, zoom, jpeg = render_tls(
+            row, planes=read_window(reader, window, channels, threaded=workers <= 1), window=window,
+            roles={r: roles[r] for r in wanted if r in roles}, thresholds=thresholds, rings=near,
+            pixel_size_um=pixel_size_um, with_jpeg=True)
+        return GalleryEntry(int(row.tls_id), caption, window, panels, png, zoom, jpeg)
+
+    rows = list(_shown(result.tls, max_tls).itertuples(index=False))
+    if workers <= 1:
+        yield from map(entry, rows)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = [pool.submit(entry, row) for row in rows[: 2 * workers]]
+        for row in rows[2 * workers:] + [None] * len(pending):
+            done = pending.pop(0).result()  # in id order
+            if row is not None:
+                pending.append(pool.submit(entry, row))
+            yield done
 
 
 def gallery_entries(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px) -> tuple[list[GalleryEntry], int]:
@@ -327,10 +360,11 @@ def gallery_html(result, entries: list[GalleryEntry], total: int, *, max_tls: in
 
 
 def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = Outputs.gallery_max_tls,
-                      crop_px: int = Outputs.gallery_crop_px) -> dict[str, Path]:
+                      crop_px: int = Outputs.gallery_crop_px, workers: int = 1) -> dict[str, Path]:
     """Write tls_gallery.html and tls_gallery/TLS-<id>.png (the folder only when there is a TLS), atomically.
 
-    Pictures are written as they are made, so memory holds one TLS's, not the gallery's.
+    Pictures are written as they are made (``workers`` threads drawing ahead), so memory
+    holds a few TLS's, not the gallery's.
     """
     total = len(result.tls)
     shown = len(_shown(result.tls, max_tls))
@@ -339,7 +373,7 @@ def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tl
     with atomic_path(crops_dir) as crops, atomic_path(html_path) as page_path, open(page_path, "w", encoding="utf-8") as page:
         os.mkdir(crops)
         page.write(_html_head(result, shown, total, max_tls=max_tls))
-        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px):
+        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px, workers=workers):
             (crops / entry.file_name).write_bytes(entry.png)
             page.write(_html_figure(entry))
         page.write(_HTML_TAIL)

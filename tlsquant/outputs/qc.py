@@ -151,7 +151,7 @@ def _scale_bar_um(width_um: float) -> float:
 def _rings(mask: np.ndarray, factor: int, offset_cells: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
     """Outline rings of a grid mask in level-0 px (x, y), the mask's top-left cell at ``offset_cells`` (row, col).
 
-    The rings of :func:`~.geometry.outline_polygons` (along cell edges, holes too) without its
+    The rings of :func:`tlsquant.polygons.mask_polygons` (along cell edges, holes too) without its
     polygon simplification: for drawing only, and thousands of artefact specks stay fast.
     """
     from skimage import measure
