@@ -24,6 +24,7 @@ import numpy as np
 from ..background import expand
 from ..blocks import block_grid, compute_blocks
 from ..thresholds import ScaledThresholds, scaled_level  # noqa: F401  (re-exported: the pass evaluates them)
+from . import counting
 
 # maps counted on the fine (TLS) grid and on the coarse (tissue / tumour) grid
 FINE_MAPS = ("b_cells", "t_cells", "fdc", "germinal_centre", "nuclei", "debris")
@@ -260,6 +261,11 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
     (base piece, spread piece, factors, shifts) (see :class:`ScaledThresholds`).
     """
     factor = plan.grid_factor
+    if not plan.scenarios and COMPILED and counting.available():
+        counts = _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks)
+        if counts is not None:
+            return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
+                (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], []
     data = dict(zip(plan.roles, blocks))
     corrected = {}
     if plan.pixel_af:
@@ -289,6 +295,80 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
         # partial sums never exceed cell², so the small dtype holds them and their total
         out.append(((y0 // cell, x0 // cell), np.stack(stack)))
     return out[0][0], out[0][1], out[1][0], out[1][1], scenarios
+
+
+COMPILED = True  # count with the compiled sweep where numba is installed (tests switch it off for the oracle)
+
+
+def _packed_tables(plan: EvidencePlan) -> tuple[np.ndarray, int, np.ndarray, int] | None:
+    """Per code of role positives (bit r: role r), what a pixel adds to each fine / coarse map, packed.
+
+    The tables come from :func:`_decide` itself, evaluated on every code, so the sweep
+    decides exactly as the numpy pass. None when the maps do not fit one 64-bit integer.
+    """
+    n = len(plan.roles)
+    codes = np.arange(1 << n, dtype=np.int64)
+    positive = {role: (codes >> k) & 1 == 1 for k, role in enumerate(plan.roles)}
+    masks = _decide(plan, positive, codes.shape)
+    tables = []
+    for names, factor in ((FINE_MAPS, plan.fine_factor), (COARSE_MAPS, plan.coarse_factor)):
+        bits = (factor * factor).bit_length()  # a bin's count, summed over its rows, fits
+        if bits * len(names) > 64:
+            return None
+        table = np.zeros(codes.size, np.uint64)
+        for m, name in enumerate(names):
+            if name in masks:
+                table |= masks[name].astype(np.uint64) << np.uint64(m * bits)
+        tables += [table, bits]
+    return tuple(tables)
+
+
+def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, blocks):
+    """:func:`count_block`'s fine and coarse counts from the compiled sweep, or None where it cannot run."""
+    roles = plan.roles
+    if len(roles) > counting.MAX_ROLES or len({block.dtype for block in blocks}) > 1:
+        return None
+    tables = _TABLES.get(plan)
+    if tables is None:
+        tables = _TABLES.setdefault(plan, _packed_tables(plan) or ())
+    if not tables:
+        return None
+    fine_table, fine_bits, coarse_table, coarse_bits = tables
+    index = {role: k for k, role in enumerate(roles)}
+    height, width = blocks[0].shape
+    sources_of = dict(plan.crosstalk)
+    af_share = dict(plan.pixel_af)
+    corrected = np.array([role in sources_of or role in af_share for role in roles])
+    n_sources = max([len(v) for v in sources_of.values()] + [1])
+    sources = np.full((len(roles), n_sources), -1, np.int64)
+    kappas = np.zeros((len(roles), n_sources), np.float32)
+    for role, pairs in plan.crosstalk:
+        for k, (source, kappa) in enumerate(pairs):
+            sources[index[role], k] = index[source]
+            kappas[index[role], k] = np.float32(kappa)
+    shares = np.array([af_share.get(role, 0.0) for role in roles], np.float32)
+    pieces = next(iter(thresholds.values())).shape
+    levels = np.stack([thresholds[role] for role in roles]).astype(np.float64)
+    dtype = blocks[0].dtype
+    if dtype.kind in "ui":  # raw integer values compare with the floored threshold, as _above does
+        int_levels = np.stack([_comparable(thresholds[role], dtype) for role in roles]).astype(
+            np.int32 if dtype.itemsize < 4 else np.int64)
+    else:
+        int_levels = np.zeros((0, *pieces), np.int64)
+    background = np.zeros((len(roles), *pieces), np.float32)
+    for role, piece in backgrounds.items():
+        background[index[role]] = piece
+    f, c = plan.fine_factor, plan.coarse_factor
+    fine = np.zeros((len(FINE_MAPS), -(-(y0 % f + height) // f), -(-(x0 % f + width) // f)), count_dtype(f))
+    coarse = np.zeros((len(COARSE_MAPS), -(-(y0 % c + height) // c), -(-(x0 % c + width) // c)), count_dtype(c))
+    data = tuple(np.ascontiguousarray(block) for block in blocks)
+    counting.count_sweep(data, levels, int_levels, plan.grid_factor, y0, x0, corrected, index.get("autofluorescence", 0),
+                         np.float32(plan.af_glass), shares, sources, kappas, background,
+                         fine_table, fine_bits, f, fine, coarse_table, coarse_bits, c, coarse)
+    return fine, coarse
+
+
+_TABLES: dict[EvidencePlan, tuple] = {}
 
 
 def _pieces(grid: np.ndarray, factor: int, y0: int, x0: int, height: int, width: int) -> np.ndarray:
