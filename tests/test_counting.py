@@ -70,3 +70,30 @@ def test_compiled_equals_numpy_with_absent_roles(min_votes, monkeypatch):
         np.testing.assert_array_equal(compiled.coarse[name], reference.coarse[name], err_msg=name)
     # one vote makes every positive pixel debris
     assert compiled.fine["t_cells"].sum() == 0 and (compiled.fine["b_cells"].sum() > 0) == (min_votes > 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_scenarios_counted_beside_the_sweep_equal_the_numpy_pass(dtype, monkeypatch):
+    """With sensitivity scenarios the sweep counts the baseline and the band's pixels are decided alone."""
+    roles = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
+    stack, thresholds, backgrounds = _case(np.random.default_rng(11), roles, dtype)
+    scales = (0.8, 1.25)
+    scaled = {role: evidence.ScaledThresholds(thresholds[role] - 40, None, (1.0,) * 2, tuple(40 * s for s in scales))
+              for role in ("b_cells", "fdc", "t_cells")}
+    plan = EvidencePlan(roles, 3, 9, GRID, 2, crosstalk=(("t_cells", (("b_cells", 0.1),)),),
+                        pixel_af=(("fdc", 0.3),), af_glass=12.5, scenarios=(("b_cells",), ("fdc",), ("t_cells",)))
+    arrays = [da.from_array(plane, chunks=100) for plane in stack]
+    kwargs = dict(thresholds=thresholds, backgrounds=backgrounds, scaled=scaled, scheduler="sync")
+    compiled = compute_evidence(arrays, plan, **kwargs)
+    monkeypatch.setattr(evidence, "COMPILED", False)
+    reference = compute_evidence(arrays, plan, **kwargs)
+    moved = 0
+    for g in range(3):
+        for k in range(len(scales)):
+            a, b = compiled.scenario(g, k), reference.scenario(g, k)
+            for name in FINE_MAPS:
+                np.testing.assert_array_equal(a.fine[name], b.fine[name], err_msg=f"{g} {k} {name}")
+            for name in COARSE_MAPS:
+                np.testing.assert_array_equal(a.coarse[name], b.coarse[name], err_msg=f"{g} {k} {name}")
+            moved += len(compiled.changed_maps(g, k))
+    assert moved >= 6  # every scenario changed some map

@@ -195,9 +195,11 @@ def delta_dtype(factor: int) -> np.dtype:
 
 
 def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, values: dict, thresholds: dict,
-                     scaled: dict, positive: dict, masks: dict) -> dict:
+                     scaled: dict, positive: dict | None = None, masks: dict | None = None) -> dict:
     """Count differences from the baseline when the thresholds of ``group`` are scaled (each scale at once).
 
+    ``positive`` / ``masks``: the block's baseline decisions, or None to decide the band's
+    pixels here (the compiled sweep counted the baseline without keeping them).
     Returns {grid: (origin, grid width of the block, {map: (cells, differences (scales, cells))})};
     cells are block-local flat indices, only those whose count changes at some scale.
     """
@@ -218,8 +220,13 @@ def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: in
         return {}
     rows, cols = np.divmod(index, width)
     grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
-    gathered = {role: mask.reshape(-1)[index] for role, mask in positive.items()}
-    baseline = {name: mask.reshape(-1)[index].view(np.int8) for name, mask in masks.items()}
+    if positive is None:  # the baseline decision of the band's pixels alone: decisions are per pixel
+        gathered = {role: values[role].reshape(-1)[index]
+                    > _comparable(thresholds[role], values[role].dtype)[grid_rows, grid_cols] for role in plan.roles}
+        baseline = {name: mask.view(np.int8) for name, mask in _decide(plan, gathered, index.shape).items()}
+    else:
+        gathered = {role: mask.reshape(-1)[index] for role, mask in positive.items()}
+        baseline = {name: mask.reshape(-1)[index].view(np.int8) for name, mask in masks.items()}
     n_scales = stacks[group[0]].shape[0]
     differences: dict[str, list] = {}
     for k in range(n_scales):
@@ -261,11 +268,10 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
     (base piece, spread piece, factors, shifts) (see :class:`ScaledThresholds`).
     """
     factor = plan.grid_factor
-    if not plan.scenarios and COMPILED and counting.available():
-        counts = _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks)
-        if counts is not None:
-            return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
-                (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], []
+    counts = _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks) if COMPILED and counting.available() else None
+    if counts is not None and not plan.scenarios:
+        return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
+            (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], []
     data = dict(zip(plan.roles, blocks))
     corrected = {}
     if plan.pixel_af:
@@ -279,6 +285,10 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
             value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
         corrected[target] = value
     values = {role: corrected.get(role, data[role]) for role in plan.roles}
+    if counts is not None:  # the sweep counted the baseline: scenarios decide again only in their bands
+        scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled) for group in plan.scenarios]
+        return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
+            (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], scenarios
     positive = {role: _above(values[role], thresholds[role], y0, x0, factor) for role in plan.roles}
     masks = _decide(plan, positive, blocks[0].shape)
     scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled, positive, masks)
