@@ -218,12 +218,17 @@ def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -
     to its typical level, follows tissue and ignores stain. Otsu splits it; glass counts
     as found only when it is a distinct, compact class.
     """
-    scaled = []
+    ranges = []
     for plane in images.values():
         lo, mid = np.percentile(thin(plane), [1, 50])
-        scaled.append((plane - lo) / max(mid - lo, 1e-12))
-    order = 1 if len(scaled) >= 4 else 0
-    score = np.partition(np.stack(scaled), order, axis=0)[order]
+        ranges.append((lo, max(mid - lo, 1e-12)))
+    order = 1 if len(ranges) >= 4 else 0
+    planes = list(images.values())
+    score = np.empty(planes[0].shape, np.float64)
+    band = max(1, (1 << 18) // max(planes[0].shape[1], 1))  # rows at a time: the channel stack stays small
+    for y in range(0, score.shape[0], band):
+        scaled = np.stack([(plane[y : y + band] - lo) / spread for plane, (lo, spread) in zip(planes, ranges)])
+        score[y : y + band] = np.partition(scaled, order, axis=0)[order]
     score = ndi.uniform_filter(score, 3, mode="nearest")
     glass_found = False
     tissue = np.ones(score.shape, bool)
@@ -598,22 +603,27 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
     boxes = [box for source_boxes in boxes_by_source.values() for box in source_boxes]
     read = dict(zip(names, read_windows([slide.channel(name) for name in names], boxes, scheduler=scheduler)))
     owner = [source for source, source_boxes in boxes_by_source.items() for _ in source_boxes]
-    pixels: dict[tuple[str, str], list[np.ndarray]] = {}
-    for k, (source, box) in enumerate(zip(owner, boxes)):
-        af = read[model.af_channel][k] if model.af_channel in read else None
-        for name in names:
-            residual = model.residual(name, read[name][k], box[0].start, box[1].start, af)
-            pixels.setdefault((source, name), []).append((residual - np.float32(model.channels[name].offset)).ravel())
+
+    def pixels(source: str, name: str) -> np.ndarray:
+        """Residuals of ``name`` above its offset in ``source``'s windows (made per pair: all at once is ~0.5 GB)."""
+        parts = []
+        for k, box in enumerate(boxes):
+            if owner[k] == source:
+                af = read[model.af_channel][k] if model.af_channel in read else None
+                residual = model.residual(name, read[name][k], box[0].start, box[1].start, af)
+                parts.append((residual - np.float32(model.channels[name].offset)).ravel())
+        return np.concatenate(parts)
+
     result: dict[str, list[tuple[str, float]]] = {}
     for source in boxes_by_source:
-        driver = np.concatenate(pixels[(source, source)])
+        driver = pixels(source, source)
         strong = driver > max(4 * model.channels[source].margin, float(np.percentile(driver, 95)))
         if strong.sum() < 50:
             continue
         for target in targets:
             if target == source or model.channels[target].global_threshold is not None:
                 continue
-            ratio = np.concatenate(pixels[(source, target)])[strong] / driver[strong]
+            ratio = pixels(source, target)[strong] / driver[strong]
             kappa = mode(ratio)
             if min_crosstalk <= kappa <= max_crosstalk:
                 result.setdefault(target, []).append((source, kappa))
