@@ -427,19 +427,22 @@ def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.n
                   for role, t in scaled.items()}
         tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, pieces, bg, *[grid[i, j] for grid in grids],
                                                           scaled=stacks))
-    results = compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
-
-    def assemble(factor, names, index):
-        shape = (len(names), -(-height // factor), -(-width // factor))
-        total = np.zeros(shape, count_dtype(factor))
-        for result in results:
-            (cy, cx), counts = result[index], result[index + 1]
-            total[:, cy : cy + counts.shape[1], cx : cx + counts.shape[2]] += counts
-        return {name: total[k] for k, name in enumerate(names)}
-
-    fine = assemble(plan.fine_factor, FINE_MAPS, 0)
-    coarse = assemble(plan.coarse_factor, COARSE_MAPS, 2)
     f, c = plan.fine_factor, plan.coarse_factor
+    fine_total = np.zeros((len(FINE_MAPS), -(-height // f), -(-width // f)), count_dtype(f))
+    coarse_total = np.zeros((len(COARSE_MAPS), -(-height // c), -(-width // c)), count_dtype(c))
+    parts: list[list] = [[] for _ in plan.scenarios]  # per scenario group, each block's sparse differences
+
+    def add(result) -> None:
+        # integer sums: the same in any order, so blocks are added as they finish and then dropped
+        for total, (cy, cx), counts in ((fine_total, *result[0:2]), (coarse_total, *result[2:4])):
+            total[:, cy : cy + counts.shape[1], cx : cx + counts.shape[2]] += counts
+        for g, deltas in enumerate(result[4]):
+            if deltas:
+                parts[g].append((result[0], deltas))  # by the block's place: the lists are then the same each run
+
+    compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers, consume=add)
+    fine = {name: fine_total[k] for k, name in enumerate(FINE_MAPS)}
+    coarse = {name: coarse_total[k] for k, name in enumerate(COARSE_MAPS)}
     deltas = []
     for g in range(len(plan.scenarios)):
         group: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -447,15 +450,15 @@ def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.n
             grid_width = -(-width // factor)
             index_dtype = np.int32 if -(-height // factor) * grid_width < 2**31 else np.int64
             cells_of: dict[str, list] = {}
-            for result in results:
-                if grid not in result[4][g]:
+            for _, block in sorted(parts[g], key=lambda part: part[0]):
+                if grid not in block:
                     continue
-                (cy, cx), block_width, maps = result[4][g][grid]
+                (cy, cx), block_width, maps = block[grid]
                 for name, (local, difference) in maps.items():
                     flat = (cy + local // block_width).astype(index_dtype) * grid_width + cx + local % block_width
                     cells_of.setdefault(name, []).append((flat, difference))
-            group[grid] = {name: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1))
-                           for name, parts in cells_of.items()}
+            group[grid] = {name: (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces], axis=1))
+                           for name, pieces in cells_of.items()}
         deltas.append(group)
     return EvidenceMaps(
         fine=fine,
