@@ -8,9 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import tlsquant.sensitivity as sensitivity
 from tlsquant import analyze_slide, load_config, open_slide, synthetic
 from tlsquant.errors import ConfigError
+from tlsquant.segment.aggregates import debris_zone, grow_to_half_level, half_level_seeds, same_growth
+from tlsquant.segment.evidence import EvidenceMaps
+from tlsquant.segment.regions import smooth, smooth_reach
 from tlsquant.sensitivity import COHORT_SENSITIVITY_COLUMNS, SENSITIVITY_COLUMNS, cohort_sensitivity, sensitivity_figure
+from tlsquant.steps import artefact_zone, find_tls, staged_tls, tissue_and_tumour
 
 ROLES = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
 PLAIN = ["cells.enabled=false", "outputs.qc_png=false", "thresholds.sample_windows=16"]
@@ -28,9 +33,31 @@ def slide_path(tmp_path_factory):
     return path
 
 
+def _captured_analysis(slide_path, overrides, **options):
+    """analyze_slide with sensitivity on, and the arguments its threshold_sensitivity was called with."""
+    calls = []
+    original = sensitivity.threshold_sensitivity
+
+    def capture(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    sensitivity.threshold_sensitivity = capture  # the pipeline imports it when it runs
+    try:
+        result = analyze_slide(open_slide(slide_path), load_config(None, overrides), **options)
+    finally:
+        sensitivity.threshold_sensitivity = original
+    return result, calls[0]
+
+
 @pytest.fixture(scope="module")
-def scenarios(slide_path):
-    return analyze_slide(open_slide(slide_path), load_config(None, SENSITIVITY + ["compute.chunk_px=512"])).sensitivity
+def captured(slide_path):
+    return _captured_analysis(slide_path, SENSITIVITY + ["compute.chunk_px=512"])
+
+
+@pytest.fixture(scope="module")
+def scenarios(captured):
+    return captured[0].sensitivity
 
 
 def _same(a, b) -> bool:
@@ -84,6 +111,191 @@ def test_chunking_does_not_change_the_scenarios(slide_path, scenarios, chunk):
     other = analyze_slide(open_slide(slide_path), load_config(None, SENSITIVITY + [f"compute.chunk_px={chunk}"]))
     pd.testing.assert_frame_equal(other.sensitivity, scenarios)
     assert other.summary["sensitivity"]["scenarios"][0]["parameter"] == "baseline"
+
+
+def _whole_scenario(base, group, scale):
+    """A scenario recomputed the plain way: whole maps, every step run again."""
+    maps = base.evidence.scenario(group, scale)
+    config, grids, regions = base.config, base.grids, base.regions
+    bed = tissue_and_tumour(maps, config, grids, regions)
+    zone = artefact_zone(maps, config, grids)
+    found = find_tls(maps, config, grids, regions, has_t_cells=base.has_t_cells, debris=zone)
+    return maps, bed, zone, found
+
+
+def _check_every_scenario(call) -> dict:
+    """Each scenario's shortcuts against the whole recomputation: bed, artefact zone, TLS labels and metrics."""
+    (evidence, config, grids, regions), options = call[0], call[1]
+    base = sensitivity._baseline(evidence, config, grids, regions, options["has_t_cells"], *options["baseline"])
+    shortcuts = {"same bed": 0, "zone patched": 0, "baseline TLS": 0}
+    for group in range(len(options["groups"])):
+        for scale in range(len(config.sensitivity.scales)):
+            maps, bed, zone, found = _whole_scenario(base, group, scale)
+            scenario = sensitivity._scenario(base, group, scale)
+            if scenario is None:
+                assert not evidence.changed_maps(group, scale)
+                continue
+            for name in ("tissue", "tumour", "distance", "margin"):
+                a, b = getattr(scenario.bed, name), getattr(bed, name)
+                assert (a is None and b is None) or np.array_equal(a, b), (group, scale, name)
+            for name in ("tissue_area_mm2", "tumour_area_mm2", "margin_area_mm2"):
+                assert getattr(scenario.bed, name) == getattr(bed, name), (group, scale, name)
+            assert np.array_equal(scenario.zone, zone), (group, scale)
+            labels = base.found.labels if scenario.labels is None else scenario.labels
+            assert np.array_equal(labels, found.labels), (group, scale)
+            staged = staged_tls(maps, found.labels, zone, bed.distance, config, grids)
+            expected = sensitivity._metrics_of(staged, bed, config)
+            got = sensitivity._threshold_scenario(base, group, scale)
+            assert all(_same(got[k], expected[k]) for k in METRICS), (group, scale, got, expected)
+            shortcuts["same bed"] += scenario.bed.tissue is base.bed.tissue
+            shortcuts["zone patched"] += scenario.zone is not base.found.debris
+            shortcuts["baseline TLS"] += scenario.labels is None
+    return shortcuts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tile", [128, 24])
+def test_every_scenario_equals_its_whole_recomputation(captured, monkeypatch, tile):
+    # the oracle for each shortcut, on every scenario: the steps redone on whole maps give the same bed,
+    # artefact zone, TLS and metrics as the scenario's tiles, reused candidates and reused staging
+    # (small tiles: this small slide's changes are then redone in tiles rather than whole)
+    monkeypatch.setattr(sensitivity, "TILE", tile)
+    shortcuts = _check_every_scenario(captured[1])
+    assert shortcuts["same bed"] and shortcuts["baseline TLS"], shortcuts
+
+
+@pytest.fixture(scope="module")
+def debris_near_tls(tmp_path_factory):
+    # debris and red blood cells scattered densely, so scaled thresholds move artefact zones at the TLS
+    scene = synthetic.make_scene(seed=11, width_um=900, height_um=800, pixel_size_um=1.0, tls_counts=(2, 1, 1),
+                                 tls_radius_um=(45, 80), extra_channels=("Autofluorescence",),
+                                 realism=synthetic.Realism(debris=8.0, rbc=4.0))
+    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("debris") / "slide.ome.tiff")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [300, 1024])
+def test_debris_near_tls_and_a_t_cell_zone_at_two_chunk_sizes(debris_near_tls, chunk):
+    overrides = SENSITIVITY + [f"compute.chunk_px={chunk}", "tls.require_t_cell_zone=true"]
+    result, call = _captured_analysis(debris_near_tls, overrides)
+    shortcuts = _check_every_scenario(call)
+    assert shortcuts["zone patched"] and shortcuts["baseline TLS"], shortcuts
+    rows = result.sensitivity[result.sensitivity["parameter"] == "threshold"]
+    for role, scale in (("autofluorescence", 1.25), ("tumour", 0.8), ("t_cells", 0.8)):
+        row = rows[(rows["role"] == role) & (rows["scale"] == scale)]
+        if len(row):
+            config = load_config(None, PLAIN + [f"thresholds.{role}.scale={scale}", "tls.require_t_cell_zone=true"])
+            _check(row.iloc[0], analyze_slide(open_slide(debris_near_tls), config).summary)
+
+
+@pytest.mark.slow
+def test_drawn_exclusion_over_a_tls(slide_path, captured, tmp_path):
+    # drawn regions clip tissue, tumour and TLS after the masks are found: scenarios equal separate runs with them,
+    # and the analysis's own excluded area is not overwritten by a scenario's
+    import json
+
+    plain = captured[0]
+    f = plain.fine_factor
+    rows, cols = np.nonzero(plain.tls_labels == 1)
+    y0, y1 = int(rows.min()) * f - 40, int(rows.min() + rows.max()) // 2 * f
+    x0, x1 = int(cols.min()) * f - 40, int(cols.max()) * f + 40
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    path = tmp_path / "fold.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "Fold"}}}]}))
+    result, call = _captured_analysis(slide_path, SENSITIVITY, annotations=path)
+    _check_every_scenario(call)
+    alone = analyze_slide(open_slide(slide_path), load_config(None, PLAIN), annotations=path)
+    assert result.summary["regions"]["excluded_area_mm2"] == alone.summary["regions"]["excluded_area_mm2"]
+    rows = result.sensitivity[result.sensitivity["parameter"] == "threshold"]
+    for role, scale in (("nuclei", 0.8), ("b_cells", 1.25)):
+        config = load_config(None, PLAIN + [f"thresholds.{role}.scale={scale}"])
+        separate = analyze_slide(open_slide(slide_path), config, annotations=path).summary
+        _check(rows[(rows["role"] == role) & (rows["scale"] == scale)].iloc[0], separate)
+
+
+@pytest.mark.parametrize("sigma_um, bin_um", [(8.0, 2.0), (3.0, 1.0)])
+@pytest.mark.parametrize("changes", [5, 60, 4000])
+def test_smoothing_in_tiles_is_bit_exact(sigma_um, bin_um, changes):
+    # a map redone in tiles around its changed cells (or whole when they spread) equals the whole map redone
+    rng = np.random.default_rng(changes)
+    occupancy = (rng.random((300, 410)) < 0.3).astype(np.float32)
+    before = smooth(occupancy, sigma_um=sigma_um, bin_um=bin_um)
+    cells = rng.integers(0, occupancy.size, changes)
+    cells = np.r_[cells, 0, occupancy.size - 1, 409, 299 * 410]  # the corners, where the slide edge is read as empty
+    rows, cols = np.divmod(cells, 410)
+    changed = occupancy.copy()
+    changed[rows, cols] = 1.0 - changed[rows, cols]
+    reach = smooth_reach(sigma_um=sigma_um, bin_um=bin_um) + 1
+    after, moved = sensitivity._updated(before, (rows, cols), reach,
+                                        lambda box: smooth(changed[box], sigma_um=sigma_um, bin_um=bin_um),
+                                        lambda: smooth(changed, sigma_um=sigma_um, bin_um=bin_um))
+    whole = smooth(changed, sigma_um=sigma_um, bin_um=bin_um)
+    assert np.array_equal(after, whole)
+    assert np.array_equal(np.sort(np.ravel_multi_index(moved, whole.shape)), np.flatnonzero(whole != before))
+
+
+def test_artefact_zone_in_tiles_is_exact():
+    rng = np.random.default_rng(4)
+    fraction = np.where(rng.random((260, 300)) < 0.01, rng.random((260, 300)), 0).astype(np.float32)
+    before = debris_zone(fraction, bin_um=2.0, dilate_um=4.0, min_fraction=0.05)
+    cells = np.r_[rng.integers(0, fraction.size, 30), 0, fraction.size - 1]
+    rows, cols = np.divmod(cells, 300)
+    changed = fraction.copy()
+    changed[rows, cols] = np.where(changed[rows, cols] > 0, 0.0, 0.5)
+    after, _ = sensitivity._updated(before, (rows, cols), 2,
+                                    lambda box: debris_zone(changed[box], bin_um=2.0, dilate_um=4.0, min_fraction=0.05),
+                                    lambda: debris_zone(changed, bin_um=2.0, dilate_um=4.0, min_fraction=0.05))
+    assert np.array_equal(after, debris_zone(changed, bin_um=2.0, dilate_um=4.0, min_fraction=0.05))
+
+
+def test_patched_maps_equal_the_scenario_maps():
+    # cells listed twice (cut by a block edge), differences of both signs, uint8 and uint16 counts
+    rng = np.random.default_rng(1)
+    fine = {"b_cells": rng.integers(4, 12, (20, 30)).astype(np.uint8), "nuclei": np.full((20, 30), 16, np.uint8)}
+    coarse = {"nuclei": rng.integers(100, 200, (5, 8)).astype(np.uint16)}
+    cells = np.array([3, 3, 17, 599, 250], np.int32)
+    deltas = np.array([[1, -2, 3, -4, 0], [0, 0, 0, 0, 0], [2, 2, -1, 1, 4]], np.int8)
+    evidence = EvidenceMaps(fine, coarse, np.full(20, 4), np.full(30, 4), np.full(5, 16), np.full(8, 16), 4, 16,
+                            scenario_deltas=[{"fine": {"b_cells": (cells, deltas), "nuclei": (cells[:2], -deltas[:, :2] ** 2)},
+                                              "coarse": {"nuclei": (np.array([0, 39, 0]), np.array([[-5, 7, -1]] * 3, np.int16))}}])
+    for scale in range(3):
+        maps, changed = sensitivity._scenario_maps(evidence, 0, scale)
+        whole = evidence.scenario(0, scale)
+        for grid in ("fine", "coarse"):
+            for name in getattr(whole, grid):
+                assert np.array_equal(getattr(maps, grid)[name], getattr(whole, grid)[name]), (scale, grid, name)
+                assert getattr(maps, grid)[name].dtype == getattr(whole, grid)[name].dtype
+        assert set(changed) == evidence.changed_maps(0, scale)
+
+
+def test_same_growth_never_claims_a_change_away():
+    # random bumps near and far from aggregates: whenever same_growth says the growth is the same, it is
+    rng = np.random.default_rng(7)
+    occupancy = np.zeros((200, 260), np.float32)
+    for y, x, r in ((50, 60, 14), (120, 170, 20), (160, 50, 9), (60, 200, 6)):
+        yy, xx = np.ogrid[:200, :260]
+        occupancy[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 1.0
+    occupancy[rng.random(occupancy.shape) < 0.08] = 1.0
+    settings = dict(seed=0.25, min_plateau=0.35, edge_fraction=0.5, reach=18)
+    density = smooth(occupancy, sigma_um=8.0, bin_um=2.0)
+    seeds = half_level_seeds(density, **settings)
+    mask, levels = grow_to_half_level(density, **settings)
+    verdicts = []
+    for trial in range(60):
+        changed = occupancy.copy()
+        rows, cols = rng.integers(0, 200, 1 + trial % 4), rng.integers(0, 260, 1 + trial % 4)
+        changed[rows, cols] = 1.0 - changed[rows, cols]
+        other = smooth(changed, sigma_um=8.0, bin_um=2.0)
+        moved = np.nonzero(other != density)
+        same = same_growth(seeds, density, other, moved)
+        verdicts.append(same)
+        if same:
+            other_mask, other_levels = grow_to_half_level(other, **settings)
+            assert np.array_equal(other_mask, mask) and other_levels == levels, trial
+    assert any(verdicts) and not all(verdicts)
 
 
 def test_off_by_default_and_validated(slide_path):

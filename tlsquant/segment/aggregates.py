@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -31,6 +33,19 @@ def _reject(rejected: list | None, reason: str, box, region) -> None:
         rejected.append((reason, box, region))
 
 
+def _plateau(density_in_box: np.ndarray, inside: np.ndarray) -> float:
+    """A seed's plateau: the upper quartile of the density inside it (its edge pulls the median down)."""
+    return float(np.percentile(density_in_box[inside], 75))
+
+
+def _edge_level(level: float, *, edge_fraction: float, seed: float) -> float:
+    return max(edge_fraction * level, 0.5 * seed)
+
+
+def _grown(box, reach: int):
+    return tuple(slice(max(0, s.start - reach), s.stop + reach) for s in box)
+
+
 def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, edge_fraction: float,
                        reach: int):
     """Seeds above ``seed``, each outlined at ``edge_fraction`` of its own plateau.
@@ -47,16 +62,125 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
     levels = []
     for index, box in enumerate(ndi.find_objects(seeds), start=1):
         inside = seeds[box] == index
-        level = float(np.percentile(density[box][inside], 75))
+        level = _plateau(density[box], inside)
         if level < min_plateau:
             continue
         levels.append(level)
-        edge = max(edge_fraction * level, 0.5 * seed)
-        grown_box = tuple(slice(max(0, s.start - reach), s.stop + reach) for s in box)
+        edge = _edge_level(level, edge_fraction=edge_fraction, seed=seed)
+        grown_box = _grown(box, reach)
         above, _ = ndi.label(density[grown_box] > edge)
         touching = np.unique(above[(seeds[grown_box] == index) & (above > 0)])
         mask[grown_box] |= np.isin(above, touching)
     return mask, levels
+
+
+@dataclass
+class Seeds:
+    """The seeds :func:`grow_to_half_level` grows on a density, and its settings."""
+
+    labels: np.ndarray
+    boxes: list
+    levels: list  # every seed's plateau, kept or not
+    seed: float
+    min_plateau: float
+    edge_fraction: float
+    reach: int
+
+
+def half_level_seeds(density: np.ndarray, *, seed: float, min_plateau: float, edge_fraction: float,
+                     reach: int) -> Seeds:
+    """The seeds of ``density`` and their plateaus, as :func:`grow_to_half_level` finds them."""
+    labels, _ = ndi.label(density > seed)
+    boxes = ndi.find_objects(labels)
+    levels = [_plateau(density[box], labels[box] == index) for index, box in enumerate(boxes, start=1)]
+    return Seeds(labels, boxes, levels, seed, min_plateau, edge_fraction, reach)
+
+
+def same_growth(seeds: Seeds, density: np.ndarray, other: np.ndarray, moved: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether :func:`grow_to_half_level` surely gives the same mask and plateaus on ``other`` as on ``density``.
+
+    ``seeds`` are those of ``density``; the two densities differ only at the cells
+    ``moved`` (rows, cols). True when no moved cell crosses the seed level (the seeds
+    are the same), no seed holding a moved cell changes plateau (edges and the
+    plateau cut are the same), and no moved cell in the growth box of a kept seed
+    crosses its edge level: each seed then grows over the same cells.
+    """
+    rows, cols = moved
+    before, after = density[rows, cols], other[rows, cols]
+    if ((before > seeds.seed) != (after > seeds.seed)).any():
+        return False
+    holding = seeds.labels[rows, cols]
+    for index in np.unique(holding[holding > 0]):
+        box = seeds.boxes[index - 1]
+        if _plateau(other[box], seeds.labels[box] == index) != seeds.levels[index - 1]:
+            return False
+    for box, level in zip(seeds.boxes, seeds.levels):
+        if level < seeds.min_plateau:
+            continue
+        grown = _grown(box, seeds.reach)
+        near = (rows >= grown[0].start) & (rows < grown[0].stop) & (cols >= grown[1].start) & (cols < grown[1].stop)
+        edge = _edge_level(level, edge_fraction=seeds.edge_fraction, seed=seeds.seed)
+        if near.any() and ((before[near] > edge) != (after[near] > edge)).any():
+            return False
+    return True
+
+
+def growth_reach(sigma_um: float, grow_um: float, bin_um: float) -> int:
+    """How far an outline may reach beyond its seed, in bins."""
+    return int(np.ceil(bins(3 * sigma_um + grow_um, bin_um)))
+
+
+@dataclass
+class Candidates:
+    """Candidate aggregates of a smoothed B-cell density, before any filter.
+
+    ``outlines`` holds, per candidate (numbered as in ``labels``, 1..n in raster order),
+    its box padded by the filters' reach, its region in that box (holes filled) and its
+    area in µm².
+    """
+
+    labels: np.ndarray
+    levels: list
+    outlines: list
+
+
+def aggregate_candidates(density: np.ndarray, *, bin_um: float, sigma_um: float, min_b_fraction: float,
+                         min_b_plateau: float, edge_fraction: float, t_zone_width_um: float,
+                         grow_um: float = TLS.grow_um,
+                         contrast_band_um: tuple[float, float] = TLS.contrast_band_um) -> Candidates:
+    """The seeds of ``density`` grown to their half level (:func:`grow_to_half_level`), labelled and outlined."""
+    mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
+                                      edge_fraction=edge_fraction, reach=growth_reach(sigma_um, grow_um, bin_um))
+    labels, count = ndi.label(mask)
+    del mask
+    outlines = []
+    if count:
+        cell_area = bin_um * bin_um
+        pad = int(np.ceil(bins(max(t_zone_width_um, contrast_band_um[1]), bin_um))) + 1
+        for index, box in enumerate(ndi.find_objects(labels), start=1):
+            box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
+            region = ndi.binary_fill_holes(labels[box] == index)
+            outlines.append((box, region, region.sum() * cell_area))
+    return Candidates(labels, levels, outlines)
+
+
+def _screen(box, region, *, b_fraction, debris, max_debris_fraction, nuclei_fraction, min_nuclear_fraction,
+            min_contrast, contrast_band_um, need_reach, bin_um) -> tuple[str | None, float | None, np.ndarray | None]:
+    """A candidate's own filters (debris, nuclei, contrast): (reason it fails or None, B-cell density, reach)."""
+    if debris is not None and debris[box][region].mean() > max_debris_fraction:
+        return "debris", None, None
+    if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
+        return "no_nuclei", None, None
+    inside = float(b_fraction[box][region].mean())
+    # bins from the outline, Euclidean: a dilation by a disc of radius r is exactly the bins within r
+    # (radius rounded to whole bins, as the disc is), at a fraction of a large dilation's cost
+    reach = ndi.distance_transform_edt(~region) if need_reach else None
+    if min_contrast > 0:
+        band_inner_um, band_outer_um = contrast_band_um
+        band = (reach > _disk_radius(band_inner_um, bin_um)) & (reach <= _disk_radius(band_outer_um, bin_um))
+        if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
+            return "low_contrast", inside, reach
+    return None, inside, reach
 
 
 def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float, min_b_fraction: float,
@@ -66,7 +190,9 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
                       t_fraction: np.ndarray | None = None, min_t_fraction: float = 0.0,
                       nuclei_fraction: np.ndarray | None = None, min_nuclear_fraction: float = 0.0,
                       min_contrast: float = 0.0, min_relative_density: float = 0.0,
-                      rejected: list | None = None, density: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                      rejected: list | None = None, density: np.ndarray | None = None,
+                      candidates: Candidates | None = None, screened: dict | None = None,
+                      kept: list | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid bin's pixels that are CD20+ (debris excluded).
@@ -92,71 +218,70 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
     ``(reason, box, region)``: the reason (``small``, ``debris``, ``no_nuclei``,
     ``low_contrast``, ``no_t_zone``), its box (slices) and its cells in that box.
 
+    ``candidates`` (:func:`aggregate_candidates` of the same density) may be given
+    instead of ``density``. ``screened`` caches each candidate's filters by candidate
+    number: present entries are taken as they stand, missing ones are added (pass only
+    entries computed from maps equal to these in the candidate's box). Given a list as
+    ``kept``, the candidate number of each accepted aggregate is appended.
+
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
-    if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
-        density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
-    mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
-                                      edge_fraction=edge_fraction,
-                                      reach=int(np.ceil(bins(3 * sigma_um + grow_um, bin_um))))
-    del density
-    labels, count = ndi.label(mask)
-    del mask
+    if candidates is None:
+        if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
+            density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
+        candidates = aggregate_candidates(density, bin_um=bin_um, sigma_um=sigma_um, min_b_fraction=min_b_fraction,
+                                          min_b_plateau=min_b_plateau, edge_fraction=edge_fraction,
+                                          t_zone_width_um=t_zone_width_um, grow_um=grow_um,
+                                          contrast_band_um=contrast_band_um)
+        del density
+    labels, levels, count = candidates.labels, candidates.levels, len(candidates.outlines)
     info = {"b_density_seed": float(min_b_fraction),
             "b_density_level_median": float(np.median(levels)) if levels else 0.0,
             "candidates": int(count), "rejected_small": 0, "rejected_debris": 0, "rejected_no_nuclei": 0,
             "rejected_no_t_zone": 0, "rejected_low_contrast": 0, "rejected_low_density": 0}
     if count == 0:
         return labels.astype(np.int32), info
-    kept, dense = [], []
-    cell_area = bin_um * bin_um
-    band_inner_um, band_outer_um = contrast_band_um
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        pad = int(np.ceil(bins(max(t_zone_width_um, band_outer_um), bin_um))) + 1
-        box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
-        region = ndi.binary_fill_holes(labels[box] == index)
-        area_um2 = region.sum() * cell_area
+    screened = {} if screened is None else screened
+    chosen, dense = [], []
+    for index, (box, region, area_um2) in enumerate(candidates.outlines, start=1):
         if area_um2 < min_area_um2:
             info["rejected_small"] += 1
             _reject(rejected, "small", box, region)
             continue
-        if debris is not None and debris[box][region].mean() > max_debris_fraction:
-            info["rejected_debris"] += 1
-            _reject(rejected, "debris", box, region)
+        entry = screened.get(index)
+        if entry is None:
+            entry = screened[index] = {"screen": _screen(
+                box, region, b_fraction=b_fraction, debris=debris, max_debris_fraction=max_debris_fraction,
+                nuclei_fraction=nuclei_fraction, min_nuclear_fraction=min_nuclear_fraction, min_contrast=min_contrast,
+                contrast_band_um=contrast_band_um, need_reach=min_contrast > 0 or min_t_fraction > 0, bin_um=bin_um)}
+        reason, inside, reach = entry["screen"]
+        if reason is not None:
+            info[f"rejected_{reason}"] += 1
+            _reject(rejected, reason, box, region)
             continue
-        if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
-            info["rejected_no_nuclei"] += 1
-            _reject(rejected, "no_nuclei", box, region)
-            continue
-        inside = float(b_fraction[box][region].mean())
-        # bins from the outline, Euclidean: a dilation by a disc of radius r is exactly the bins within r
-        # (radius rounded to whole bins, as the disc is), at a fraction of a large dilation's cost
-        reach = ndi.distance_transform_edt(~region) if (min_contrast > 0 or min_t_fraction > 0) else None
-        if min_contrast > 0:
-            band = (reach > _disk_radius(band_inner_um, bin_um)) & (reach <= _disk_radius(band_outer_um, bin_um))
-            if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
-                info["rejected_low_contrast"] += 1
-                _reject(rejected, "low_contrast", box, region)
-                continue
-        dense.append((box, region, inside, reach))
+        dense.append((index, entry, box, region, inside, reach))
     # the slide's own follicle density: the densest bounded candidate (identical for any chunking:
     # the maps are whole-slide grids)
-    reference = max((inside for _, _, inside, _ in dense), default=0.0)
+    reference = max((inside for *_, inside, _ in dense), default=0.0)
     info["b_density_reference"] = round(reference, 4)
-    for box, region, inside, reach in dense:
+    for index, entry, box, region, inside, reach in dense:
         if min_relative_density > 0 and inside < min_relative_density * reference:
             info["rejected_low_density"] += 1
             _reject(rejected, "low_density", box, region)
             continue
         if min_t_fraction > 0 and t_fraction is not None:
-            rim = (reach > 0) & (reach <= _disk_radius(t_zone_width_um, bin_um))
-            if not rim.any() or t_fraction[box][rim].mean() < min_t_fraction:
+            if "t_zone" not in entry:
+                rim = (reach > 0) & (reach <= _disk_radius(t_zone_width_um, bin_um))
+                entry["t_zone"] = bool(rim.any() and not t_fraction[box][rim].mean() < min_t_fraction)
+            if not entry["t_zone"]:
                 info["rejected_no_t_zone"] += 1
                 _reject(rejected, "no_t_zone", box, region)
                 continue
-        kept.append((box, region))
+        chosen.append((box, region))
+        if kept is not None:
+            kept.append(index)
     out = np.zeros(labels.shape, np.int32)
-    for new_id, (box, region) in enumerate(kept, start=1):
+    for new_id, (box, region) in enumerate(chosen, start=1):
         out[box][region & (out[box] == 0)] = new_id
-    info["accepted"] = len(kept)
+    info["accepted"] = len(chosen)
     return out, info

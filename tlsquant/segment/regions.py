@@ -35,12 +35,26 @@ def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndi.distance_transform_edt(grown) > radius
 
 
+SMOOTH_TRUNCATE = 4.0  # the Gaussian kernel's half-width in sigmas (scipy's default)
+
+
 def smooth(fraction: np.ndarray, *, sigma_um: float, bin_um: float) -> np.ndarray:
     """Gaussian smoothing in µm; ``mode='constant'`` so the slide edge reads as empty."""
     sigma = bins(sigma_um, bin_um)
     if sigma <= 0:
         return fraction.astype(np.float32)
-    return ndi.gaussian_filter(fraction, sigma, mode="constant", output=np.float32)
+    return ndi.gaussian_filter(fraction, sigma, mode="constant", output=np.float32, truncate=SMOOTH_TRUNCATE)
+
+
+def smooth_reach(*, sigma_um: float, bin_um: float) -> int:
+    """Bins from a cell beyond which :func:`smooth` does not read: its kernel's radius.
+
+    The filter runs axis by axis and each output is a sum over the kernel's taps alone,
+    so smoothing a box of the map padded by this many bins (or up to the slide edge)
+    gives bit for bit the whole map's values inside the box.
+    """
+    sigma = bins(sigma_um, bin_um)
+    return int(SMOOTH_TRUNCATE * sigma + 0.5) if sigma > 0 else 0  # scipy's gaussian_filter1d radius
 
 
 def half_level_mask(smoothed: np.ndarray, *, floor: float, edge_fraction: float):
@@ -68,14 +82,49 @@ def remove_small(mask: np.ndarray, *, min_area_um2: float, bin_um: float) -> np.
     return keep[labels]
 
 
+def tissue_outline(nuclei_fraction: np.ndarray, *, bin_um: float, sigma_um: float, min_fraction: float,
+                   edge_fraction: float = Tissue.edge_fraction) -> tuple[np.ndarray, dict]:
+    """Tissue before holes are filled and specks dropped: the smoothed nuclei above ``edge_fraction`` of their level."""
+    smoothed = smooth(nuclei_fraction, sigma_um=sigma_um, bin_um=bin_um)
+    mask, threshold, level = half_level_mask(smoothed, floor=min_fraction, edge_fraction=edge_fraction)
+    return mask, {"nuclei_fraction_threshold": threshold, "nuclei_fraction_level": level}
+
+
+def filled_tissue(outline: np.ndarray, *, bin_um: float, min_area_mm2: float) -> np.ndarray:
+    """Tissue from its :func:`tissue_outline`: holes filled, specks under ``min_area_mm2`` dropped."""
+    return remove_small(ndi.binary_fill_holes(outline), min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
+
+
 def tissue_mask(nuclei_fraction: np.ndarray, *, bin_um: float, sigma_um: float, min_fraction: float,
                 min_area_mm2: float, edge_fraction: float = Tissue.edge_fraction) -> tuple[np.ndarray, dict]:
     """Tissue: where nuclei are, smoothed, edged at ``edge_fraction`` of the typical level, holes filled, specks dropped."""
-    smoothed = smooth(nuclei_fraction, sigma_um=sigma_um, bin_um=bin_um)
-    mask, threshold, level = half_level_mask(smoothed, floor=min_fraction, edge_fraction=edge_fraction)
-    mask = ndi.binary_fill_holes(mask)
-    mask = remove_small(mask, min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
-    return mask, {"nuclei_fraction_threshold": threshold, "nuclei_fraction_level": level}
+    outline, info = tissue_outline(nuclei_fraction, bin_um=bin_um, sigma_um=sigma_um, min_fraction=min_fraction,
+                                   edge_fraction=edge_fraction)
+    return filled_tissue(outline, bin_um=bin_um, min_area_mm2=min_area_mm2), info
+
+
+def tumour_outline(tumour_fraction: np.ndarray, *, bin_um: float, sigma_um: float, edge_fraction: float,
+                   min_positive_fraction: float) -> tuple[np.ndarray, dict]:
+    """The tumour bed before closing: the smoothed tumour-nuclei density above ``edge_fraction`` of its level."""
+    smoothed = smooth(tumour_fraction, sigma_um=sigma_um, bin_um=bin_um)
+    mask, threshold, level = half_level_mask(smoothed, floor=min_positive_fraction, edge_fraction=edge_fraction)
+    return mask, {"tumour_fraction_threshold": threshold, "tumour_fraction_level": level}
+
+
+def closed_tumour(outline: np.ndarray, *, bin_um: float, closing_um: float) -> np.ndarray:
+    """A :func:`tumour_outline` closed by ``closing_um`` and its holes filled."""
+    mask = outline
+    if closing_um > 0 and mask.any():
+        radius = int(round(bins(closing_um, bin_um)))
+        padded = np.pad(mask, radius)  # closing must not glue the bed to the slide edge
+        mask = disk_closing(padded, radius)[radius:-radius or None, radius:-radius or None]
+    return ndi.binary_fill_holes(mask)
+
+
+def kept_tumour(closed: np.ndarray, *, bin_um: float, min_area_mm2: float, tissue: np.ndarray | None = None) -> np.ndarray:
+    """The tumour bed from a :func:`closed_tumour`: kept to ``tissue``, specks under ``min_area_mm2`` dropped."""
+    mask = closed & tissue if tissue is not None else closed
+    return remove_small(mask, min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
 
 
 def tumour_mask(tumour_fraction: np.ndarray, *, bin_um: float, sigma_um: float, edge_fraction: float,
@@ -87,14 +136,7 @@ def tumour_mask(tumour_fraction: np.ndarray, *, bin_um: float, sigma_um: float, 
     threshold finds the bed's edge, closing bridges narrow stromal gaps, and filling holes
     includes the TLS, vessels and stroma the tumour encloses.
     """
-    smoothed = smooth(tumour_fraction, sigma_um=sigma_um, bin_um=bin_um)
-    mask, threshold, level = half_level_mask(smoothed, floor=min_positive_fraction, edge_fraction=edge_fraction)
-    if closing_um > 0 and mask.any():
-        radius = int(round(bins(closing_um, bin_um)))
-        padded = np.pad(mask, radius)  # closing must not glue the bed to the slide edge
-        mask = disk_closing(padded, radius)[radius:-radius or None, radius:-radius or None]
-    mask = ndi.binary_fill_holes(mask)
-    if tissue is not None:
-        mask &= tissue
-    mask = remove_small(mask, min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
-    return mask, {"tumour_fraction_threshold": threshold, "tumour_fraction_level": level}
+    outline, info = tumour_outline(tumour_fraction, bin_um=bin_um, sigma_um=sigma_um, edge_fraction=edge_fraction,
+                                   min_positive_fraction=min_positive_fraction)
+    closed = closed_tumour(outline, bin_um=bin_um, closing_um=closing_um)
+    return kept_tumour(closed, bin_um=bin_um, min_area_mm2=min_area_mm2, tissue=tissue), info

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import Config
-from ..segment.aggregates import debris_zone, detect_aggregates
+from ..segment.aggregates import (
+    Candidates,
+    Seeds,
+    aggregate_candidates,
+    debris_zone,
+    detect_aggregates,
+    growth_reach,
+    half_level_seeds,
+)
 from ..segment.evidence import EvidenceMaps
 from .grid import Grid
 
@@ -25,13 +33,14 @@ class FoundTLS:
     artefact_area_mm2: float = field(default=0.0)  # artefact zone on tissue
 
 
-def b_occupancy(evidence: EvidenceMaps, debris: np.ndarray) -> np.ndarray:
-    """Fine bins touched by CD20+ membrane (float32 0/1), artefacts cleared.
+def b_occupancy(evidence: EvidenceMaps, debris: np.ndarray, box=(slice(None), slice(None))) -> np.ndarray:
+    """Fine bins touched by CD20+ membrane (float32 0/1), artefacts cleared; within ``box``
+    (``debris`` then the artefact zone in that box): bin by bin the whole map's values.
 
     Whether a B cell's nucleus also reads as positive depends on stain and optics;
     whether the cell is there does not.
     """
-    occupied = (evidence.fraction("fine", "b_cells") >= np.float32(B_OCCUPANCY_SHARE)).astype(np.float32)
+    occupied = (evidence.fraction("fine", "b_cells", box) >= np.float32(B_OCCUPANCY_SHARE)).astype(np.float32)
     occupied[debris] = 0.0
     return occupied
 
@@ -50,6 +59,51 @@ def artefact_area_mm2(evidence: EvidenceMaps, debris: np.ndarray, tissue: np.nda
     return float(evidence.pixels("fine")[debris & fine_tissue].sum(dtype=np.float64) * px * py / 1e6)
 
 
+class FractionMap:
+    """``evidence.fraction(grid, name)`` read box by box (``map[box]``), never made whole.
+
+    The candidate filters read a few boxes of a whole-slide map; a box's fractions are
+    bin by bin those of the whole map.
+    """
+
+    def __init__(self, evidence: EvidenceMaps, grid: str, name: str):
+        self.evidence, self.grid, self.name = evidence, grid, name
+
+    def __getitem__(self, box) -> np.ndarray:
+        return self.evidence.fraction(self.grid, self.name, box)
+
+
+def aggregate_options(config: Config, grid: Grid, *, min_area_um2: float | None = None) -> dict:
+    """The settings :func:`tlsquant.segment.aggregates.detect_aggregates` takes from ``config.tls``."""
+    tls = config.tls
+    return dict(
+        bin_um=grid.fine_um, sigma_um=tls.sigma_um, min_b_fraction=tls.min_b_fraction,
+        min_b_plateau=tls.min_b_plateau, edge_fraction=tls.edge_fraction,
+        min_area_um2=tls.min_area_um2 if min_area_um2 is None else min_area_um2,
+        max_debris_fraction=tls.max_debris_fraction, t_zone_width_um=tls.t_zone_width_um,
+        grow_um=tls.grow_um, contrast_band_um=tuple(tls.contrast_band_um),
+        min_t_fraction=tls.min_t_fraction if tls.require_t_cell_zone else 0.0,
+        min_nuclear_fraction=tls.min_nuclear_fraction, min_contrast=tls.min_contrast,
+        min_relative_density=tls.min_relative_density,
+    )
+
+
+def tls_candidates(density: np.ndarray, config: Config, grid: Grid) -> Candidates:
+    """:func:`tlsquant.segment.aggregates.aggregate_candidates` of a smoothed B-cell occupancy, as :func:`find_tls` finds them."""
+    tls = config.tls
+    return aggregate_candidates(density, bin_um=grid.fine_um, sigma_um=tls.sigma_um, min_b_fraction=tls.min_b_fraction,
+                                min_b_plateau=tls.min_b_plateau, edge_fraction=tls.edge_fraction,
+                                t_zone_width_um=tls.t_zone_width_um, grow_um=tls.grow_um,
+                                contrast_band_um=tuple(tls.contrast_band_um))
+
+
+def tls_seeds(density: np.ndarray, config: Config, grid: Grid) -> Seeds:
+    """:func:`tlsquant.segment.aggregates.half_level_seeds` of a smoothed B-cell occupancy, with :func:`find_tls`'s settings."""
+    tls = config.tls
+    return half_level_seeds(density, seed=tls.min_b_fraction, min_plateau=tls.min_b_plateau,
+                            edge_fraction=tls.edge_fraction, reach=growth_reach(tls.sigma_um, tls.grow_um, grid.fine_um))
+
+
 def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, has_t_cells: bool,
              min_area_um2: float | None = None, debris: np.ndarray | None = None,
              b_fraction: np.ndarray | None = None, density: np.ndarray | None = None) -> FoundTLS:
@@ -66,15 +120,9 @@ def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, 
     tls = config.tls
     t_fraction = evidence.fraction("fine", "t_cells") if has_t_cells and tls.require_t_cell_zone else None
     labels, info = detect_aggregates(
-        b_fraction, bin_um=grid.fine_um, sigma_um=tls.sigma_um, min_b_fraction=tls.min_b_fraction,
-        min_b_plateau=tls.min_b_plateau, edge_fraction=tls.edge_fraction,
-        min_area_um2=tls.min_area_um2 if min_area_um2 is None else min_area_um2, debris=debris,
-        max_debris_fraction=tls.max_debris_fraction, t_fraction=t_fraction, t_zone_width_um=tls.t_zone_width_um,
-        grow_um=tls.grow_um, contrast_band_um=tuple(tls.contrast_band_um),
-        min_t_fraction=tls.min_t_fraction if tls.require_t_cell_zone else 0.0,
-        nuclei_fraction=evidence.fraction("fine", "nuclei"), min_nuclear_fraction=tls.min_nuclear_fraction,
-        min_contrast=tls.min_contrast, min_relative_density=tls.min_relative_density, rejected=(rejected := []),
-        density=density,
+        b_fraction, **aggregate_options(config, grid, min_area_um2=min_area_um2),
+        debris=debris, t_fraction=t_fraction, nuclei_fraction=evidence.fraction("fine", "nuclei"),
+        rejected=(rejected := []), density=density,
     )
     if drawn is not None:
         labels = drawn.apply_fine(labels)
