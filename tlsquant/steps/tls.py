@@ -118,10 +118,11 @@ def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, 
     if b_fraction is None:
         b_fraction = b_occupancy(evidence, debris)
     tls = config.tls
-    t_fraction = evidence.fraction("fine", "t_cells") if has_t_cells and tls.require_t_cell_zone else None
+    # read box by box: whole float maps of a 40k x 30k slide cost ~0.3 GB each
+    t_fraction = FractionMap(evidence, "fine", "t_cells") if has_t_cells and tls.require_t_cell_zone else None
     labels, info = detect_aggregates(
         b_fraction, **aggregate_options(config, grid, min_area_um2=min_area_um2),
-        debris=debris, t_fraction=t_fraction, nuclei_fraction=evidence.fraction("fine", "nuclei"),
+        debris=debris, t_fraction=t_fraction, nuclei_fraction=FractionMap(evidence, "fine", "nuclei"),
         rejected=(rejected := []), density=density,
     )
     if drawn is not None:
