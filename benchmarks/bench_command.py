@@ -1,7 +1,8 @@
 """Benchmark: the `tlsquant analyze` command as a user runs it, against decoding what it reads.
 
 For each slide (synthetic, 9 channels, uint16, 512 px zstd tiles, pyramidal OME-TIFF, 0.5 µm/px;
-rendered once into benchmarks/_data/ by bench_analysis.py's recipe) and each worker count, these
+rendered once into benchmarks/_data/ by bench_analysis.py's recipe; *mosaic*, 35,328 x 31,744, is 3 x 2 copies
+of the 12k one made in minutes by make_mosaic.py) and each worker count, these
 run back to back, each in a fresh process, page cache warm (the slide is read once first):
 
 - decode (TLS channels): the 7 channels the counting pass reads, at level 0, through tlsquant's own
@@ -15,7 +16,7 @@ run back to back, each in a fresh process, page cache warm (the slide is read on
 Wall time is that of the whole process (interpreter start to exit); peak RSS is the process's
 ``ru_maxrss`` from ``os.wait4``. Cell count and CD20+ % are compared with the slide's truth.
 
-    python benchmarks/bench_command.py [--sizes 12k,L] [--workers 1,2] [--repeats 1] [--profile]
+    python benchmarks/bench_command.py [--sizes 12k,mosaic] [--workers 1,2] [--repeats 1] [--profile]
                                        [--before /tmp/before]  # also time a second checkout's command
 
 Results: benchmarks/results/command.{json,md} (``--report`` rewrites the md from the json).
@@ -108,6 +109,13 @@ print(json.dumps({"status": status, "in_process_s": t_end - t0, "import_cli_s": 
 
 
 def slide_for(size: str) -> Path:
+    if size == "mosaic":  # 35,328 x 31,744 (3 x 2 copies of the 12k slide): a whole-slide size in minutes
+        import make_mosaic
+
+        path = bench_analysis.DATA / "bench-mosaic.ome.tiff"
+        if not path.exists():
+            make_mosaic.make_mosaic(slide_for("12k"), path, across=3, down=2)
+        return path
     return bench_analysis.ensure_slide(size)
 
 
