@@ -17,6 +17,7 @@ import pandas as pd
 from . import progress
 from ._version import __version__
 from .config import Config, load_config
+from .memory import release_free_memory
 from .pixel_size import PixelSize
 from .provenance import provenance
 from .slide import Slide
@@ -86,6 +87,12 @@ class SlideResult:
         return self.pixel_size.xy()
 
 
+def _step(name: str) -> None:
+    """The next step begins: the last one's freed memory goes back to the system, then progress is told."""
+    release_free_memory()
+    progress.step(name)
+
+
 def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, scheduler=None,
                   num_workers: int | None = None, annotations=None) -> SlideResult:
     """Find, stage and measure the TLS of one slide, and count its cells by marker.
@@ -124,19 +131,19 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                  n_channels=len(plan.channels), limit_gb=config.compute.max_memory_gb)
     drawn = _drawn_regions(annotations, config, slide, grid)
 
-    progress.step("signal model")
+    _step("signal model")
     signal = model_signal(slide, config, plan, grid, **compute)
     thresholds = threshold_record(config, plan, signal)
     timings.mark("thresholds")
 
-    progress.step("counting pass")
+    _step("counting pass")
     evidence = count_evidence(slide, config, plan, grid, signal, **compute)
     timings.mark("evidence")
 
-    progress.step("tissue and tumour")
+    _step("tissue and tumour")
     bed = tissue_and_tumour(evidence, config, grid, drawn)
 
-    progress.step("TLS")
+    _step("TLS")
     has_t_cells = "t_cells" in plan.roles
     found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells)
     found.artefact_area_mm2 = artefact_area_mm2(evidence, found.debris, bed.tissue, grid)
@@ -144,11 +151,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
 
     cells = None
     if plan.measure_cells:
-        progress.step("cells pass")
+        _step("cells pass")
         cells = count_cells(slide, config, plan, grid, signal, bed, found, **compute)
     timings.mark("cells")
 
-    progress.step("per-TLS measures")
+    _step("per-TLS measures")
     tls = measure_tls(evidence, config, plan, grid, bed, found, cells, slide_shape=slide.shape[1:])
     metrics = slide_metrics_of(tls, config, plan, bed, cells)
     timings.mark("segmentation")
@@ -157,7 +164,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     if config.sensitivity.enabled:
         from .sensitivity import threshold_sensitivity
 
-        progress.step("sensitivity")
+        _step("sensitivity")
         sensitivity = threshold_sensitivity(
             evidence, config, grid, drawn, groups=sensitivity_groups(config.sensitivity.roles, plan.roles),
             roles=plan.roles, has_t_cells=has_t_cells, baseline=(bed, found, dict(metrics)),

@@ -24,6 +24,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
 
     from . import progress
     from .io import open_slide
+    from .memory import release_free_memory
     from .outputs import write_slide_outputs
     from .pipeline import analyze_slide
 
@@ -37,6 +38,7 @@ def analyze_to_folder(path: str | Path, outdir: str | Path, config: Config, *, s
         if slide_id is not None:
             result.summary["slide_id"] = slide_id
             result.slide_id = slide_id
+        release_free_memory()
         progress.step("writing outputs")
         write_slide_outputs(result, outdir, slide=slide)
         progress.end()
