@@ -214,6 +214,25 @@ def _cross(p, q, r, s) -> np.ndarray:
     return proper | touch
 
 
+def _bin_sides(count: int, start: int, factor: int, size: int) -> np.ndarray:
+    """Level-0 px covered by each of ``count`` bins from bin ``start`` on (the slide's edge cuts the last)."""
+    return np.minimum(factor, size - (start + np.arange(count, dtype=np.int64)) * factor).clip(0)
+
+
+def mask_pixels(mask: np.ndarray, factor: int, slide_shape: tuple[int, int], *, offset: tuple[int, int] = (0, 0)) -> int:
+    """Level-0 pixels covered by the bins of ``mask`` (its first bin at grid ``offset``): exact, whatever the grid size.
+
+    The same number as ``cell_pixels(...)[mask].sum()`` without a float64 map of the grid
+    (0.56 GB on a 40k x 30k slide's fine grid): integer sums, band by band.
+    """
+    rows = _bin_sides(mask.shape[0], offset[0], factor, slide_shape[0])
+    cols = _bin_sides(mask.shape[1], offset[1], factor, slide_shape[1])
+    total = 0
+    for y in range(0, mask.shape[0], 256):
+        total += int(rows[y : y + 256] @ (mask[y : y + 256].astype(np.int64) @ cols))
+    return total
+
+
 def cell_pixels(shape: tuple[int, int], factor: int, slide_shape: tuple[int, int]) -> np.ndarray:
     """Level-0 pixels in each grid bin (cells at the right and bottom edges are cut by the slide)."""
     rows = np.minimum(factor, slide_shape[0] - np.arange(shape[0]) * factor).clip(0)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..polygons import cell_pixels, mask_polygons
+from ..polygons import mask_pixels, mask_polygons
 from ..qupath import feature, object_id
 
 TISSUE = ("Tissue", (150, 150, 150))
@@ -59,37 +59,32 @@ def annotation_features(result, *, slide_shape: tuple[int, int] | None = None) -
     if slide_shape is None:
         slide_shape = result.slide_shape if all(result.slide_shape) else (result.tissue_mask.shape[0] * coarse,
                                                                             result.tissue_mask.shape[1] * coarse)
-    coarse_pixels = cell_pixels(result.tissue_mask.shape, coarse, slide_shape)
-    fine_pixels = cell_pixels(result.tls_labels.shape, fine, slide_shape)
-
-    def area_mm2(mask, pixels):
-        return round(float(pixels[mask].sum() * px * py / 1e6), 6)
+    def area_mm2(mask, factor, offset=(0, 0)):
+        return round(float(mask_pixels(mask, factor, slide_shape, offset=offset) * px * py / 1e6), 6)
 
     features = []
 
-    def add(key, cls, mask, factor, pixels, *, names=None, name=None, offset=(0, 0), metadata=None, locked=True):
+    def add(key, cls, mask, factor, *, names=None, name=None, offset=(0, 0), metadata=None, locked=True):
         polygons = mask_polygons(mask, factor, offset=offset)
         if not polygons:
             return
-        area = area_mm2(mask, pixels)
+        area = area_mm2(mask, factor, offset)
         features.append(feature(
             object_id=object_id(slide_id, key), polygons=polygons, names=names or (cls[0],), colour=cls[1],
             name=name or cls[0], measurements={"Area mm^2": area, "Area um^2": round(area * 1e6, 1)},
             metadata={"slide_id": slide_id, "region": key.split("/")[0], **(metadata or {})}, locked=locked,
         ))
 
-    add("tissue", TISSUE, result.tissue_mask, coarse, coarse_pixels)
-    add("tumour", TUMOUR, result.tumour_mask, coarse, coarse_pixels, name="Tumour bed", locked=False)
-    add("margin", MARGIN, margin_band(result), coarse, coarse_pixels,
-        metadata={"margin_um": result.config.location.margin_um})
+    add("tissue", TISSUE, result.tissue_mask, coarse)
+    add("tumour", TUMOUR, result.tumour_mask, coarse, name="Tumour bed", locked=False)
+    add("margin", MARGIN, margin_band(result), coarse, metadata={"margin_um": result.config.location.margin_um})
     if result.debris_mask is not None:
         tissue = _fine(result.tissue_mask, coarse // fine, result.debris_mask.shape)
-        add("artefacts", ARTEFACT, result.debris_mask & tissue, fine, fine_pixels)
+        add("artefacts", ARTEFACT, result.debris_mask & tissue, fine)
     candidates = sorted(result.rejected_candidates, key=lambda item: -int(item[2].sum()))[:MAX_CANDIDATES]
     for number, (reason, box, region) in enumerate(candidates, start=1):
         rows, cols = box[0].start, box[1].start
-        crop = fine_pixels[rows: rows + region.shape[0], cols: cols + region.shape[1]]
-        add(f"candidate/{reason}/{rows}/{cols}", CANDIDATE, region, fine, crop,
+        add(f"candidate/{reason}/{rows}/{cols}", CANDIDATE, region, fine,
             names=(CANDIDATE[0], reason), name=f"Rejected candidate {number} ({reason.replace('_', ' ')})",
             offset=(rows, cols), metadata={"reason": reason})
     return {"type": "FeatureCollection", "features": features}
