@@ -18,7 +18,8 @@ MAX_ROLES = 16  # codes are uint16
 
 def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_index, af_glass, af_shares,
                  sources, kappas, backgrounds, fine_table, fine_bits, fine_factor, fine,
-                 coarse_table, coarse_bits, coarse_factor, coarse):  # pragma: no cover - compiled
+                 coarse_table, coarse_bits, coarse_factor, coarse,
+                 band_of, lows, highs, int_lows, int_highs, band):  # pragma: no cover - compiled
     """Count one block into ``fine`` (maps, rows, cols) and ``coarse`` (zeroed by the caller).
 
     data: a tuple of (H, W) raw values, one per role (C-contiguous, one dtype); ``levels``
@@ -27,6 +28,11 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
     and/or crosstalk, in float32), ``af_shares`` its AF share (0: none), ``sources`` /
     ``kappas`` (roles, k) its crosstalk sources (-1 ends the list) with their float32 shares,
     ``backgrounds`` (roles, gh, gw) each source's float32 background.
+
+    Sensitivity: ``band_of`` gives each role's scenario group (-1: none); where a role's
+    value lies above ``lows`` and not above ``highs`` (its lowest and highest scenario
+    thresholds; ``int_lows`` / ``int_highs`` floored for raw integers), bit g of ``band``
+    (H, W) is set: only those pixels can decide differently in group g.
 
     Each pixel's positives form a code (bit r: role r positive); ``fine_table[code]`` holds
     what the pixel adds to each fine map, ``fine_bits`` bits a map, packed into one integer
@@ -54,6 +60,9 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
         fine_col[j] = (x0 + j) // fine_factor - fx0
         coarse_col[j] = (x0 + j) // coarse_factor - cx0
     int_row = np.empty((n_roles if integer else 0, width), int_levels.dtype)
+    banded = band.shape[0] > 0 and integer
+    low_row = np.empty((n_roles if banded else 0, width), int_levels.dtype)
+    high_row = np.empty((n_roles if banded else 0, width), int_levels.dtype)
     expanded_row = -1
     fine_sum = np.zeros(fine.shape[2], np.uint64)
     coarse_sum = np.zeros(coarse.shape[2], np.uint64)
@@ -87,7 +96,34 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
                     threshold = levels[r, gy, g]
                     for j in range(run_start[g], run_stop[g]):
                         code[j] |= np.uint16(value[j] > threshold) << r
-            elif integer:
+                if band_of[r] >= 0:
+                    bit = np.uint16(1 << band_of[r])  # a local: the loop must not reread band_of
+                    band_row = band[i]
+                    for g in range(n_cells):
+                        low, high = lows[r, gy, g], highs[r, gy, g]
+                        for j in range(run_start[g], run_stop[g]):
+                            # above low and not above high (a NaN is above neither, as in numpy)
+                            band_row[j] |= bit * np.uint16((value[j] > low) > (value[j] > high))
+                continue
+            if band_of[r] >= 0:
+                bit = np.uint16(1 << band_of[r])
+                band_row = band[i]
+                if integer:
+                    if gy != expanded_row:
+                        for g in range(n_cells):
+                            low, high = int_lows[r, gy, g], int_highs[r, gy, g]
+                            for j in range(run_start[g], run_stop[g]):
+                                low_row[r, j] = low
+                                high_row[r, j] = high
+                    lows_here, highs_here = low_row[r], high_row[r]
+                    for j in range(width):  # one long loop: it vectorises
+                        band_row[j] |= bit * np.uint16((row[j] > lows_here[j]) & (row[j] <= highs_here[j]))
+                else:
+                    for g in range(n_cells):
+                        low, high = lows[r, gy, g], highs[r, gy, g]
+                        for j in range(run_start[g], run_stop[g]):
+                            band_row[j] |= bit * np.uint16((row[j] > low) > (row[j] > high))
+            if integer:
                 if gy != expanded_row:  # thresholds per pixel of this row of threshold cells, once per cell row
                     for g in range(n_cells):
                         whole = int_levels[r, gy, g]

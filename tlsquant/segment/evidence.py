@@ -194,46 +194,74 @@ def delta_dtype(factor: int) -> np.dtype:
     return np.dtype(np.int8 if cells <= 127 else np.int16 if cells <= 32767 else np.int32)
 
 
+def _scenario_levels(role: str, thresholds: dict, scaled: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scenario role's thresholds at every scale (scales, gh, gw), and their extremes with the baseline's."""
+    base, spread, factors, shifts = scaled[role]
+    stack = np.stack([scaled_level(base, spread, c, d, thresholds[role].shape) for c, d in zip(factors, shifts)])
+    return stack, np.minimum(stack.min(axis=0), thresholds[role]), np.maximum(stack.max(axis=0), thresholds[role])
+
+
 def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, values: dict, thresholds: dict,
-                     scaled: dict, positive: dict | None = None, masks: dict | None = None) -> dict:
+                     scaled: dict, positive: dict, masks: dict) -> dict:
     """Count differences from the baseline when the thresholds of ``group`` are scaled (each scale at once).
 
-    ``positive`` / ``masks``: the block's baseline decisions, or None to decide the band's
-    pixels here (the compiled sweep counted the baseline without keeping them).
-    Returns {grid: (origin, grid width of the block, {map: (cells, differences (scales, cells))})};
-    cells are block-local flat indices, only those whose count changes at some scale.
+    Only pixels between a role's lowest and highest threshold (its band) can decide
+    differently; ``positive`` / ``masks`` are the block's baseline decisions.
     """
     f = plan.grid_factor
-    height, width = values[group[0]].shape
+    width = values[group[0]].shape[1]
     band = None
     stacks = {}
     for role in group:
-        base, spread, factors, shifts = scaled[role]
-        stack = stacks[role] = np.stack([scaled_level(base, spread, c, d, thresholds[role].shape)
-                                         for c, d in zip(factors, shifts)])
-        low = np.minimum(stack.min(axis=0), thresholds[role])
-        high = np.maximum(stack.max(axis=0), thresholds[role])
+        stacks[role], low, high = _scenario_levels(role, thresholds, scaled)
         inside = _above(values[role], low, y0, x0, f) & ~_above(values[role], high, y0, x0, f)
         band = inside if band is None else band | inside
     index = np.flatnonzero(band)
+    gathered = {role: mask.reshape(-1)[index] for role, mask in positive.items()}
+    baseline = {name: mask.reshape(-1)[index].view(np.int8) for name, mask in masks.items()}
+    values_at = {role: values[role].reshape(-1)[index] for role in group}
+    return _band_deltas(plan, group, y0, x0, width, index, values_at, stacks, gathered, baseline)
+
+
+def _values_at(plan: EvidencePlan, data: dict, backgrounds: dict, index: np.ndarray, y0: int, x0: int) -> dict:
+    """Every role's value (corrected as :func:`count_block` corrects the block) at the block's flat ``index``."""
+    f = plan.grid_factor
+    rows, cols = np.divmod(index, data[plan.roles[0]].shape[1])
+    grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
+    raw = {role: data[role].reshape(-1)[index] for role in plan.roles}
+    corrected = {}
+    if plan.pixel_af:  # the same float32 operations, pixel by pixel, so the same values
+        af = raw["autofluorescence"].astype(np.float32) - np.float32(plan.af_glass)
+        for role, share in plan.pixel_af:
+            corrected[role] = raw[role].astype(np.float32) - np.float32(share) * af
+    for target, sources in plan.crosstalk:
+        value = corrected[target] if target in corrected else raw[target].astype(np.float32)
+        for source, kappa in sources:
+            value -= np.float32(kappa) * (raw[source].astype(np.float32) - backgrounds[source][grid_rows, grid_cols])
+        corrected[target] = value
+    return {role: corrected.get(role, raw[role]) for role in plan.roles}
+
+
+def _band_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, width: int, index: np.ndarray,
+                 values_at: dict, stacks: dict, gathered: dict, baseline: dict) -> dict:
+    """The count differences of a scenario group from its band's pixels (block-local flat ``index``).
+
+    ``values_at`` the group roles' values there, ``stacks`` their thresholds per scale,
+    ``gathered`` / ``baseline`` every role's positives and every map's baseline mask (int8) there.
+    Returns {grid: (origin, grid width of the block, {map: (cells, differences (scales, cells))})};
+    cells are block-local flat indices, only those whose count changes at some scale.
+    """
     if index.size == 0:
         return {}
+    f = plan.grid_factor
     rows, cols = np.divmod(index, width)
     grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
-    if positive is None:  # the baseline decision of the band's pixels alone: decisions are per pixel
-        gathered = {role: values[role].reshape(-1)[index]
-                    > _comparable(thresholds[role], values[role].dtype)[grid_rows, grid_cols] for role in plan.roles}
-        baseline = {name: mask.view(np.int8) for name, mask in _decide(plan, gathered, index.shape).items()}
-    else:
-        gathered = {role: mask.reshape(-1)[index] for role, mask in positive.items()}
-        baseline = {name: mask.reshape(-1)[index].view(np.int8) for name, mask in masks.items()}
     n_scales = stacks[group[0]].shape[0]
     differences: dict[str, list] = {}
     for k in range(n_scales):
         trial = dict(gathered)
         for role in group:
-            level = _comparable(stacks[role][k], values[role].dtype)[grid_rows, grid_cols]
-            trial[role] = values[role].reshape(-1)[index] > level
+            trial[role] = values_at[role] > _comparable(stacks[role][k], values_at[role].dtype)[grid_rows, grid_cols]
         for name, mask in _decide(plan, trial, index.shape).items():
             difference = mask.view(np.int8) - baseline[name]
             if difference.any():
@@ -259,6 +287,37 @@ def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: in
     return out
 
 
+def _compiled_scenarios(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, scaled: dict,
+                        blocks) -> tuple | None:
+    """The compiled sweep's baseline counts and each scenario group's differences, decided in its band alone."""
+    stacks, bands = {}, {}
+    for g, group in enumerate(plan.scenarios):
+        for role in group:
+            stacks[role], low, high = _scenario_levels(role, thresholds, scaled)
+            bands[role] = (g, low, high)
+    counts = _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks, bands=bands)
+    if counts is None:
+        return None
+    fine, coarse, band = counts
+    data = dict(zip(plan.roles, blocks))
+    width = blocks[0].shape[1]
+    f = plan.grid_factor
+    scenarios = []
+    anywhere = np.flatnonzero(band)  # one pass over the block; each group then picks from these
+    bits = band.reshape(-1)[anywhere]
+    for g, group in enumerate(plan.scenarios):
+        index = anywhere[(bits & np.uint16(1 << g)) != 0]
+        values_at = _values_at(plan, data, backgrounds, index, y0, x0)
+        rows, cols = np.divmod(index, width)
+        grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
+        # the baseline decision of the band's pixels alone: decisions are per pixel
+        gathered = {role: values_at[role] > _comparable(thresholds[role], values_at[role].dtype)[grid_rows, grid_cols]
+                    for role in plan.roles}
+        baseline = {name: mask.view(np.int8) for name, mask in _decide(plan, gathered, index.shape).items()}
+        scenarios.append(_band_deltas(plan, group, y0, x0, width, index, values_at, stacks, gathered, baseline))
+    return fine, coarse, scenarios
+
+
 def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, *blocks: np.ndarray,
                 scaled: dict | None = None):
     """Count one level-0 block. Returns (fine origin, fine counts, coarse origin, coarse counts, scenario deltas).
@@ -268,10 +327,13 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
     (base piece, spread piece, factors, shifts) (see :class:`ScaledThresholds`).
     """
     factor = plan.grid_factor
-    counts = _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks) if COMPILED and counting.available() else None
-    if counts is not None and not plan.scenarios:
-        return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
-            (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], []
+    if COMPILED and counting.available():
+        counted = (_compiled_scenarios(plan, y0, x0, thresholds, backgrounds, scaled, blocks) if plan.scenarios
+                   else _compiled_counts(plan, y0, x0, thresholds, backgrounds, blocks))
+        if counted is not None:
+            return ((y0 // plan.fine_factor, x0 // plan.fine_factor), counted[0],
+                    (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counted[1],
+                    counted[2] if plan.scenarios else [])
     data = dict(zip(plan.roles, blocks))
     corrected = {}
     if plan.pixel_af:
@@ -285,10 +347,6 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
             value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
         corrected[target] = value
     values = {role: corrected.get(role, data[role]) for role in plan.roles}
-    if counts is not None:  # the sweep counted the baseline: scenarios decide again only in their bands
-        scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled) for group in plan.scenarios]
-        return (y0 // plan.fine_factor, x0 // plan.fine_factor), counts[0], \
-            (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counts[1], scenarios
     positive = {role: _above(values[role], thresholds[role], y0, x0, factor) for role in plan.roles}
     masks = _decide(plan, positive, blocks[0].shape)
     scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled, positive, masks)
@@ -333,10 +391,17 @@ def _packed_tables(plan: EvidencePlan) -> tuple[np.ndarray, int, np.ndarray, int
     return tuple(tables)
 
 
-def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, blocks):
-    """:func:`count_block`'s fine and coarse counts from the compiled sweep, or None where it cannot run."""
+def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrounds: dict, blocks,
+                     bands: dict | None = None):
+    """:func:`count_block`'s fine and coarse counts from the compiled sweep, or None where it cannot run.
+
+    ``bands`` ({role: (group, low, high)}, the scenario thresholds' extremes per role) also
+    returns the band (H, W) uint16: bit g where group g may decide differently.
+    """
     roles = plan.roles
     if len(roles) > counting.MAX_ROLES or len({block.dtype for block in blocks}) > 1:
+        return None
+    if bands and len(plan.scenarios) > 16:
         return None
     tables = _TABLES.get(plan)
     if tables is None:
@@ -371,11 +436,22 @@ def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, bac
     f, c = plan.fine_factor, plan.coarse_factor
     fine = np.zeros((len(FINE_MAPS), -(-(y0 % f + height) // f), -(-(x0 % f + width) // f)), count_dtype(f))
     coarse = np.zeros((len(COARSE_MAPS), -(-(y0 % c + height) // c), -(-(x0 % c + width) // c)), count_dtype(c))
+    band_of = np.full(len(roles), -1, np.int64)
+    lows = np.zeros_like(levels)
+    highs = np.zeros_like(levels)
+    int_lows, int_highs = np.zeros_like(int_levels), np.zeros_like(int_levels)
+    band = np.zeros((height, width) if bands else (0, 0), np.uint16)
+    for role, (group, low, high) in (bands or {}).items():
+        k = index[role]
+        band_of[k], lows[k], highs[k] = group, low, high
+        if int_levels.shape[0]:
+            int_lows[k], int_highs[k] = _comparable(low, dtype), _comparable(high, dtype)
     data = tuple(np.ascontiguousarray(block) for block in blocks)
     counting.count_sweep(data, levels, int_levels, plan.grid_factor, y0, x0, corrected, index.get("autofluorescence", 0),
                          np.float32(plan.af_glass), shares, sources, kappas, background,
-                         fine_table, fine_bits, f, fine, coarse_table, coarse_bits, c, coarse)
-    return fine, coarse
+                         fine_table, fine_bits, f, fine, coarse_table, coarse_bits, c, coarse,
+                         band_of, lows, highs, int_lows, int_highs, band)
+    return (fine, coarse, band) if bands else (fine, coarse)
 
 
 _TABLES: dict[EvidencePlan, tuple] = {}
