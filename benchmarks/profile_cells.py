@@ -1,8 +1,11 @@
-"""Where the cell pass spends its time, per block: one process, one worker (sync scheduler).
+"""Where the cell pass spends its time, per step: one process, one worker (sync scheduler).
 
 Wraps the steps of :mod:`tlsquant.cells` with timers and runs the whole analysis of one slide
-with cells on; reports seconds per step summed over the blocks, per block, and per level-0
-megapixel. ``decode and assembly`` is the cell pass minus the time inside ``cells_block``.
+with cells on; reports per step the wall seconds and the CPU seconds of the worker thread,
+summed over the blocks (CPU time is what to compare on a shared machine: other jobs stretch
+the wall time, not the thread's own time). ``read (decode)`` is ``_Sources.read``;
+``other in cells_block`` and ``band assembly and setup`` are what the named steps leave.
+Works on older checkouts too (steps they lack are left out).
 
     python benchmarks/profile_cells.py SLIDE [--json OUT]
 """
@@ -23,8 +26,14 @@ from scipy import ndimage
 import tlsquant
 import tlsquant.cells as cells
 
-STEPS = ("cells_block", "segment_nuclei", "smoothing", "distance_to_background", "_clump_zone", "_footprint_filter",
-         "_local_maxima", "_separate_maxima", "_clump_centres", "_nearest_centre", "cell_bodies")
+# nested steps are timed inside their parents; only the leaves are reported, with what each parent leaves
+PARENTS = {"cells_block": ("segment_nuclei", "cell_bodies", "_cell_sums", "_all_marker_sums", "_marker_sums"),
+           "segment_nuclei": ("_smooth_and_threshold", "smoothing", "distance_to_background", "_clump_zone",
+                              "_local_maxima", "_separate_maxima", "_clump_centres", "_nearest_centre",
+                              "_drop_by_area")}
+LEAVES = ("_smooth_and_threshold", "smoothing", "distance_to_background", "_clump_zone", "_local_maxima",
+          "_separate_maxima", "_clump_centres", "_nearest_centre", "_drop_by_area", "cell_bodies", "_cell_sums",
+          "_all_marker_sums", "_marker_sums")
 
 
 def main() -> None:
@@ -32,49 +41,37 @@ def main() -> None:
     parser.add_argument("slide")
     parser.add_argument("--json")
     args = parser.parse_args()
-    spent: dict[str, float] = defaultdict(float)
+    wall: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
-    depth = {"clump": 0}
+    depth = defaultdict(int)
 
     def timed(name, function):
         @functools.wraps(function)
         def wrapper(*a, **k):
-            started = time.perf_counter()
+            depth[name] += 1
+            started, started_cpu = time.perf_counter(), time.thread_time()
             try:
                 return function(*a, **k)
             finally:
-                if not (name == "_footprint_filter" and depth["clump"]):
-                    spent[name] += time.perf_counter() - started
+                depth[name] -= 1
+                if not depth[name] and not (name != "_clump_centres" and depth["_clump_centres"]):
+                    wall[name] += time.perf_counter() - started
+                    cpu[name] += time.thread_time() - started_cpu
                 calls[name] += 1
         return wrapper
 
-    for name in STEPS:
-        if hasattr(cells, name) and name != "smoothing":
+    for name in {*PARENTS, *LEAVES}:
+        if hasattr(cells, name):
             setattr(cells, name, timed(name, getattr(cells, name)))
-    clump_centres = cells._clump_centres
+    cells._Sources.read = timed("read (decode)", cells._Sources.read)
+    if not hasattr(cells, "_smooth_and_threshold"):  # older checkouts: the Gaussian before the threshold
+        class Ndi:
+            def __getattr__(self, attr):
+                return getattr(ndimage, attr)
 
-    def clump_wrapper(*a, **k):  # its own filters count as clump centres, not as the peak filter
-        depth["clump"] += 1
-        try:
-            return clump_centres(*a, **k)
-        finally:
-            depth["clump"] -= 1
-    cells._clump_centres = clump_wrapper
-    gaussian = cells.ndi.gaussian_filter
-
-    class Ndi:  # the smoothing before the threshold (clump smoothing is inside _clump_centres)
-        def __getattr__(self, attr):
-            return getattr(ndimage, attr)
-
-        @staticmethod
-        def gaussian_filter(*a, **k):
-            started = time.perf_counter()
-            try:
-                return gaussian(*a, **k)
-            finally:
-                if not depth["clump"]:
-                    spent["smoothing"] += time.perf_counter() - started
-    cells.ndi = Ndi()
+            gaussian_filter = staticmethod(timed("smoothing", ndimage.gaussian_filter))
+        cells.ndi = Ndi()
     cell_pass = []
     # the module that calls the cell pass (tlsquant.pipeline, or tlsquant.steps.cells after the steps split)
     caller = next(m for m in (importlib.import_module(name) for name in ("tlsquant.steps.cells", "tlsquant.pipeline")
@@ -82,30 +79,36 @@ def main() -> None:
     original = caller.compute_cells
 
     def compute_cells(*a, **k):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         try:
             return original(*a, **k)
         finally:
-            cell_pass.append(time.perf_counter() - started)
+            cell_pass.append((time.perf_counter() - started, time.process_time() - started_cpu))
     caller.compute_cells = compute_cells
     slide = tlsquant.open_slide(args.slide)
     config = tlsquant.load_config(None, ["compute.workers=1", "compute.scheduler=sync"])
     result = tlsquant.analyze_slide(slide, config)
     megapixels = slide.shape[1] * slide.shape[2] / 1e6
-    blocks = calls["cells_block"]
-    inner = {name: spent[name] for name in STEPS if name in spent}
-    segment_rest = inner["segment_nuclei"] - sum(inner.get(n, 0.0) for n in STEPS[2:-1])
-    measurement = inner["cells_block"] - inner["segment_nuclei"] - inner.get("cell_bodies", 0.0)
-    rows = {"decode and assembly": cell_pass[0] - inner["cells_block"], **{n: inner[n] for n in STEPS[2:] if n in inner},
-            "threshold, labels, areas": segment_rest, "per-cell measurement": measurement}
-    report = {"slide": args.slide, "megapixels": round(megapixels, 1), "blocks": blocks,
-              "cell_pass_s": round(cell_pass[0], 2), "cells": result.summary["cells"]["total"],
-              "steps_s": {k: round(v, 3) for k, v in rows.items()},
-              "steps_s_per_mpx": {k: round(v / megapixels, 4) for k, v in rows.items()}}
-    print(f"{args.slide}: {megapixels:.1f} Mpx, {blocks} blocks, cell pass {cell_pass[0]:.1f} s, "
-          f"{report['cells']} cells", file=sys.stderr)
-    for name, seconds in sorted(rows.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:28s} {seconds:7.2f} s  {100 * seconds / cell_pass[0]:5.1f} %  {seconds / megapixels * 1e3:6.1f} ms/Mpx",
+    rows = {}
+    for table, total in ((wall, cell_pass[0][0]), (cpu, cell_pass[0][1])):
+        leaves = {name: table[name] for name in LEAVES if name in table}
+        segment_rest = table["segment_nuclei"] - sum(table.get(n, 0.0) for n in PARENTS["segment_nuclei"])
+        block_rest = table["cells_block"] - sum(table.get(n, 0.0) for n in PARENTS["cells_block"])
+        steps = {"read (decode)": table["read (decode)"], **leaves, "other in segment_nuclei": segment_rest,
+                 "other in cells_block": block_rest,
+                 "band assembly and setup": total - table["cells_block"] - table["read (decode)"]}
+        rows["wall" if table is wall else "cpu"] = steps
+    report = {"slide": args.slide, "megapixels": round(megapixels, 1), "blocks": calls["cells_block"],
+              "cell_pass_s": round(cell_pass[0][0], 2), "cell_pass_cpu_s": round(cell_pass[0][1], 2),
+              "cells": result.summary["cells"]["total"],
+              "steps_s": {k: round(v, 3) for k, v in rows["wall"].items()},
+              "steps_cpu_s": {k: round(v, 3) for k, v in rows["cpu"].items()}}
+    print(f"{args.slide}: {megapixels:.1f} Mpx, {report['blocks']} blocks, cell pass {cell_pass[0][0]:.1f} s wall, "
+          f"{cell_pass[0][1]:.1f} s CPU ({megapixels / cell_pass[0][1]:.1f} Mpx per CPU s), {report['cells']} cells",
+          file=sys.stderr)
+    print(f"  {'step':28s} {'wall s':>7s} {'CPU s':>7s} {'CPU %':>6s}", file=sys.stderr)
+    for name, seconds in sorted(rows["cpu"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {rows['wall'][name]:7.2f} {seconds:7.2f} {100 * seconds / cell_pass[0][1]:6.1f}",
               file=sys.stderr)
     if args.json:
         with open(args.json, "w") as handle:

@@ -1,0 +1,148 @@
+"""The cell pass's compiled kernels against their numpy or scipy oracles: identical results, not close ones."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import tlsquant.cells as cells
+from tlsquant.cells import ThresholdGrid, cell_bodies, distance_to_background, segment_nuclei
+
+pytest.importorskip("numba")
+
+PIXELS = [(0.5, 0.5), (1.0, 1.0), (0.325, 0.325), (0.4, 0.6)]
+
+
+def _blobs(rng, shape, sigma=2.0, level=0.5):
+    return ndi.gaussian_filter(rng.random(shape), sigma) > level
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "float64"])
+@pytest.mark.parametrize("pixel", PIXELS)
+def test_fused_smoothing_and_threshold_equal_scipys(dtype, pixel, rng):
+    for shape in ((1, 7), (2, 3), (3, 3), (37, 53)):
+        stain = (rng.random(shape) * 200).astype(dtype)
+        for sigma_um in (0.0, 0.3, 0.7):
+            image = np.asarray(stain, np.float32)
+            if sigma_um > 0:
+                image = ndi.gaussian_filter(image, cells._px(sigma_um, pixel), truncate=3.0)
+            grid = (rng.random((3, 4)) * 200).astype(np.float32)
+            per_pixel = grid[np.ix_((np.arange(shape[0]) + 5) // 16, (np.arange(shape[1]) + 9) // 16)]
+            for threshold, pixels in ((100.5, 100.5), (np.float64(100.3), np.float64(100.3)), (per_pixel, per_pixel),
+                                      (ThresholdGrid(grid, 16, 5, 9), per_pixel)):
+                smoothed, foreground = cells._smooth_and_threshold(stain, threshold, sigma_um=sigma_um,
+                                                                   pixel_size_um=pixel)
+                np.testing.assert_array_equal(smoothed, image)
+                np.testing.assert_array_equal(foreground, image > pixels)
+
+
+@pytest.mark.parametrize("pixel", PIXELS)
+def test_compiled_distance_equals_scipys_exactly(pixel, rng, monkeypatch):
+    for sigma in (2.0, 8.0):
+        mask = _blobs(rng, (120, 97), sigma)
+        want = ndi.distance_transform_edt(mask, sampling=pixel).astype(np.float32)
+        np.testing.assert_array_equal(distance_to_background(mask, pixel), want)
+        monkeypatch.setattr(cells, "DISTANCE_SEARCH_PX", 0)  # every row through the lower envelope
+        np.testing.assert_array_equal(distance_to_background(mask, pixel), want)
+        monkeypatch.undo()
+    solid = np.ones((9, 11), bool)
+    assert np.isinf(distance_to_background(solid, pixel)).all()
+    assert not distance_to_background(~solid, pixel).any()
+    with monkeypatch.context() as patch:
+        patch.setattr(cells, "_compiled", lambda loops: None)
+        assert np.isinf(distance_to_background(solid, pixel)).all()
+
+
+@pytest.mark.parametrize("pixel", PIXELS)
+@pytest.mark.parametrize("settled_um", [-100.0, 0.0, 1.0, 100.0])
+def test_two_pass_claim_equals_the_whole_reach(pixel, settled_um, rng, monkeypatch):
+    # random foreground, distance maxima as centres, some zero radii (clump centres) and centres at the edges
+    mask = _blobs(rng, (90, 110), 3.0, 0.45)
+    distance = distance_to_background(mask, pixel)
+    peaks = cells._local_maxima(distance, mask, cells._px(1.5, pixel))
+    peaks[0, ::17] = True
+    radius = np.where(rng.random(mask.shape) < 0.2, np.float32(0), distance)
+    want = None
+    for bucket in (4, 16):
+        monkeypatch.setattr(cells, "CLAIM_SETTLED_UM", settled_um)
+        monkeypatch.setattr(cells, "CLAIM_BUCKET_PX", bucket)
+        got = cells._nearest_centre(peaks, radius, mask, pixel_size_um=pixel, reach_um=8.9, origin=(3, 5))
+        if want is None:
+            monkeypatch.setattr(cells, "_claim_compiled", lambda: None)
+            want = cells._nearest_centre(peaks, radius, mask, pixel_size_um=pixel, reach_um=8.9, origin=(3, 5))
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got, want)
+    assert want.max() > 10
+
+
+def test_plateau_roots_equal_scipys_labels(rng, monkeypatch):
+    mask = rng.random((70, 90)) < 0.25
+    flat = np.flatnonzero(mask)
+    compiled = cells._plateau_roots(flat, mask.shape)
+    monkeypatch.setattr(cells, "_compiled", lambda loops: None)
+    np.testing.assert_array_equal(compiled, cells._plateau_roots(flat, mask.shape))
+
+
+def _rings_by_brute_force(nuclei, pixel, ring_um):
+    """Every background pixel within ``ring_um`` of a nucleus: the label of the nearest nucleus pixel, lowest on ties."""
+    grown = nuclei.copy()
+    ys, xs = np.nonzero(nuclei)
+    labels = nuclei[ys, xs]
+    for y, x in zip(*np.nonzero(nuclei == 0)):
+        step = np.sqrt(((ys - y) * pixel[0]) ** 2 + ((xs - x) * pixel[1]) ** 2)
+        near = step <= ring_um
+        if near.any():
+            nearest = step[near].min()
+            grown[y, x] = labels[near][step[near] == nearest].min()
+    return grown
+
+
+@pytest.mark.parametrize("pixel", PIXELS)
+def test_rings_grow_only_from_exposed_sides_yet_match_brute_force(pixel, rng):
+    nuclei, _ = ndi.label(_blobs(rng, (48, 56), 1.5, 0.55))
+    nuclei = nuclei.astype(np.int32)
+    np.testing.assert_array_equal(cell_bodies(nuclei, pixel_size_um=pixel, ring_um=2.0),
+                                  _rings_by_brute_force(nuclei, pixel, 2.0))
+
+
+def test_one_pass_marker_sums_equal_per_marker_sums(rng):
+    nuclei, n = ndi.label(_blobs(rng, (60, 70), 1.5, 0.55))
+    nuclei = nuclei.astype(np.int32)
+    bodies = cell_bodies(nuclei, pixel_size_um=(0.5, 0.5), ring_um=2.0)
+    for dtype in (np.uint16, np.float32):
+        band = (rng.random((3, 60, 90)) * 1000).astype(dtype)
+        markers = [band[k, :, 10:80] for k in range(3)]  # windows of a band: strided views
+        nucleus_sums, ring_sums = cells._all_marker_sums(nuclei, bodies, markers, n)
+        for k, values in enumerate(markers):
+            want = cells._marker_sums(nuclei, bodies, np.ascontiguousarray(values), n)
+            np.testing.assert_array_equal(nucleus_sums[k], want[0])
+            np.testing.assert_array_equal(ring_sums[k], want[1])
+
+
+def test_segmentation_with_a_threshold_grid_equals_per_pixel_thresholds(rng):
+    image = ndi.gaussian_filter(rng.random((140, 150)) * 1000, 2.0).astype(np.float32)
+    grid = rng.uniform(480, 520, (10, 11))
+    per_pixel = grid[np.ix_((np.arange(140) + 7) // 16, (np.arange(150) + 3) // 16)]
+    np.testing.assert_array_equal(
+        segment_nuclei(image, pixel_size_um=(0.5, 0.5), threshold=ThresholdGrid(grid, 16, 7, 3)),
+        segment_nuclei(image, pixel_size_um=(0.5, 0.5), threshold=per_pixel))
+
+
+def test_band_reads_equal_slices_and_share_blocks_once(rng):
+    image = rng.integers(0, 60000, (300, 410)).astype(np.uint16)
+    array = da.from_array(image, chunks=(64, 96))
+    rechunked = da.from_array(image, chunks=(50, 50)).rechunk((64, 96))  # blocks built from several inputs
+    for source in (array, rechunked):
+        sources = cells._Sources([source, source + 1])
+        regions = [((10, 140), (0, 200)), ((100, 290), (0, 200)), ((100, 290), (150, 410))]
+        sources.share(regions)
+        assert sources.shared
+        for rows, cols in regions + regions:  # a second round finds nothing kept: decoded again, same pixels
+            out = [np.empty((rows[1] - rows[0], cols[1] - cols[0]), np.uint16) for _ in range(2)]
+            sources.read(rows, cols, out)
+            np.testing.assert_array_equal(out[0], image[rows[0]:rows[1], cols[0]:cols[1]])
+            np.testing.assert_array_equal(out[1], image[rows[0]:rows[1], cols[0]:cols[1]] + np.uint16(1))
+        cells._SHARED_BLOCKS.discard({a.name for a in sources.arrays})
+        assert not [k for k in cells._SHARED_BLOCKS._items if k[0] in {a.name for a in sources.arrays}]
