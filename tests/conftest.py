@@ -14,6 +14,19 @@ TEST_IMAGES = REPO / "test_images"
 REALDATA = REPO.parent / "shared" / "realdata"
 
 
+def pytest_configure(config):
+    # worker processes (local dask clusters, the process pools of scheduler="processes") are forked from one
+    # server process that has imported numpy, dask and tlsquant already, instead of each being spawned as a
+    # fresh interpreter that imports them again: seconds of CPU per process, most of the suite's cluster
+    # start-up. Only the tests do this (dask's default, spawn, is what users get); the work is the same.
+    import multiprocessing
+
+    import dask
+
+    multiprocessing.set_forkserver_preload(["tlsquant.pipeline", "tlsquant.batch", "distributed"])
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", "multiprocessing.context": "forkserver"})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "realdata" in item.keywords and not REALDATA.is_dir():
@@ -50,15 +63,15 @@ def dask_client():
 
 @pytest.fixture(scope="session")
 def process_pool():
-    """Two spawned worker processes for ``scheduler="processes"``, started once.
+    """Two worker processes for ``scheduler="processes"``, started once.
 
-    Without it dask spawns a fresh pool for every ``dask.compute`` of an analysis (seconds each);
+    Without it dask starts a fresh pool for every ``dask.compute`` of an analysis (seconds each);
     use it as ``with dask.config.set(pool=process_pool):`` around the processes run only.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
         yield pool
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -38,6 +41,17 @@ def cohort_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def one_worker_run(cohort_dir, tmp_path_factory):
+    """`tlsquant batch` of the cohort on a local cluster of one worker of its own, QC pictures included: its exit
+    code, what it printed, its output folder and the cohort.csv it wrote (the end-to-end test goes on in that folder)."""
+    out = tmp_path_factory.mktemp("one-worker") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), "--workers", "1", "-q"])
+    return SimpleNamespace(code=code, printed=printed.getvalue(), out=out, cohort=(out / "cohort.csv").read_text())
+
+
 def _run_on(client, manifest, outdir, config, **options):
     """run_batch on the shared cluster (its as_completed finds the client as the current one)."""
     with client.as_current():
@@ -70,14 +84,10 @@ def test_row_problems_do_not_stop_the_manifest(tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_path, capsys, dask_client):
-    out = tmp_path / "run"
-    # on a running scheduler (--scheduler): own local clusters are started in the tests below and in the demo
-    scheduler = ["--scheduler", dask_client.scheduler.address]
-    code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-q"])
-    assert code == 1, (out / "failures.csv").read_text()  # two slides failed
-    captured = capsys.readouterr()
-    assert "7 analysed, 0 already complete, 2 failed" in captured.out
+def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, one_worker_run, capsys, dask_client):
+    out = one_worker_run.out
+    assert one_worker_run.code == 1, (out / "failures.csv").read_text()  # two slides failed
+    assert "7 analysed, 0 already complete, 2 failed" in one_worker_run.printed
     failures = pd.read_csv(out / "failures.csv")
     assert list(failures["slide_id"]) == ["broken", "lost"]
     assert failures.loc[0, "error_type"] == "SlideFormatError" and "broken.ome.tiff" in failures.loc[0, "error"]
@@ -94,7 +104,10 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
     assert good.min() > poor.max()
 
     stamp = (out / "slides" / "case0" / "summary.json").stat().st_mtime_ns
+    # the reruns on a running scheduler (--scheduler); the first run started a local cluster of its own
+    scheduler = ["--scheduler", dask_client.scheduler.address]
     code = main(["batch", str(cohort_dir / "manifest.csv"), "-o", str(out), *scheduler, "-v"])  # -v after the command
+    assert code == 1  # the two failures stay failures
     captured = capsys.readouterr()
     assert "0 analysed, 7 already complete, 2 failed" in captured.out
     # not a terminal: one plain line per event, no carriage-return redraws; each failure listed once
@@ -130,21 +143,24 @@ def test_batch_end_to_end_with_failures_resume_and_statistics(cohort_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, tmp_path, dask_client):
-    config = NO_PICTURES
-    # one worker on a local cluster of its own; the two shards each on the shared cluster's two worker processes
-    one = run_batch(cohort_dir / "manifest.csv", tmp_path / "one", config, workers=1)
-    assert len(one.cohort) == 7 and len(one.failures) == 2
+def test_one_and_two_workers_and_shards_give_the_same_cohort(cohort_dir, one_worker_run, tmp_path, dask_client):
+    # the whole cohort on one worker of its own (one_worker_run, with the QC pictures); the two shards each on the
+    # shared cluster's two worker processes, without them
+    one = pd.read_csv(io.StringIO(one_worker_run.cohort))
+    assert len(one) == 7
     assert len(dask_client.scheduler_info()["workers"]) == 2
     shared = tmp_path / "sharded"
     for index in range(2):
-        part = _run_on(dask_client, cohort_dir / "manifest.csv", shared, config, shard=(index, 2))
+        part = _run_on(dask_client, cohort_dir / "manifest.csv", shared, NO_PICTURES, shard=(index, 2))
         assert (shared / f"cohort.shard-{index}-of-2.csv").is_file()
         assert len(part.cohort) + len(part.failures) == len(range(index, 9, 2))
         assert len(part.processed) == (4, 3)[index]  # case0, 2, 4, 6 | case1, 3, 5: both workers busy
     cohort, failures = collect(cohort_dir / "manifest.csv", shared)
-    assert (shared / "cohort.csv").read_text() == (tmp_path / "one" / "cohort.csv").read_text()
     assert sorted(failures["slide_id"]) == ["broken", "lost"]
+    # the same cohort, to the last digit; only the config hash differs, as the pictures are a setting
+    (with_pictures,), (without,) = set(one["config_hash"]), set(cohort["config_hash"])
+    assert with_pictures != without
+    assert (shared / "cohort.csv").read_text().replace(without, with_pictures) == one_worker_run.cohort
 
 
 @pytest.mark.slow

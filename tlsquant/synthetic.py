@@ -171,7 +171,7 @@ class Blob:
         )
 
     def distance_to_outline_um(self, x_um: float, y_um: float) -> float:
-        xs, ys = self.outline_um()
+        xs, ys = _outline_points(self)
         return float(np.min(np.hypot(xs - x_um, ys - y_um)))
 
     def bbox_um(self, grow_um: float = 0.0) -> tuple[float, float, float, float]:
@@ -180,6 +180,15 @@ class Blob:
         gx = self.radius_x_um * extent + grow_um
         gy = self.radius_y_um * extent + grow_um
         return self.x_um - gx, self.y_um - gy, self.x_um + gx, self.y_um + gy
+
+
+@functools.lru_cache(maxsize=64)
+def _outline_points(blob: Blob) -> tuple[np.ndarray, np.ndarray]:
+    """``blob.outline_um()``, computed once per blob: placing a scene's TLS and decoys measures thousands of
+    distances to the tissue and tumour outlines."""
+    xs, ys = blob.outline_um()
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
 
 
 @dataclass(frozen=True)
