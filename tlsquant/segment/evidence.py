@@ -223,23 +223,37 @@ def _scenario_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: in
     return _band_deltas(plan, group, y0, x0, width, index, values_at, stacks, gathered, baseline)
 
 
-def _values_at(plan: EvidencePlan, data: dict, backgrounds: dict, index: np.ndarray, y0: int, x0: int) -> dict:
-    """Every role's value (corrected as :func:`count_block` corrects the block) at the block's flat ``index``."""
-    f = plan.grid_factor
-    rows, cols = np.divmod(index, data[plan.roles[0]].shape[1])
-    grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
-    raw = {role: data[role].reshape(-1)[index] for role in plan.roles}
+def _corrected(plan: EvidencePlan, raw: dict, background) -> dict:
+    """Every role's value, AF subtracted pixel by pixel and crosstalk removed, for a block or gathered pixels.
+
+    ``raw`` maps roles to raw values (a block, or pixels gathered from it); ``background(source)``
+    gives that crosstalk source's background at the same pixels. The float32 operations are the
+    same pixel by pixel either way, so a gathered pixel gets its block value exactly.
+    """
     corrected = {}
-    if plan.pixel_af:  # the same float32 operations, pixel by pixel, so the same values
+    if plan.pixel_af:
         af = raw["autofluorescence"].astype(np.float32) - np.float32(plan.af_glass)
         for role, share in plan.pixel_af:
             corrected[role] = raw[role].astype(np.float32) - np.float32(share) * af
     for target, sources in plan.crosstalk:
         value = corrected[target] if target in corrected else raw[target].astype(np.float32)
         for source, kappa in sources:
-            value -= np.float32(kappa) * (raw[source].astype(np.float32) - backgrounds[source][grid_rows, grid_cols])
+            value -= np.float32(kappa) * (raw[source].astype(np.float32) - background(source))
         corrected[target] = value
     return {role: corrected.get(role, raw[role]) for role in plan.roles}
+
+
+def _grid_cells(index: np.ndarray, width: int, y0: int, x0: int, factor: int) -> tuple[np.ndarray, ...]:
+    """Block row and column of each flat ``index``, and the row and column of its threshold-grid cell."""
+    rows, cols = np.divmod(index, width)
+    return rows, cols, (y0 % factor + rows) // factor, (x0 % factor + cols) // factor
+
+
+def _values_at(plan: EvidencePlan, data: dict, backgrounds: dict, index: np.ndarray, y0: int, x0: int) -> dict:
+    """Every role's value (corrected as :func:`count_block` corrects the block) at the block's flat ``index``."""
+    _, _, grid_rows, grid_cols = _grid_cells(index, data[plan.roles[0]].shape[1], y0, x0, plan.grid_factor)
+    raw = {role: data[role].reshape(-1)[index] for role in plan.roles}
+    return _corrected(plan, raw, lambda source: backgrounds[source][grid_rows, grid_cols])
 
 
 def _band_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, width: int, index: np.ndarray,
@@ -253,9 +267,7 @@ def _band_deltas(plan: EvidencePlan, group: tuple[str, ...], y0: int, x0: int, w
     """
     if index.size == 0:
         return {}
-    f = plan.grid_factor
-    rows, cols = np.divmod(index, width)
-    grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
+    rows, cols, grid_rows, grid_cols = _grid_cells(index, width, y0, x0, plan.grid_factor)
     n_scales = stacks[group[0]].shape[0]
     differences: dict[str, list] = {}
     for k in range(n_scales):
@@ -301,15 +313,13 @@ def _compiled_scenarios(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, 
     fine, coarse, band = counts
     data = dict(zip(plan.roles, blocks))
     width = blocks[0].shape[1]
-    f = plan.grid_factor
     scenarios = []
     anywhere = np.flatnonzero(band)  # one pass over the block; each group then picks from these
     bits = band.reshape(-1)[anywhere]
     for g, group in enumerate(plan.scenarios):
         index = anywhere[(bits & np.uint16(1 << g)) != 0]
         values_at = _values_at(plan, data, backgrounds, index, y0, x0)
-        rows, cols = np.divmod(index, width)
-        grid_rows, grid_cols = (y0 % f + rows) // f, (x0 % f + cols) // f
+        _, _, grid_rows, grid_cols = _grid_cells(index, width, y0, x0, plan.grid_factor)
         # the baseline decision of the band's pixels alone: decisions are per pixel
         gathered = {role: values_at[role] > _comparable(thresholds[role], values_at[role].dtype)[grid_rows, grid_cols]
                     for role in plan.roles}
@@ -334,19 +344,8 @@ def count_block(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, backgrou
             return ((y0 // plan.fine_factor, x0 // plan.fine_factor), counted[0],
                     (y0 // plan.coarse_factor, x0 // plan.coarse_factor), counted[1],
                     counted[2] if plan.scenarios else [])
-    data = dict(zip(plan.roles, blocks))
-    corrected = {}
-    if plan.pixel_af:
-        af = data["autofluorescence"].astype(np.float32) - np.float32(plan.af_glass)
-        for role, share in plan.pixel_af:
-            corrected[role] = data[role].astype(np.float32) - np.float32(share) * af
-    for target, sources in plan.crosstalk:
-        value = corrected[target] if target in corrected else data[target].astype(np.float32)
-        for source, kappa in sources:
-            background = expand(backgrounds[source], factor, y0 % factor, x0 % factor, value.shape)
-            value -= np.float32(kappa) * (data[source].astype(np.float32) - background)
-        corrected[target] = value
-    values = {role: corrected.get(role, data[role]) for role in plan.roles}
+    values = _corrected(plan, dict(zip(plan.roles, blocks)),
+                        lambda source: expand(backgrounds[source], factor, y0 % factor, x0 % factor, blocks[0].shape))
     positive = {role: _above(values[role], thresholds[role], y0, x0, factor) for role in plan.roles}
     masks = _decide(plan, positive, blocks[0].shape)
     scenarios = [_scenario_deltas(plan, group, y0, x0, values, thresholds, scaled, positive, masks)
