@@ -11,13 +11,22 @@ from ..config import TLS
 from .regions import bins, disk, smooth
 
 
+def debris_level(min_fraction: float) -> float:
+    """The artefact share a bin must exceed to be artefact: ``min_fraction``, and any artefact pixel without one."""
+    return min_fraction if min_fraction > 0 else 0.0
+
+
 def debris_zone(debris_fraction: np.ndarray, *, bin_um: float, dilate_um: float, min_fraction: float = 0.0) -> np.ndarray:
     """Grid cells where artefact pixels (debris, red blood cells) exceed ``min_fraction``, grown by ``dilate_um``.
 
     The floor keeps stray pixels (two touching cells of different lineages) out; the
     dilation covers an artefact's dim rim.
     """
-    zone = debris_fraction > min_fraction if min_fraction > 0 else debris_fraction > 0
+    return grown_zone(debris_fraction > debris_level(min_fraction), bin_um=bin_um, dilate_um=dilate_um)
+
+
+def grown_zone(zone: np.ndarray, *, bin_um: float, dilate_um: float) -> np.ndarray:
+    """``zone`` (bool) grown by a disc of ``dilate_um``."""
     if dilate_um > 0 and zone.any():
         zone = ndi.binary_dilation(zone, structure=disk(dilate_um, bin_um))
     return zone
@@ -164,6 +173,11 @@ def aggregate_candidates(density: np.ndarray, *, bin_um: float, sigma_um: float,
     return Candidates(labels, levels, outlines)
 
 
+def _share(values: np.ndarray) -> float:
+    """Mean of B-cell occupancy values (bool or float32) as float32 computes it, whichever was given."""
+    return float(values.astype(np.float32, copy=False).mean())
+
+
 def _screen(box, region, *, b_fraction, debris, max_debris_fraction, nuclei_fraction, min_nuclear_fraction,
             min_contrast, contrast_band_um, need_reach, bin_um) -> tuple[str | None, float | None, np.ndarray | None]:
     """A candidate's own filters (debris, nuclei, contrast): (reason it fails or None, B-cell density, reach)."""
@@ -171,14 +185,14 @@ def _screen(box, region, *, b_fraction, debris, max_debris_fraction, nuclei_frac
         return "debris", None, None
     if nuclei_fraction is not None and min_nuclear_fraction > 0 and nuclei_fraction[box][region].mean() < min_nuclear_fraction:
         return "no_nuclei", None, None
-    inside = float(b_fraction[box][region].mean())
+    inside = _share(b_fraction[box][region])
     # bins from the outline, Euclidean: a dilation by a disc of radius r is exactly the bins within r
     # (radius rounded to whole bins, as the disc is), at a fraction of a large dilation's cost
     reach = ndi.distance_transform_edt(~region) if need_reach else None
     if min_contrast > 0:
         band_inner_um, band_outer_um = contrast_band_um
         band = (reach > _disk_radius(band_inner_um, bin_um)) & (reach <= _disk_radius(band_outer_um, bin_um))
-        if band.any() and inside < min_contrast * float(b_fraction[box][band].mean()):
+        if band.any() and inside < min_contrast * _share(b_fraction[box][band]):
             return "low_contrast", inside, reach
     return None, inside, reach
 
@@ -195,7 +209,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
                       kept: list | None = None) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
-    ``b_fraction`` is the share of each grid bin's pixels that are CD20+ (debris excluded).
+    ``b_fraction`` is the share of each grid bin's pixels that are CD20+, or whether a bin holds any (bool; debris excluded).
     After smoothing by ``sigma_um`` (large enough that lone B cells and loose infiltrates
     stay low), cells above ``min_b_fraction`` seed aggregates, which grow by hysteresis
     down to ``edge_fraction`` of the typical aggregate density: the outline then sits
@@ -226,6 +240,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
+    own_candidates = candidates is None
     if candidates is None:
         if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
             density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
@@ -280,7 +295,10 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
         chosen.append((box, region))
         if kept is not None:
             kept.append(index)
-    out = np.zeros(labels.shape, np.int32)
+    shape = labels.shape
+    if own_candidates:  # nobody else holds them: the candidate labels go before the output is made
+        del labels, candidates
+    out = np.zeros(shape, np.int32)
     for new_id, (box, region) in enumerate(chosen, start=1):
         out[box][region & (out[box] == 0)] = new_id
     info["accepted"] = len(chosen)

@@ -11,8 +11,9 @@ from ..segment.aggregates import (
     Candidates,
     Seeds,
     aggregate_candidates,
-    debris_zone,
+    debris_level,
     detect_aggregates,
+    grown_zone,
     growth_reach,
     half_level_seeds,
 )
@@ -34,29 +35,40 @@ class FoundTLS:
 
 
 def b_occupancy(evidence: EvidenceMaps, debris: np.ndarray, box=(slice(None), slice(None))) -> np.ndarray:
-    """Fine bins touched by CD20+ membrane (float32 0/1), artefacts cleared; within ``box``
+    """Fine bins touched by CD20+ membrane (bool), artefacts cleared; within ``box``
     (``debris`` then the artefact zone in that box): bin by bin the whole map's values.
 
     Whether a B cell's nucleus also reads as positive depends on stain and optics;
     whether the cell is there does not.
     """
-    occupied = (evidence.fraction("fine", "b_cells", box) >= np.float32(B_OCCUPANCY_SHARE)).astype(np.float32)
-    occupied[debris] = 0.0
+    occupied = evidence.above("fine", "b_cells", np.float32(B_OCCUPANCY_SHARE), inclusive=True, box=box)
+    occupied[debris] = False
     return occupied
 
 
 def artefact_zone(evidence: EvidenceMaps, config: Config, grid: Grid) -> np.ndarray:
     """Fine bins excluded as artefact (debris, red blood cells, edge rims), grown by ``debris.dilate_um``."""
-    return debris_zone(evidence.fraction("fine", "debris"), bin_um=grid.fine_um, dilate_um=config.debris.dilate_um,
-                       min_fraction=config.debris.min_fraction)
+    return grown_zone(evidence.above("fine", "debris", debris_level(config.debris.min_fraction)),
+                      bin_um=grid.fine_um, dilate_um=config.debris.dilate_um)
 
 
-def artefact_area_mm2(evidence: EvidenceMaps, debris: np.ndarray, tissue: np.ndarray, grid: Grid) -> float:
-    """Area of the artefact zone on tissue (``tissue`` on the coarse grid), in mm²."""
+def artefact_area_mm2(evidence: EvidenceMaps, debris: np.ndarray, tissue: np.ndarray, grid: Grid,
+                      band_rows: int = 512) -> float:
+    """Area of the artefact zone on tissue (``tissue`` on the coarse grid), in mm².
+
+    Summed in bands of fine rows (each a whole number of coarse rows): whole-slide float
+    maps of the fine grid would cost ~0.6 GB at 40k x 30k px.
+    """
     ratio = grid.bins_per_coarse
-    fine_tissue = np.repeat(np.repeat(tissue, ratio, 0), ratio, 1)[: debris.shape[0], : debris.shape[1]]
+    band_rows = max(ratio, band_rows // ratio * ratio)
+    pixels = 0.0  # whole pixels: the float64 sum is exact in any order
+    for start in range(0, debris.shape[0], band_rows):
+        rows = slice(start, min(start + band_rows, debris.shape[0]))
+        coarse = tissue[start // ratio: -(-rows.stop // ratio)]
+        fine_tissue = np.repeat(np.repeat(coarse, ratio, 0), ratio, 1)[: rows.stop - start, : debris.shape[1]]
+        pixels += evidence.pixels("fine", (rows, slice(None)))[debris[rows] & fine_tissue].sum(dtype=np.float64)
     py, px = grid.pixel_size
-    return float(evidence.pixels("fine")[debris & fine_tissue].sum(dtype=np.float64) * px * py / 1e6)
+    return float(pixels * px * py / 1e6)
 
 
 class FractionMap:
