@@ -27,13 +27,14 @@ from .steps import (
     count_cells,
     count_evidence,
     find_tls,
-    measure_tls,
     model_signal,
     plan_channels,
     plan_grid,
     region_warnings,
     slide_metrics_of,
     tissue_and_tumour,
+    tls_rows,
+    tls_table,
 )
 from .steps.channels import CellMarker, column_key, resolve_cell_markers, resolve_channels  # noqa: F401  (public names)
 from .steps.measures import cell_record
@@ -149,16 +150,19 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     found.artefact_area_mm2 = artefact_area_mm2(evidence, found.debris, bed.tissue, grid)
     timings.mark("segmentation")
 
+    _step("per-TLS measures")
+    rows = tls_rows(evidence, config, plan, grid, bed, found, slide_shape=slide.shape[1:])
+    timings.mark("segmentation")
+    if not config.sensitivity.enabled:
+        evidence = None  # the whole-slide maps (~0.4 GB at 40k x 30k px) are not held through the cell pass
+
     cells = None
     if plan.measure_cells:
         _step("cells pass")
         cells = count_cells(slide, config, plan, grid, signal, bed, found, **compute)
     timings.mark("cells")
-
-    _step("per-TLS measures")
-    tls = measure_tls(evidence, config, plan, grid, bed, found, cells, slide_shape=slide.shape[1:])
+    tls = tls_table(rows, cells, plan)
     metrics = slide_metrics_of(tls, config, plan, bed, cells)
-    timings.mark("segmentation")
 
     sensitivity = None
     if config.sensitivity.enabled:

@@ -6,18 +6,20 @@
 4. :func:`count_evidence` (signal): the full-resolution counting pass into the evidence maps;
 5. :func:`tissue_and_tumour` (regions): tissue, tumour bed, margin and distance to the border;
 6. :func:`find_tls` (tls): dense B-cell aggregates, artefacts excluded;
-7. :func:`count_cells` (cells): the second full-resolution pass, nuclei and marker-positive cells;
-8. :func:`measure_tls` and :func:`slide_metrics_of` (measures): stage, location, per-TLS and slide metrics.
+7. :func:`tls_rows` (measures): stage, location and each TLS's numbers from the evidence maps;
+8. :func:`count_cells` (cells): the second full-resolution pass, nuclei and marker-positive cells;
+9. :func:`tls_table` and :func:`slide_metrics_of` (measures): the cells of each TLS, the slide's metrics
+   (:func:`measure_tls` is 7 and 9 in one call).
 
 Each step is a function of arrays, the config and the results of the steps before it: it
-can be run, tested and benchmarked alone (``tlsquant.sensitivity`` re-runs 5, 6 and 8 per
+can be run, tested and benchmarked alone (``tlsquant.sensitivity`` re-runs 5, 6, 7 and 9 per
 scenario). Nothing here reads or writes files beyond the slide's pixels.
 """
 
 from .cells import CellPass, count_cells
 from .channels import CellMarker, ChannelPlan, check_marker_rules, column_key, plan_channels, resolve_cell_markers, resolve_channels
 from .grid import Grid, check_memory, plan_grid
-from .measures import measure_tls, slide_metrics_of, staged_tls
+from .measures import measure_tls, slide_metrics_of, staged_tls, tls_rows, tls_table
 from .regions import TumourBed, region_warnings, tissue_and_tumour
 from .signal import count_evidence, model_signal, sensitivity_groups
 from .tls import FoundTLS, artefact_zone, b_occupancy, find_tls
@@ -25,4 +27,5 @@ from .tls import FoundTLS, artefact_zone, b_occupancy, find_tls
 __all__ = ["CellMarker", "CellPass", "ChannelPlan", "FoundTLS", "Grid", "TumourBed", "artefact_zone", "b_occupancy",
            "check_marker_rules", "check_memory", "column_key", "count_cells", "count_evidence", "find_tls",
            "measure_tls", "model_signal", "plan_channels", "plan_grid", "region_warnings", "resolve_cell_markers",
-           "resolve_channels", "sensitivity_groups", "slide_metrics_of", "staged_tls", "tissue_and_tumour"]
+           "resolve_channels", "sensitivity_groups", "slide_metrics_of", "staged_tls", "tissue_and_tumour", "tls_rows",
+           "tls_table"]

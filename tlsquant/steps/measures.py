@@ -75,6 +75,21 @@ def tls_cell_columns(cells: CellPass | None, plan: ChannelPlan, tls_id: int) -> 
 def measure_tls(evidence: EvidenceMaps, config: Config, plan: ChannelPlan, grid: Grid, bed: TumourBed,
                 found: FoundTLS, cells: CellPass | None, *, slide_shape: tuple[int, int]) -> pd.DataFrame:
     """tls.csv: one row per TLS, position and area in µm, stage, location, marker fractions, shape, cells."""
+    return tls_table(tls_rows(evidence, config, plan, grid, bed, found, slide_shape=slide_shape), cells, plan)
+
+
+def tls_table(rows: list[dict], cells: CellPass | None, plan: ChannelPlan) -> pd.DataFrame:
+    """tls.csv from :func:`tls_rows` and the cells counted in each TLS (``cells`` None: not counted)."""
+    rows = [{**row, **tls_cell_columns(cells, plan, row["tls_id"])} for row in rows]
+    return pd.DataFrame(rows, columns=TLS_COLUMNS) if rows else empty_tls_table()
+
+
+def tls_rows(evidence: EvidenceMaps, config: Config, plan: ChannelPlan, grid: Grid, bed: TumourBed,
+             found: FoundTLS, *, slide_shape: tuple[int, int]) -> list[dict]:
+    """tls.csv's rows without the cell columns: all a TLS's numbers that the evidence maps give.
+
+    Made before the cell pass, so that the whole-slide maps can go before it.
+    """
     debris = found.debris
     has_t_cells = "t_cells" in plan.roles
     fine_bin = grid.fine_bin
@@ -111,9 +126,8 @@ def measure_tls(evidence: EvidenceMaps, config: Config, plan: ChannelPlan, grid:
             "bbox_y0_px": box[0].start * f,
             "bbox_x1_px": min(box[1].stop * f, slide_shape[1]),
             "bbox_y1_px": min(box[0].stop * f, slide_shape[0]),
-            **tls_cell_columns(cells, plan, tls_id),
         })
-    return pd.DataFrame(rows, columns=TLS_COLUMNS) if rows else empty_tls_table()
+    return rows
 
 
 def slide_metrics_of(tls: pd.DataFrame, config: Config, plan: ChannelPlan, bed: TumourBed,
