@@ -37,6 +37,14 @@ def _disk_radius(radius_um: float, bin_um: float) -> int:
     return max(0, int(round(bins(radius_um, bin_um))))
 
 
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndi.label`` of a whole-slide mask, in uint16 while the labels fit (half int32's memory), else int32."""
+    try:
+        return ndi.label(mask, output=np.uint16)
+    except RuntimeError:  # more than 65,535 pieces
+        return ndi.label(mask)
+
+
 def _reject(rejected: list | None, reason: str, box, region) -> None:
     if rejected is not None:
         rejected.append((reason, box, region))
@@ -66,7 +74,7 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
     edges never go below half the seed level.
     Returns (mask, plateau of each kept seed).
     """
-    seeds, _ = ndi.label(density > seed)
+    seeds, _ = _label(density > seed)
     mask = np.zeros(density.shape, bool)
     levels = []
     for index, box in enumerate(ndi.find_objects(seeds), start=1):
@@ -99,7 +107,7 @@ class Seeds:
 def half_level_seeds(density: np.ndarray, *, seed: float, min_plateau: float, edge_fraction: float,
                      reach: int) -> Seeds:
     """The seeds of ``density`` and their plateaus, as :func:`grow_to_half_level` finds them."""
-    labels, _ = ndi.label(density > seed)
+    labels, _ = _label(density > seed)
     boxes = ndi.find_objects(labels)
     levels = [_plateau(density[box], labels[box] == index) for index, box in enumerate(boxes, start=1)]
     return Seeds(labels, boxes, levels, seed, min_plateau, edge_fraction, reach)
@@ -160,7 +168,7 @@ def aggregate_candidates(density: np.ndarray, *, bin_um: float, sigma_um: float,
     """The seeds of ``density`` grown to their half level (:func:`grow_to_half_level`), labelled and outlined."""
     mask, levels = grow_to_half_level(density, seed=min_b_fraction, min_plateau=min_b_plateau,
                                       edge_fraction=edge_fraction, reach=growth_reach(sigma_um, grow_um, bin_um))
-    labels, count = ndi.label(mask)
+    labels, count = _label(mask)
     del mask
     outlines = []
     if count:
