@@ -157,7 +157,8 @@ def test_no_tls_gives_zero_counts_and_headers(tmp_path):
 def test_output_files_follow_the_contract(tmp_path, small_slide):
     path = small_slide
     slide = open_slide(path)
-    result = analyze_slide(slide, load_config(None, ["outputs.masks_zarr=true"]))
+    overrides = ["outputs.masks_zarr=true", "outputs.gallery_png=true"]
+    result = analyze_slide(slide, load_config(None, overrides))
     written = write_slide_outputs(result, tmp_path / "out", slide=slide)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["annotations.geojson", "masks.ome.zarr", "qc.png", "summary.json",
@@ -168,7 +169,7 @@ def test_output_files_follow_the_contract(tmp_path, small_slide):
                 "tls_mature_count", "tls_primary_count", "tls_density_per_mm2", "tls_area_pct", "thresholds",
                 "config", "warnings"):
         assert key in summary
-    assert summary["config"] == load_config(None, ["outputs.masks_zarr=true"]).to_dict()
+    assert summary["config"] == load_config(None, overrides).to_dict()
     assert set(summary["thresholds"]) >= {"nuclei", "tumour", "b_cells", "fdc", "germinal_centre"}
     table = pd.read_csv(out / "tls.csv")
     assert len(table) == summary["tls_count"] >= 1

@@ -134,7 +134,8 @@ def test_margin_is_drawn_at_the_margin_distance(analysed, monkeypatch):
 def test_gallery_has_one_captioned_embedded_picture_per_tls(analysed, tmp_path):
     slide, result, _ = analysed
     out = tmp_path / "out"
-    written = write_slide_outputs(result, out, slide=slide)
+    lossless = dataclasses.replace(result, config=load_config(overrides=["outputs.gallery_png=true"]))
+    written = write_slide_outputs(lossless, out, slide=slide)
     assert {"gallery", "gallery_crops"} <= set(written)
     summary = json.loads((out / "summary.json").read_text())
     assert {"tls_gallery.html", "tls_gallery"} <= set(summary["outputs"])
@@ -150,6 +151,10 @@ def test_gallery_has_one_captioned_embedded_picture_per_tls(analysed, tmp_path):
         assert f"{row.area_um2:,.0f} µm²" in caption
         assert Image.open(out / "tls_gallery" / f"TLS-{row.tls_id}.png").format == "PNG"
     assert sorted(p.name for p in (out / "tls_gallery").iterdir()) == sorted(f"TLS-{i}.png" for i in result.tls.tls_id)
+    # by default the page alone: the same JPEGs, no folder (an earlier run's goes)
+    written = write_slide_outputs(result, out, slide=slide)
+    assert "gallery" in written and "gallery_crops" not in written and not (out / "tls_gallery").exists()
+    assert re.findall(r'src="data:image/jpeg;base64,([^"]+)"', (out / "tls_gallery.html").read_text()) == images
     # switched off (with the other pictures: quicker): both go, as any output this run does not make
     write_slide_outputs(dataclasses.replace(result, config=load_config(overrides=["outputs.qc_png=false"])), out,
                         slide=slide)

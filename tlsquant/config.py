@@ -296,8 +296,9 @@ class Outputs:
     qc_max_px: int = setting(4000, "qc.png is never larger than this on its long side (beyond it the title says small "
                              "TLS are hard to see)")
     qc_min_tls_px: float = setting(8.0, "pixels across a TLS of tls.min_area_um2 on qc.png")
-    qc_gallery: bool = setting(True, "with qc_png: tls_gallery.html and tls_gallery/TLS-<id>.png, each TLS per lymphoid "
-                               "channel at native resolution")
+    qc_gallery: bool = setting(True, "with qc_png: tls_gallery.html, each TLS per lymphoid channel at native resolution")
+    gallery_png: bool = setting(False, "with qc_gallery: also tls_gallery/TLS-<id>.png, each picture lossless (the page "
+                                "embeds JPEGs; PNG encoding costs ~0.1 s CPU a TLS, most of the gallery's time)")
     gallery_max_tls: int = setting(200, "TLS in the gallery at most (the largest; the page says when some are left out)")
     gallery_crop_px: int = setting(600, "long side of one gallery panel at most: the finest pyramid level that fits, "
                                    "else binned")

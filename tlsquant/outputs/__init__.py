@@ -28,7 +28,7 @@ ANNOTATIONS = "annotations.geojson"
 QC_PICTURE = "qc.png"
 THRESHOLD_PICTURE = "thresholds.png"
 GALLERY = "tls_gallery.html"
-GALLERY_CROPS = "tls_gallery"  # a folder: TLS-<id>.png
+GALLERY_CROPS = "tls_gallery"  # a folder: TLS-<id>.png (outputs.gallery_png)
 MASKS = "masks.ome.zarr"
 CELLS_TABLE = CELL_FILES["csv"]
 CELLS_PARQUET = CELL_FILES["parquet"]
@@ -136,7 +136,7 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
 
         return write_tls_gallery(result, slide, outdir / GALLERY, outdir / GALLERY_CROPS,
                                  max_tls=config.outputs.gallery_max_tls, crop_px=config.outputs.gallery_crop_px,
-                                 workers=workers)
+                                 png=config.outputs.gallery_png, workers=workers)
 
     written: dict[str, Path] = {}
     for part in _run_all([gallery, pictures, tables], workers):

@@ -11,13 +11,16 @@ Grey levels are fixed per channel for the whole slide (black at the tissue backg
 white at threshold + the typical positive signal), so a negative channel looks negative.
 
 At most ``outputs.gallery_max_tls`` TLS are shown (the largest); the page says when some
-are left out. tls_gallery.html embeds the same pictures as data URIs (JPEG, a third of the
-PNG's size: 200 TLS stay tens of MB), one file to mail around; tls_gallery/ keeps them lossless.
+are left out. tls_gallery.html embeds the pictures as data URIs (JPEG, a third of the
+PNG's size: 200 TLS stay tens of MB), one file to mail around; with ``outputs.gallery_png``
+tls_gallery/ keeps them lossless too (PNG encoding of these noisy pictures is ~0.1 s CPU
+each, most of the gallery's time, so it is asked for).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import math
@@ -148,13 +151,13 @@ def _stage_colour(stage) -> tuple[int, int, int]:
 
 @dataclass
 class GalleryEntry:
-    """One TLS of the gallery: its picture (PNG bytes) and how it was cut."""
+    """One TLS of the gallery: its picture (PNG bytes, None when not asked for) and how it was cut."""
 
     tls_id: int
     caption: str
     window: CropWindow
     panels: list[str]
-    png: bytes
+    png: bytes | None
     zoom: int = 1  # display px per crop px (small crops are blown up)
     jpeg_bytes: bytes | None = None  # made with the PNG, from the same canvas
 
@@ -162,6 +165,9 @@ class GalleryEntry:
         """The picture as JPEG: the page embeds these (a third of the PNG's size); the PNGs stay lossless."""
         if self.jpeg_bytes is not None and quality == HTML_JPEG_QUALITY:
             return self.jpeg_bytes
+        if self.png is None:
+            raise ValueError(f"TLS {self.tls_id}'s picture was made without its PNG: only the page's JPEG "
+                             f"(quality {HTML_JPEG_QUALITY}) is kept")
         from PIL import Image
 
         return _jpeg(Image.open(io.BytesIO(self.png)).convert("RGB"), quality)
@@ -189,13 +195,14 @@ def _caption(row, window: CropWindow, pixel_size_um: float) -> str:
 
 
 def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles: dict[str, str], thresholds: dict,
-               rings: dict[int, list[np.ndarray]], pixel_size_um: float,
-               with_jpeg: bool = False) -> tuple[bytes, list[str], str, int] | tuple[bytes, list[str], str, int, bytes]:
+               rings: dict[int, list[np.ndarray]], pixel_size_um: float, with_jpeg: bool = False,
+               with_png: bool = True) -> tuple[bytes | None, list[str], str, int] | tuple[bytes | None, list[str], str, int, bytes]:
     """One TLS's picture: overlay + one grey panel per lymphoid role present, outlines, caption, scale bar.
 
     ``rings`` holds the level-0 outline rings of this TLS and of any neighbour in the window.
     A crop under ``MIN_PANEL_PX`` is blown up by a whole factor (each px a square).
-    Returns the PNG bytes, the panel labels, the caption and that zoom (and the JPEG bytes with ``with_jpeg``).
+    Returns the PNG bytes (None without ``with_png``), the panel labels, the caption and that zoom (and the
+    JPEG bytes with ``with_jpeg``).
     """
     from PIL import Image, ImageDraw
 
@@ -256,9 +263,12 @@ def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles:
         while len(label) > 1 and draw.textlength(label, font=font) > width - 6:  # a narrow panel: shorten its label
             label = label[:-2] + "…"
         draw.text((left + 4, top + 2), label, fill=(230, 230, 230), font=font)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", **FAST_PNG)
-    made = (buffer.getvalue(), [label for label, _ in panels], caption, zoom)
+    png = None
+    if with_png:
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="PNG", **FAST_PNG)
+        png = buffer.getvalue()
+    made = (png, [label for label, _ in panels], caption, zoom)
     return (*made, _jpeg(canvas)) if with_jpeg else made
 
 
@@ -268,8 +278,9 @@ def _shown(table, max_tls: int):
 
 
 def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px,
-                 workers: int = 1) -> Iterator[GalleryEntry]:
-    """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order).
+                 png: bool = True, workers: int = 1) -> Iterator[GalleryEntry]:
+    """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order), as PNG when ``png``
+    and always as the page's JPEG.
 
     ``workers`` threads draw pictures ahead (reading, drawing and PNG/JPEG encoding mostly
     release the GIL); memory holds about ``2 * workers`` pictures, never the gallery's.
@@ -295,11 +306,11 @@ def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_
         x0, y0, x1, y1 = window.x0 * lx, window.y0 * ly, window.x1 * lx, window.y1 * ly
         near = {tls_id: rings[tls_id] for tls_id, (bx0, by0, bx1, by1) in boxes.items()
                 if bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0}
-        png, panels, caption, zoom, jpeg = render_tls(
+        picture, panels, caption, zoom, jpeg = render_tls(
             row, planes=read_window(reader, window, channels, threaded=workers <= 1), window=window,
             roles={r: roles[r] for r in wanted if r in roles}, thresholds=thresholds, rings=near,
-            pixel_size_um=pixel_size_um, with_jpeg=True)
-        return GalleryEntry(int(row.tls_id), caption, window, panels, png, zoom, jpeg)
+            pixel_size_um=pixel_size_um, with_jpeg=True, with_png=png)
+        return GalleryEntry(int(row.tls_id), caption, window, panels, picture, zoom, jpeg)
 
     rows = list(_shown(result.tls, max_tls).itertuples(index=False))
     if workers <= 1:
@@ -360,8 +371,10 @@ def gallery_html(result, entries: list[GalleryEntry], total: int, *, max_tls: in
 
 
 def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = Outputs.gallery_max_tls,
-                      crop_px: int = Outputs.gallery_crop_px, workers: int = 1) -> dict[str, Path]:
-    """Write tls_gallery.html and tls_gallery/TLS-<id>.png (the folder only when there is a TLS), atomically.
+                      crop_px: int = Outputs.gallery_crop_px, png: bool = Outputs.gallery_png,
+                      workers: int = 1) -> dict[str, Path]:
+    """Write tls_gallery.html and, with ``png``, tls_gallery/TLS-<id>.png (the folder only when there is a TLS),
+    atomically.
 
     Pictures are written as they are made (``workers`` threads drawing ahead), so memory
     holds a few TLS's, not the gallery's.
@@ -370,11 +383,17 @@ def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tl
     shown = len(_shown(result.tls, max_tls))
     if not shown:
         return {"gallery": write_text_atomic(html_path, gallery_html(result, [], total, max_tls=max_tls))}
-    with atomic_path(crops_dir) as crops, atomic_path(html_path) as page_path, open(page_path, "w", encoding="utf-8") as page:
-        os.mkdir(crops)
+    with contextlib.ExitStack() as stack:
+        crops = None
+        if png:
+            crops = stack.enter_context(atomic_path(crops_dir))
+            os.mkdir(crops)
+        page_path = stack.enter_context(atomic_path(html_path))
+        page = stack.enter_context(open(page_path, "w", encoding="utf-8"))
         page.write(_html_head(result, shown, total, max_tls=max_tls))
-        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px, workers=workers):
-            (crops / entry.file_name).write_bytes(entry.png)
+        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px, png=png, workers=workers):
+            if crops is not None:
+                (crops / entry.file_name).write_bytes(entry.png)
             page.write(_html_figure(entry))
         page.write(_HTML_TAIL)
-    return {"gallery_crops": Path(crops_dir), "gallery": Path(html_path)}
+    return {**({"gallery_crops": Path(crops_dir)} if png else {}), "gallery": Path(html_path)}
