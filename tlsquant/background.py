@@ -29,6 +29,7 @@ worker count.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import dask
@@ -417,10 +418,12 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
     return np.histogram(values, bins=edges)[0].astype(int).tolist()
 
 
-def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes) -> tuple[np.ndarray, np.ndarray]:
-    """Residuals of channel ``name`` on tissue in the level-0 windows, and its raw values on glass."""
+def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes, *,
+                      pixel_af: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of channel ``name`` on tissue in the level-0 windows, and its raw values on glass
+    (``pixel_af`` False: without the pixel-by-pixel AF subtraction, as if the model had none)."""
     on_tissue, on_glass = [], []
-    af_windows = windows.get(model.af_channel) if model.af_channel else None
+    af_windows = windows.get(model.af_channel) if model.af_channel and pixel_af else None
     for k, (box, values) in enumerate(zip(boxes, windows[name])):
         hint = expand(model.tissue_hint, model.factor, box[0].start, box[1].start, values.shape)
         af = af_windows[k] if af_windows is not None else None
@@ -433,6 +436,61 @@ def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes) -> tu
                                           for b, w in zip(boxes, windows[name])])
     glass_values = np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
     return thin(tissue_residual), thin(glass_values)
+
+
+def _threads(num_workers: int | None, tasks: int) -> int:
+    return max(1, min(num_workers or os.cpu_count() or 1, tasks))
+
+
+def _map(function, items, threads: int) -> list:
+    """``function`` of each item, in order; in ``threads`` threads when more than one."""
+    if threads <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(function, items))
+
+
+def _channel_model(model: SignalModel, name: str, rule: ThresholdRule, windows: dict, sample_boxes, *, integer: bool,
+                   nuclei: str | None, typical_template: float) -> tuple[ChannelModel, dict, bool, str | None]:
+    """Channel ``name``'s model from its level-0 windows: (model, QC histogram, whether it keeps the
+    pixel-by-pixel AF subtraction, a note). Reads ``model`` (its placeholders), never changes it."""
+    glass, scale_af = model.channels[name].glass_level, model.channels[name].af_scale
+    tissue_residual, glass_values = _sample_residuals(model, name, windows, sample_boxes)
+    keeps_pixel_af = name in model.pixel_af
+    note = None
+    if keeps_pixel_af and rule.method == "background":
+        # subtracting the AF channel pixel by pixel adds its noise: keep it only where it pays
+        pixel_noise = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
+        coarse_residual, _ = _sample_residuals(model, name, windows, sample_boxes, pixel_af=False)
+        coarse_noise = residual_stats(coarse_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
+        keeps_pixel_af = pixel_noise < 0.9 * coarse_noise
+        if not keeps_pixel_af:
+            tissue_residual = coarse_residual
+    if rule.method == "background":
+        offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)
+        covered = float(np.mean(tissue_residual > offset + margin)) if tissue_residual.size else 0.0
+        floor = max(rule.k * noise, 1.0 if integer else 0.0)
+        if name == nuclei and covered < MIN_NUCLEAR_COVER and np.ptp(tissue_residual) > 0:
+            # nuclei packed so densely that they are the most common level (a lymphoid crop):
+            # the background model has no background to see; split nuclei from the rest instead
+            split = float(filters.threshold_otsu(tissue_residual, nbins=1024))
+            note = (f"{name}: only {covered:.1%} of the tissue sample is above background + margin, "
+                    f"too few for a nuclear stain; nuclei split from the rest by Otsu instead")
+            offset, margin = 0.0, split
+            floor = split  # no share of a positive signal to lower it by
+        channel = ChannelModel(name, "background", glass, scale_af, offset, noise, scale, margin, noise_floor=floor)
+    else:
+        everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)
+        channel = ChannelModel(name, rule.method, glass, scale_af, 0.0, 0.0, 0.0, 0.0, estimate_threshold(everything, rule))
+    # back on the intensity scale for the QC histogram: the median tissue background added
+    raw_tissue = tissue_residual + glass + scale_af * typical_template
+    top = float(np.percentile(raw_tissue, 99.9)) if raw_tissue.size else 1.0
+    low = float(min(np.percentile(glass_values, 0.5) if glass_values.size else top, np.percentile(raw_tissue, 0.5)))
+    edges = np.linspace(low, max(top, low + 1e-6), 97)
+    histogram = {"edges": edges.tolist(), "tissue": _histogram(raw_tissue, edges), "glass": _histogram(glass_values, edges)}
+    return channel, histogram, keeps_pixel_af, note
 
 
 def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule], *, factor: int,
@@ -463,13 +521,13 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     sparse = slide.with_chunks(window_px)
     windows = dict(zip(names, read_windows([sparse.channel(name) for name in names], sample_boxes,
                                            scheduler=scheduler)))
-    channels: dict[str, ChannelModel] = {}
-    histograms = {}
-    for name in names:
-        refined = window_af_scale(windows[name], sample_boxes, glass_level=glass[name], template=template,
-                                  tissue=tissue, factor=factor)
-        if refined is not None:
-            scales[name] = refined
+    # per channel independent work (numpy sorts and histograms, mostly without the GIL): in threads
+    threads = _threads(num_workers, len(names))
+    refined = _map(lambda name: window_af_scale(windows[name], sample_boxes, glass_level=glass[name], template=template,
+                                                tissue=tissue, factor=factor), names, threads)
+    for name, scale in zip(names, refined):
+        if scale is not None:
+            scales[name] = scale
     typical_template = float(np.median(template[tissue])) if tissue.any() else 0.0
     placeholders = {name: ChannelModel(name, "background", glass[name], scales[name], 0.0, 0.0, 0.0, 0.0) for name in names}
     model = SignalModel(factor, template, tissue, placeholders, source=source, has_glass=has_glass,
@@ -481,45 +539,16 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
         if level > 0:
             model.pixel_af = {name: scales[name] / level for name in names
                               if name != autofluorescence and rules[name].method == "background" and scales[name] > 0}
-    for name in names:
-        rule = rules[name]
-        tissue_residual, glass_values = _sample_residuals(model, name, windows, sample_boxes)
-        if name in model.pixel_af and rule.method == "background":
-            # subtracting the AF channel pixel by pixel adds its noise: keep it only where it pays
-            pixel_noise = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
-            share = model.pixel_af.pop(name)
-            coarse_residual, _ = _sample_residuals(model, name, windows, sample_boxes)
-            coarse_noise = residual_stats(coarse_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
-            if pixel_noise < 0.9 * coarse_noise:
-                model.pixel_af[name] = share
-            else:
-                tissue_residual = coarse_residual
-        if rule.method == "background":
-            offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction,
-                                                          integer=integer)
-            covered = float(np.mean(tissue_residual > offset + margin)) if tissue_residual.size else 0.0
-            floor = max(rule.k * noise, 1.0 if integer else 0.0)
-            if name == nuclei and covered < MIN_NUCLEAR_COVER and np.ptp(tissue_residual) > 0:
-                # nuclei packed so densely that they are the most common level (a lymphoid crop):
-                # the background model has no background to see; split nuclei from the rest instead
-                split = float(filters.threshold_otsu(tissue_residual, nbins=1024))
-                model.notes.append(f"{name}: only {covered:.1%} of the tissue sample is above background + margin, "
-                                   f"too few for a nuclear stain; nuclei split from the rest by Otsu instead")
-                offset, margin = 0.0, split
-                floor = split  # no share of a positive signal to lower it by
-            channels[name] = ChannelModel(name, "background", glass[name], scales[name], offset, noise, scale, margin,
-                                          noise_floor=floor)
-        else:
-            everything = np.concatenate([w.ravel() for w in windows[name]]).astype(np.float32)
-            value = estimate_threshold(everything, rule)
-            channels[name] = ChannelModel(name, rule.method, glass[name], scales[name], 0.0, 0.0, 0.0, 0.0, value)
-        # back on the intensity scale for the QC histogram: the median tissue background added
-        raw_tissue = tissue_residual + glass[name] + scales[name] * typical_template
-        top = float(np.percentile(raw_tissue, 99.9)) if raw_tissue.size else 1.0
-        low = float(min(np.percentile(glass_values, 0.5) if glass_values.size else top, np.percentile(raw_tissue, 0.5)))
-        edges = np.linspace(low, max(top, low + 1e-6), 97)
-        histograms[name] = {"edges": edges.tolist(), "tissue": _histogram(raw_tissue, edges),
-                            "glass": _histogram(glass_values, edges)}
+    fitted = _map(lambda name: _channel_model(model, name, rules[name], windows, sample_boxes, integer=integer,
+                                              nuclei=nuclei, typical_template=typical_template), names, threads)
+    channels: dict[str, ChannelModel] = {}
+    histograms = {}
+    for name, (channel, histogram, keeps_pixel_af, note) in zip(names, fitted):
+        channels[name], histograms[name] = channel, histogram
+        if not keeps_pixel_af:
+            model.pixel_af.pop(name, None)
+        if note:
+            model.notes.append(note)
     model.channels.update(channels)
     model.histograms = histograms
     model.pixel_af = {name: share for name, share in model.pixel_af.items() if model.channels[name].global_threshold is None}
