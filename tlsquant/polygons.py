@@ -125,7 +125,10 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
     -------
     list of polygons, each ``[exterior, *holes]``.
     """
-    labels, count = ndi.label(mask, structure=FOUR)
+    try:  # uint16 while the pieces fit: a whole-slide grid's labels at half int32's memory
+        labels, count = ndi.label(mask, structure=FOUR, output=np.uint16)
+    except RuntimeError:
+        labels, count = ndi.label(mask, structure=FOUR)
     polygons = []
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
@@ -138,7 +141,11 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
             continue
         exterior = _oriented(max(outer, key=lambda ring: abs(ring_area(ring))), exterior=True)
         holes = []
-        gaps, n_gaps = ndi.label(filled & ~piece, structure=EIGHT)  # the background is 8-connected
+        inside = filled & ~piece
+        if not inside.any():  # most pieces (specks) have no hole
+            polygons.append([exterior])
+            continue
+        gaps, n_gaps = ndi.label(inside, structure=EIGHT)  # the background is 8-connected
         for gap_index, gap_box in enumerate(ndi.find_objects(gaps), start=1):
             gap = gaps[gap_box] == gap_index
             gap_offset = (origin[0] + gap_box[0].start, origin[1] + gap_box[1].start)
