@@ -132,12 +132,15 @@ def composite(slide, roles: dict[str, str], scale: PictureScale) -> np.ndarray:
     data = slide.levels[scale.level].data
     step = scale.step
     height, width = data.shape[1] // step, data.shape[2] // step
-    rgb = np.zeros((height, width, 3), np.float32)
+    rgb = np.zeros((3, height, width), np.float32)  # colour planes: whole-plane arithmetic, no (H, W, 3) temporaries
     for role, colour in ROLE_COLOURS.items():
         if role in roles:
-            plane = _binned(data[slide.channel_index(roles[role]), : height * step, : width * step], step)
-            rgb += _stretch(plane)[..., None] * np.asarray(colour, np.float32)
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+            stretched = _stretch(_binned(data[slide.channel_index(roles[role]), : height * step, : width * step], step))
+            for plane, weight in zip(rgb, np.asarray(colour, np.float32)):
+                plane += stretched * weight
+    np.clip(rgb, 0, 1, out=rgb)
+    rgb *= 255
+    return np.ascontiguousarray(np.moveaxis(rgb.round().astype(np.uint8), 0, -1))
 
 
 def _scale_bar_um(width_um: float) -> float:
