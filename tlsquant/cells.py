@@ -32,6 +32,11 @@ from .cell_kernels import no_saddle_loops as _no_saddle_loops
 from .compiled import compiled as _compiled
 from .config import Cells
 
+try:
+    from dask._task_spec import GraphNode as _GraphNode
+except ImportError:  # pragma: no cover - dask before the task spec
+    _GraphNode = None
+
 
 def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
     return um / pixel_size_um[0], um / pixel_size_um[1]
@@ -155,6 +160,7 @@ def segment_nuclei(
     if clump is not None:
         peaks |= _clump_centres(image, clump, threshold, pixel_size_um=pixel_size_um, min_distance_um=min_distance_um)
         radius = np.where(clump, np.float32(0), distance)  # clump centres split their zone evenly
+    del image, thick, clump, distance  # not needed by the claim below, the step that needs the most memory
     labels = _nearest_centre(peaks, radius, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
                              origin=origin)
     return _drop_by_area(labels, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2)
@@ -601,19 +607,23 @@ def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, 
 
 def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: tuple[int, int],
                 inner_edges: tuple[bool, bool, bool, bool], context: RegionContext,
-                nuclear_stain: np.ndarray, *markers: np.ndarray) -> BlockCells:
+                nuclear_stain: np.ndarray, *markers: np.ndarray, read_markers=None) -> BlockCells:
     """Segment one window, keep the cells centred in its core, classify and count them.
 
     ``core`` is (y0, y1, x0, x1) in level-0 px; the window starts at ``window_origin``;
     ``inner_edges`` (top, bottom, left, right) marks window sides cut from a larger image,
     where an object touching the side may continue beyond it and is never kept.
+    ``read_markers``, given instead of ``markers``, is called for the marker windows once the
+    nuclei are known: they are then not held while the nuclei are segmented, and not read at
+    all where no cell counts.
     """
     pixel_size = plan.pixel_size_um
     nuclear_threshold = plan.nuclear_threshold
     if context.thresholds is not None:  # the local nuclear threshold, looked up per pixel of the window
         f = plan.grid_factor
         gy, gx = context.threshold_origin
-        nuclear_threshold = ThresholdGrid(context.thresholds[0], f, window_origin[0] - gy * f, window_origin[1] - gx * f)
+        nuclear_threshold = ThresholdGrid(np.ascontiguousarray(context.thresholds[0]), f, window_origin[0] - gy * f,
+                                          window_origin[1] - gx * f)
     nuclei = segment_nuclei(nuclear_stain, pixel_size_um=pixel_size, threshold=nuclear_threshold,
                             sigma_um=plan.sigma_um, min_distance_um=plan.min_distance_um,
                             min_area_um2=plan.min_area_um2, max_area_um2=plan.max_area_um2, origin=window_origin)
@@ -647,7 +657,7 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
 
     positive = np.zeros((ids.size, n_markers), bool)
     columns: dict[str, np.ndarray] = {}
-    sums = _all_marker_sums(nuclei, bodies, markers, n)
+    sums = _all_marker_sums(nuclei, bodies, read_markers() if read_markers is not None else markers, n)
     for k, (marker, compartment, threshold) in enumerate(zip(plan.markers, plan.compartments, plan.thresholds)):
         nucleus_sum, ring_sum = sums[0][k][ids], sums[1][k][ids]
         nucleus_mean = nucleus_sum / nucleus_px[ids]
@@ -816,25 +826,15 @@ class _Sources:
     def __dask_tokenize__(self):
         return tuple(a.name for a in self.arrays)
 
-    def read(self, rows: tuple[int, int], cols: tuple[int, int], out: list[np.ndarray]) -> None:
-        """Pixels [rows, cols] of every channel into ``out``."""
-        try:
-            from dask._task_spec import GraphNode
-        except ImportError:  # pragma: no cover - dask before the task spec
-            GraphNode = None
-        for array, region in zip(self.arrays, out):
-            graph = array.__dask_graph__()
+    def read(self, rows: tuple[int, int], cols: tuple[int, int], out, channels=None) -> None:
+        """Pixels [rows, cols] of every channel, or of the ``channels`` (indices of ``arrays``), into ``out``."""
+        arrays = self.arrays if channels is None else [self.arrays[c] for c in channels]
+        for array, region in zip(arrays, out):
             y_edges, x_edges = (np.cumsum((0,) + tuple(c)) for c in array.chunks)
-            values: dict = {}
-
-            def run(key, graph=graph, values=values):
-                if key not in values:
-                    node = graph[key]
-                    if GraphNode is None or not isinstance(node, GraphNode):
-                        raise _NotTaskSpec
-                    values[key] = node({dependency: run(dependency) for dependency in node.dependencies})
-                return values[key]
-
+            # the decoded blocks of this channel's read, dropped when it ends: a recursive closure here
+            # would make a reference cycle that only the cyclic collector frees, and tiles of every
+            # read would pile up between its runs (about 1 GB over a whole-slide pass)
+            run = functools.partial(_run_task, array.__dask_graph__(), {})
             try:
                 for i in _block_range(y_edges, rows):
                     for j in _block_range(x_edges, cols):
@@ -847,7 +847,6 @@ class _Sources:
                                 block[y0 - by : y1 - by, x0 - bx : x1 - bx]
             except _NotTaskSpec:
                 region[...] = array[rows[0]:rows[1], cols[0]:cols[1]].compute(scheduler="sync")
-
 
     def _block(self, array, key: tuple[int, int], box: tuple[int, int, int, int], rows: tuple[int, int], run):
         """Block ``key`` of ``array`` (level-0 ``box`` = y0, y1, x0, x1) holding the part of it in ``rows``:
@@ -941,33 +940,77 @@ class _NotTaskSpec(Exception):
     """A graph node that cannot be run as ``node(dependency values)``."""
 
 
+def _run_task(graph, values: dict, key):
+    """The value of ``key`` in ``graph``, its dependencies run first, each once per ``values`` (kept there)."""
+    if key not in values:
+        node = graph[key]
+        if _GraphNode is None or not isinstance(node, _GraphNode):
+            raise _NotTaskSpec
+        values[key] = node({dependency: _run_task(graph, values, dependency) for dependency in node.dependencies})
+    return values[key]
+
+
+class _BandWindows:
+    """Windows of some channels of ``sources`` along one band of rows, read left to right.
+
+    The columns read for one window that the next window also covers (its left halo and the
+    rest of the source chunk they lie in) are carried over, and only the columns beyond are
+    read, in whole source chunks: a storage tile along the band is decoded once, not once per
+    window that touches it. Between windows only the carried columns are held, not a window.
+    """
+
+    def __init__(self, sources: _Sources, channels, rows: tuple[int, int]) -> None:
+        self.sources, self.channels, self.rows = sources, tuple(channels), rows
+        self.held: list[np.ndarray] | None = None  # per channel: (rows, columns held_x[0]:held_x[1])
+        self.held_x = (0, 0)
+
+    def window(self, x0: int, x1: int) -> list[np.ndarray]:
+        """Columns [x0, x1) of each channel (views into what is held until :meth:`release`)."""
+        start, stop = self.held_x
+        if self.held is None or not start <= x0 <= stop:
+            self.held, start, stop = None, x0, x0
+        if x1 > stop and self.channels:
+            end = min((e for e in self.sources.x_edges if e >= x1), default=self.sources.x_edges[-1])
+            fresh = [np.empty((self.rows[1] - self.rows[0], end - x0), self.sources.arrays[c].dtype)
+                     for c in self.channels]
+            if self.held is not None:
+                for target, old in zip(fresh, self.held):
+                    target[:, : stop - x0] = old[:, x0 - start :]
+            self.sources.read(self.rows, (stop, end), [f[:, stop - x0 :] for f in fresh], self.channels)
+            self.held, self.held_x = fresh, (x0, end)
+            start = x0
+        return [h[:, x0 - start : x1 - start] for h in self.held or ()]
+
+    def release(self, next_x0: int | None) -> None:
+        """Keep only the columns from ``next_x0`` (the next window's first) on."""
+        start, stop = self.held_x
+        if self.held is None or next_x0 is None or not start <= next_x0 < stop:
+            self.held = None
+        elif next_x0 > start:
+            self.held = [h[:, next_x0 - start :].copy() for h in self.held]
+            self.held_x = (next_x0, stop)
+
+
 def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources) -> list[BlockCells]:
     """Run :func:`cells_block` on consecutive blocks of one block row, reading each source chunk once.
 
-    The columns read for one window that the next window also covers (its left halo and
-    the rest of the chunk they lie in) are kept, and only the columns beyond are read, in
-    whole source chunks: a storage tile along the band is decoded once, not once per
-    window that touches it. Each window holds the same pixels as if read on its own.
+    Columns that neighbouring windows share are read once (see :class:`_BandWindows`). The
+    marker windows are read only once a window's nuclei are known, so the segmentation's
+    temporaries and the marker pixels are never held together; each window holds the same
+    pixels as if read on its own.
     """
+    rows = blocks[0].window[:2]
+    nuclear = _BandWindows(sources, [0], rows)
+    markers = _BandWindows(sources, range(1, len(sources.arrays)), rows)
     results = []
-    kept: list[np.ndarray] | None = None
-    kept_x = (0, 0)
-    for block in blocks:
+    for k, block in enumerate(blocks):
         wy0, wy1, wx0, wx1 = block.window
-        if kept is None or not kept_x[0] <= wx0 <= kept_x[1]:
-            start = max(e for e in sources.x_edges if e <= wx0)
-            kept, kept_x = None, (start, start)
-        if wx1 > kept_x[1]:
-            stop = min((e for e in sources.x_edges if e >= wx1), default=sources.x_edges[-1])
-            first = kept_x[0] if kept is None else wx0  # columns left of this window are no longer needed
-            fresh = [np.empty((wy1 - wy0, stop - first), a.dtype) for a in sources.arrays]
-            if kept is not None:
-                for target, old in zip(fresh, kept):
-                    target[:, : kept_x[1] - first] = old[:, first - kept_x[0] :]
-            sources.read((wy0, wy1), (kept_x[1], stop), [f[:, kept_x[1] - first :] for f in fresh])
-            kept, kept_x = fresh, (first, stop)
-        windows = [k[:, wx0 - kept_x[0] : wx1 - kept_x[0]] for k in kept]  # views: cells_block only reads them
-        results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context, *windows))
+        next_x0 = blocks[k + 1].window[2] if k + 1 < len(blocks) else None
+        marker_windows = functools.partial(markers.window, wx0, wx1)
+        results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context,
+                                   nuclear.window(wx0, wx1)[0], read_markers=marker_windows))
+        nuclear.release(next_x0)
+        markers.release(next_x0)
     return results
 
 
@@ -1019,7 +1062,8 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
             f = plan.grid_factor
             rows = slice(window[0] // f, -(-window[1] // f))
             cols = slice(window[2] // f, -(-window[3] // f))
-            context = dataclasses.replace(context, thresholds=np.ascontiguousarray(threshold_maps[:, rows, cols]),
+            # a view, not a copy: the cut-outs of every block would add up to the whole maps again
+            context = dataclasses.replace(context, thresholds=threshold_maps[:, rows, cols],
                                           threshold_origin=(rows.start, cols.start))
         rows_of_blocks.setdefault(i, []).append(_Block(core, inner, window, context))
     # long runs decode fewer halo tiles twice; short runs keep every worker busy (about 4 tasks each)
