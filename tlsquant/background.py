@@ -64,6 +64,23 @@ class ChannelModel:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class ThresholdRuleMap:
+    """A channel's threshold map as a rule on the AF template: ``glass + scale * template + lift`` (float32),
+    or ``global_threshold`` everywhere. Applied to a piece of the template it gives, bin for bin, that
+    piece of the whole map."""
+
+    glass: float
+    scale: float
+    lift: float
+    global_threshold: float | None = None
+
+    def on(self, template: np.ndarray) -> np.ndarray:
+        if self.global_threshold is not None:
+            return np.full(template.shape, self.global_threshold, np.float32)
+        return (self.glass + self.scale * template).astype(np.float32) + np.float32(self.lift)
+
+
 @dataclass
 class SignalModel:
     """Per-channel background and thresholds on the coarse grid (``factor`` level-0 px per cell)."""
@@ -93,11 +110,16 @@ class SignalModel:
         signal (cells: a compartment mean also takes in the rim of its neighbours);
         ``fraction`` replaces the rule's share (never below the noise floor).
         """
+        return self.threshold_rule(name, min_fraction=min_fraction, fraction=fraction).on(self.template)
+
+    def threshold_rule(self, name: str, *, min_fraction: float = 0.0, fraction: float | None = None) -> ThresholdRuleMap:
+        """:meth:`threshold` as a rule on the AF template: any piece of the map from the same piece of the template."""
         model = self.channels[name]
         if model.global_threshold is not None:
-            return np.full(self.template.shape, model.global_threshold, np.float32)
+            return ThresholdRuleMap(0.0, 0.0, 0.0, model.global_threshold)
         margin = model.margin if fraction is None else max(model.noise_floor, fraction * model.positive_scale)
-        return self.background(name) + np.float32(model.offset + max(margin, min_fraction * model.positive_scale))
+        return ThresholdRuleMap(model.glass_level, model.af_scale,
+                                model.offset + max(margin, min_fraction * model.positive_scale))
 
     def corrected_threshold(self, name: str) -> np.ndarray:
         """The threshold for AF-corrected values (:meth:`af_corrected`) where ``name`` has a pixel AF share, else :meth:`threshold`."""

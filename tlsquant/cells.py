@@ -1021,7 +1021,7 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
 
 
 def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
-                  halo_source=None, threshold_maps: np.ndarray | None = None, scheduler=None,
+                  halo_source=None, threshold_maps=None, scheduler=None,
                   num_workers=None) -> CellCounts:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
@@ -1036,7 +1036,9 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     optional); each block receives only the part
     around its core. ``threshold_maps`` (1 + markers, rows, cols), on the grid of
     ``plan.grid_factor`` px, give local thresholds (nuclear stain first) in place of the
-    plan's global ones.
+    plan's global ones: an array, or any object cut the same way (``maps[:, rows, cols]``,
+    then ``[k]``) such as :class:`tlsquant.steps.cells.ThresholdMaps`, which makes each
+    block's pieces in its task.
     """
     halo = plan.halo_px
     channels = (nuclear_stain, *markers)
@@ -1062,7 +1064,7 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
             f = plan.grid_factor
             rows = slice(window[0] // f, -(-window[1] // f))
             cols = slice(window[2] // f, -(-window[3] // f))
-            # a view, not a copy: the cut-outs of every block would add up to the whole maps again
+            # a view (or pieces made in the task), not a copy: every block's cut-outs would add up to the whole maps
             context = dataclasses.replace(context, thresholds=threshold_maps[:, rows, cols],
                                           threshold_origin=(rows.start, cols.start))
         rows_of_blocks.setdefault(i, []).append(_Block(core, inner, window, context))

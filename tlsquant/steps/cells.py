@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..background import SignalModel
+from ..background import SignalModel, ThresholdRuleMap
 from ..cells import CellCounts, CellPlan, compute_cells
 from ..config import Config
 from ..slide import Slide
@@ -18,6 +18,34 @@ from .regions import TumourBed
 from .tls import FoundTLS
 
 HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
+
+
+@dataclass(frozen=True)
+class ThresholdMaps:
+    """The cell pass's threshold maps (nuclear stain first) on the coarse grid, made when read.
+
+    ``maps[k]`` is channel k's whole map; ``maps[:, rows, cols]`` the same maps cut to a box,
+    holding only a view of the AF template: each block's task makes its own pieces, so the
+    whole maps (8 x 17.5 MB at 40k x 30k px) are never held, and a task sent to a
+    distributed worker carries only its piece of the template.
+    """
+
+    template: np.ndarray
+    rules: tuple[ThresholdRuleMap, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rules), *self.template.shape)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None):
+            return ThresholdMaps(self.template[key[1], key[2]], self.rules)
+        if isinstance(key, (int, np.integer)):
+            return self.rules[key].on(self.template)
+        raise TypeError(f"ThresholdMaps take [k] or [:, rows, cols], got {key!r}")
 
 
 @dataclass
@@ -64,9 +92,10 @@ def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, sig
     # block cores are the slide's chunks; halos are read through tile-sized chunks
     tiled = bool(slide.tile_shape) and slide.tile_shape[1] < slide.shape[2]
     reader = slide.with_chunks(HALO_READ_PX) if tiled else slide
-    threshold_maps = np.stack([signal.threshold(names[0], fraction=config.cells.nuclear_signal_fraction)] + [
-        signal.threshold(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:]])
-    used = {name: on_tissue(level, signal.tissue_hint) for name, level in zip(names, threshold_maps)}
+    threshold_maps = ThresholdMaps(signal.template, (
+        signal.threshold_rule(names[0], fraction=config.cells.nuclear_signal_fraction),
+        *(signal.threshold_rule(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:])))
+    used = {name: on_tissue(threshold_maps[k], signal.tissue_hint) for k, name in enumerate(names)}
     counts = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], cell_plan,
                            tissue=grown(bed.tissue, config.cells.tissue_reach_um / grid.coarse_um), tumour=bed.tumour,
                            debris=found.debris, tls_labels=found.labels, margin=bed.margin,
