@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TLS
-from .regions import bins, disk, smooth
+from .regions import bins, disk, smooth, smooth_reach
 
 
 def debris_level(min_fraction: float) -> float:
@@ -35,6 +35,40 @@ def grown_zone(zone: np.ndarray, *, bin_um: float, dilate_um: float) -> np.ndarr
 def _disk_radius(radius_um: float, bin_um: float) -> int:
     """The radius in whole bins of :func:`disk` (``radius_um`` rounded): the same neighbourhood, as a distance."""
     return max(0, int(round(bins(radius_um, bin_um))))
+
+
+class SmoothedDensity:
+    """``smooth(occupancy)`` read box by box (``density[box]``) and thresholded band by band
+    (:meth:`above`), never made whole (a float32 map of ~0.3 GB at 40k x 30k px and 2 µm bins).
+
+    The filter's output at a bin reads only the input within :func:`smooth_reach` of it, so
+    a box smoothed with that margin (or up to the slide edge) holds bit for bit the whole
+    map's values: the seeds and outlines are those of the whole map.
+    """
+
+    def __init__(self, occupancy: np.ndarray, *, sigma_um: float, bin_um: float, band_rows: int = 512):
+        self.occupancy, self.sigma_um, self.bin_um, self.band_rows = occupancy, sigma_um, bin_um, band_rows
+        self.reach = smooth_reach(sigma_um=sigma_um, bin_um=bin_um)
+        self.shape = occupancy.shape
+
+    def __getitem__(self, box) -> np.ndarray:
+        (r0, r1, _), (c0, c1, _) = (s.indices(n) for s, n in zip(box, self.shape))
+        p0, p1 = max(0, r0 - self.reach), min(self.shape[0], r1 + self.reach)
+        q0, q1 = max(0, c0 - self.reach), min(self.shape[1], c1 + self.reach)
+        padded = smooth(self.occupancy[p0:p1, q0:q1], sigma_um=self.sigma_um, bin_um=self.bin_um)
+        return padded[r0 - p0 : r1 - p0, c0 - q0 : c1 - q0]
+
+    def above(self, level: float) -> np.ndarray:
+        """Bins whose density exceeds ``level`` (bool)."""
+        out = np.empty(self.shape, bool)
+        for start in range(0, self.shape[0], self.band_rows):
+            rows = slice(start, min(start + self.band_rows, self.shape[0]))
+            np.greater(self[rows, :], level, out=out[rows])
+        return out
+
+
+def _above(density, level: float) -> np.ndarray:
+    return density.above(level) if isinstance(density, SmoothedDensity) else density > level
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -74,7 +108,7 @@ def grow_to_half_level(density: np.ndarray, *, seed: float, min_plateau: float, 
     edges never go below half the seed level.
     Returns (mask, plateau of each kept seed).
     """
-    seeds, _ = _label(density > seed)
+    seeds, _ = _label(_above(density, seed))
     mask = np.zeros(density.shape, bool)
     levels = []
     for index, box in enumerate(ndi.find_objects(seeds), start=1):
@@ -107,7 +141,7 @@ class Seeds:
 def half_level_seeds(density: np.ndarray, *, seed: float, min_plateau: float, edge_fraction: float,
                      reach: int) -> Seeds:
     """The seeds of ``density`` and their plateaus, as :func:`grow_to_half_level` finds them."""
-    labels, _ = _label(density > seed)
+    labels, _ = _label(_above(density, seed))
     boxes = ndi.find_objects(labels)
     levels = [_plateau(density[box], labels[box] == index) for index, box in enumerate(boxes, start=1)]
     return Seeds(labels, boxes, levels, seed, min_plateau, edge_fraction, reach)
@@ -251,7 +285,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
     own_candidates = candidates is None
     if candidates is None:
         if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
-            density = smooth(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
+            density = SmoothedDensity(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
         candidates = aggregate_candidates(density, bin_um=bin_um, sigma_um=sigma_um, min_b_fraction=min_b_fraction,
                                           min_b_plateau=min_b_plateau, edge_fraction=edge_fraction,
                                           t_zone_width_um=t_zone_width_um, grow_um=grow_um,
