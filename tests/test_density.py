@@ -1,10 +1,11 @@
-"""SmoothedDensity (the B-cell density read box by box) against the whole smoothed map."""
+"""SmoothedDensity (the B-cell density read box by box) against the whole smoothed map; fill_holes against scipy."""
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from tlsquant.segment.aggregates import SmoothedDensity, aggregate_candidates, grow_to_half_level
-from tlsquant.segment.regions import smooth
+from tlsquant.segment.regions import fill_holes, smooth
 
 
 def _occupancy(seed: int, shape=(301, 257)) -> np.ndarray:
@@ -46,3 +47,16 @@ def test_outlines_are_those_of_the_whole_map(seed):
     assert np.array_equal(a.labels, b.labels) and a.levels == b.levels
     assert [(box, region.tolist(), area) for box, region, area in a.outlines] == \
         [(box, region.tolist(), area) for box, region, area in b.outlines]
+
+
+@pytest.mark.parametrize("structure", [None, np.ones((3, 3), bool)])
+def test_fill_holes_equals_scipy(structure):
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.9)
+        assert np.array_equal(fill_holes(mask, structure), ndi.binary_fill_holes(mask, structure=structure))
+    assert np.array_equal(fill_holes(np.ones((4, 5), bool)), np.ones((4, 5), bool))
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[3, 3] = False
+    assert fill_holes(ring)[3, 3] and not fill_holes(ring)[0, 0]

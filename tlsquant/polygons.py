@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage import draw, measure
 
 from .compiled import compiled_or_python
+from .segment.regions import fill_holes
 
 # Douglas-Peucker tolerance in grid bins: below the 0.35-cell clearance of every cell centre
 # from a marching-squares outline, so simplified outlines still rasterise to the same cells
@@ -134,7 +135,7 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
         if box is None:
             continue
         piece = labels[box] == index
-        filled = ndi.binary_fill_holes(piece, structure=FOUR)
+        filled = fill_holes(piece, FOUR)
         origin = (offset[0] + box[0].start, offset[1] + box[1].start)
         outer = _rings(filled, factor, origin, fully_connected="low")
         if not outer:
@@ -149,7 +150,7 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
         for gap_index, gap_box in enumerate(ndi.find_objects(gaps), start=1):
             gap = gaps[gap_box] == gap_index
             gap_offset = (origin[0] + gap_box[0].start, origin[1] + gap_box[1].start)
-            rings = _rings(ndi.binary_fill_holes(gap, structure=EIGHT), factor, gap_offset, fully_connected="high")
+            rings = _rings(fill_holes(gap, EIGHT), factor, gap_offset, fully_connected="high")
             if rings:
                 holes.append(_oriented(max(rings, key=lambda ring: abs(ring_area(ring))), exterior=False))
         polygons.append([exterior, *holes])

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TLS
-from .regions import bins, disk, smooth, smooth_reach
+from .regions import bins, disk, fill_holes, smooth, smooth_reach
 
 
 def debris_level(min_fraction: float) -> float:
@@ -210,7 +210,7 @@ def aggregate_candidates(density: np.ndarray, *, bin_um: float, sigma_um: float,
         pad = int(np.ceil(bins(max(t_zone_width_um, contrast_band_um[1]), bin_um))) + 1
         for index, box in enumerate(ndi.find_objects(labels), start=1):
             box = tuple(slice(max(0, s.start - pad), s.stop + pad) for s in box)
-            region = ndi.binary_fill_holes(labels[box] == index)
+            region = fill_holes(labels[box] == index)
             outlines.append((box, region, region.sum() * cell_area))
     return Candidates(labels, levels, outlines)
 

@@ -35,6 +35,23 @@ def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndi.distance_transform_edt(grown) > radius
 
 
+def fill_holes(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask, structure)``: the background pieces (connected by ``structure``,
+    default the cross) that do not touch the array's edge, added to ``mask``.
+
+    Labels the background once instead of scipy's repeated dilation from the edge, which
+    costs milliseconds on a candidate's box.
+    """
+    background, count = ndi.label(~mask, structure=structure)
+    if count == 0:
+        return mask.copy()
+    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    outside = np.zeros(count + 1, bool)
+    outside[edge] = True
+    outside[0] = True  # the mask itself
+    return ~outside[background] | mask
+
+
 SMOOTH_TRUNCATE = 4.0  # the Gaussian kernel's half-width in sigmas (scipy's default)
 
 
@@ -92,7 +109,7 @@ def tissue_outline(nuclei_fraction: np.ndarray, *, bin_um: float, sigma_um: floa
 
 def filled_tissue(outline: np.ndarray, *, bin_um: float, min_area_mm2: float) -> np.ndarray:
     """Tissue from its :func:`tissue_outline`: holes filled, specks under ``min_area_mm2`` dropped."""
-    return remove_small(ndi.binary_fill_holes(outline), min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
+    return remove_small(fill_holes(outline), min_area_um2=min_area_mm2 * 1e6, bin_um=bin_um)
 
 
 def tissue_mask(nuclei_fraction: np.ndarray, *, bin_um: float, sigma_um: float, min_fraction: float,
@@ -118,7 +135,7 @@ def closed_tumour(outline: np.ndarray, *, bin_um: float, closing_um: float) -> n
         radius = int(round(bins(closing_um, bin_um)))
         padded = np.pad(mask, radius)  # closing must not glue the bed to the slide edge
         mask = disk_closing(padded, radius)[radius:-radius or None, radius:-radius or None]
-    return ndi.binary_fill_holes(mask)
+    return fill_holes(mask)
 
 
 def kept_tumour(closed: np.ndarray, *, bin_um: float, min_area_mm2: float, tissue: np.ndarray | None = None) -> np.ndarray:
