@@ -539,7 +539,8 @@ def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path, dask_client)
     rows = []
     for k in range(4):
         good = k < 2
-        scene = synthetic.make_scene(seed=80 + k, width_um=1500, height_um=1100, pixel_size_um=1.0,
+        # 1.2 x 0.9 mm: one TLS fits in each good slide, enough to lift its CD20 share clear of the poor ones
+        scene = synthetic.make_scene(seed=80 + k, width_um=1200, height_um=900, pixel_size_um=1.0,
                                      tls_counts=(2, 1, 0) if good else (0, 0, 0), tls_radius_um=(60, 80),
                                      n_infiltrates=0, n_aggregates=0)
         path, truth_path = synthetic.write_slide(scene, tmp_path / f"case{k}.ome.tiff")

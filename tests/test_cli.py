@@ -72,6 +72,9 @@ def test_analyze_writes_outputs_and_reports(capsys, tmp_path):
     assert summary["tls_early_count"] == by_stage["early"] and summary["tls_primary_follicle_count"] == by_stage["primary_follicle"]
     assert summary["tls_mature_count"] == by_stage["secondary_follicle"] and sum(by_stage.values()) == summary["tls_count"]
     assert f"{by_stage['early']} early" in text
+    # the QC pictures are on by default: the CLI writes both, as PNG, and the summary lists them
+    for picture in ("qc.png", "thresholds.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture in summary["outputs"], picture
 
 
 @pytest.mark.slow
