@@ -76,9 +76,10 @@ def check_memory(slide: Slide, *, fine_factor: int, coarse_factor: int, n_channe
     height, width = slide.shape[1:]
     fine = math.ceil(height / fine_factor) * math.ceil(width / fine_factor)
     coarse = math.ceil(height / coarse_factor) * math.ceil(width / coarse_factor)
-    # bytes per grid bin, from measured peaks (40,000 x 30,000 px, 7 channels: 2.75 GB): fine
-    # evidence counts and fractions, labels, masks; coarse background, threshold and distance maps
-    need_gb = (fine * (2 * n_channels + 24) + coarse * (12 * n_channels + 48)) / 1e9
+    # bytes per grid bin, from measured peaks (35,328 x 31,744 px, 7 channels: 1.46 GiB, the TLS step):
+    # fine evidence counts (one byte a map), labels, masks and band temporaries; coarse background,
+    # threshold and distance maps; what the interpreter and libraries hold (~0.3 GB) comes on top
+    need_gb = (fine * (n_channels + 10) + coarse * (12 * n_channels + 48)) / 1e9
     limit = limit_gb or 0.75 * available_memory_gb()
     if limit and need_gb > limit:
         raise SlideTooLargeError(
