@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
@@ -121,6 +122,26 @@ def test_one_pass_marker_sums_equal_per_marker_sums(rng):
             np.testing.assert_array_equal(ring_sums[k], want[1])
 
 
+def test_rings_in_one_signed_array_give_the_sums_of_two_label_arrays(rng, monkeypatch):
+    nuclei, n = ndi.label(_blobs(rng, (60, 70), 1.5, 0.55))
+    nuclei = nuclei.astype(np.int32)
+    bodies = cell_bodies(nuclei, pixel_size_um=(0.5, 0.4), ring_um=2.0)
+    signed = cells._grow_rings(nuclei.copy(), pixel_size_um=(0.5, 0.4), ring_um=2.0)
+    np.testing.assert_array_equal(signed, np.where(nuclei > 0, nuclei, -bodies))
+    markers = [(rng.random((60, 70)) * 1000).astype(np.uint16) for _ in range(3)]
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(cells, "_compiled", lambda loops: None)
+        for got, want in ((cells._cell_sums(signed, signed, n, (7, 11)), cells._cell_sums(nuclei, bodies, n, (7, 11))),
+                          (cells._all_marker_sums(signed, signed, markers, n),
+                           cells._all_marker_sums(nuclei, bodies, markers, n))):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        edges = (True, True, True, True)
+        np.testing.assert_array_equal(cells._touching_cut_sides(signed, edges, n),
+                                      cells._touching_cut_sides(bodies, edges, n))
+
+
 def test_segmentation_with_a_threshold_grid_equals_per_pixel_thresholds(rng):
     image = ndi.gaussian_filter(rng.random((140, 150)) * 1000, 2.0).astype(np.float32)
     grid = rng.uniform(480, 520, (10, 11))
@@ -130,22 +151,75 @@ def test_segmentation_with_a_threshold_grid_equals_per_pixel_thresholds(rng):
         segment_nuclei(image, pixel_size_um=(0.5, 0.5), threshold=per_pixel))
 
 
-def test_band_reads_equal_slices_and_share_blocks_once(rng):
+def _counted_blocks(image, chunks, decoded):
+    """``image`` as a dask array whose reader tasks note each block they decode in ``decoded``."""
+    def decode(block_info=None):  # a reader task, as a slide's: no input blocks, a fresh array out
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        decoded.append((y0, x0))
+        return image[y0:y1, x0:x1].copy()
+
+    return da.map_blocks(decode, dtype=image.dtype, chunks=chunks, meta=np.empty((0, 0), image.dtype))
+
+
+def test_band_reads_equal_slices_and_decode_shared_blocks_once(rng):
     image = rng.integers(0, 60000, (300, 410)).astype(np.uint16)
-    array = da.from_array(image, chunks=(64, 96))
-    rechunked = da.from_array(image, chunks=(50, 50)).rechunk((64, 96))  # blocks built from several inputs
-    for source in (array, rechunked):
-        sources = cells._Sources([source, source + 1])
-        regions = [((10, 140), (0, 200)), ((100, 290), (0, 200)), ((100, 290), (150, 410))]
+    chunks = ((64,) * 4 + (44,), (96,) * 4 + (26,))
+    regions = [((10, 140), (0, 200)), ((10, 140), (190, 410)), ((100, 290), (0, 200)), ((100, 290), (150, 410))]
+    for rechunked in (False, True):  # blocks decoded by one task, or built from several
+        decoded = []
+        array = (_counted_blocks(image, ((50,) * 6, (50,) * 8 + (10,)), decoded).rechunk(chunks) if rechunked
+                 else _counted_blocks(image, chunks, decoded))
+        sources = cells._Sources([array, array + 1])
         sources.share(regions)
         assert sources.shared
-        for rows, cols in regions + regions:  # a second round finds nothing kept: decoded again, same pixels
-            out = [np.empty((rows[1] - rows[0], cols[1] - cols[0]), np.uint16) for _ in range(2)]
-            sources.read(rows, cols, out)
-            np.testing.assert_array_equal(out[0], image[rows[0]:rows[1], cols[0]:cols[1]])
-            np.testing.assert_array_equal(out[1], image[rows[0]:rows[1], cols[0]:cols[1]] + np.uint16(1))
-        cells._SHARED_BLOCKS.discard({a.name for a in sources.arrays})
-        assert not [k for k in cells._SHARED_BLOCKS._items if k[0] in {a.name for a in sources.arrays}]
+        try:
+            for reader, (rows, cols) in enumerate(regions):
+                out = [np.empty((rows[1] - rows[0], cols[1] - cols[0]), np.uint16) for _ in range(2)]
+                sources.read(rows, cols, out, reader=reader)
+                sources.finish(reader)
+                np.testing.assert_array_equal(out[0], image[rows[0]:rows[1], cols[0]:cols[1]])
+                np.testing.assert_array_equal(out[1], image[rows[0]:rows[1], cols[0]:cols[1]] + np.uint16(1))
+            if not rechunked:  # each block decoded once per channel, though most are read by two or more readers
+                blocks = [(y, x) for y in (0, 64, 128, 192, 256) for x in (0, 96, 192, 288, 384)]
+                assert sorted(decoded) == sorted(blocks * 2)
+            # all readers finished: nothing kept
+            assert not [k for k in cells._SHARED_BLOCKS._items if k[0] in {a.name for a in sources.arrays}]
+            assert not [k for k in cells._SHARED_BLOCKS._waiting if k[0] in {a.name for a in sources.arrays}]
+            out = [np.empty((130, 200), np.uint16)]
+            sources.read((10, 140), (0, 200), out)  # a read of no reader: decoded, nothing kept
+            np.testing.assert_array_equal(out[0], image[10:140, :200])
+        finally:
+            cells._SHARED_BLOCKS.discard({a.name for a in sources.arrays})
+
+
+def test_shared_blocks_keep_what_is_needed_first_within_their_limit():
+    shared = cells._SharedBlocks(10_000)
+    first, second = ("x", 0), ("x", 1)  # readers: (first array's name, index)
+
+    def put(key, nbytes, due):
+        shared.take(key, first, (first, second))
+        shared.put(key, (np.zeros((1, nbytes), np.uint8), 0, 0), due=due)
+
+    put(("x", 0, 0), 4500, due=5)
+    put(("x", 0, 1), 4500, due=5)
+    put(("x", 0, 2), 1500, due=6)  # due later than all that is kept: not kept
+    assert set(shared._items) == {("x", 0, 0), ("x", 0, 1)}
+    put(("x", 0, 3), 1500, due=5)  # as soon and smaller (a take saves as much decoding): displaces the newest larger
+    assert set(shared._items) == {("x", 0, 0), ("x", 0, 3)} and shared._bytes == 6000
+    put(("x", 0, 4), 4000, due=4)  # sooner: fits
+    put(("x", 0, 5), 6000, due=3)  # sooner still: displaces what is due last, no more than needed
+    assert set(shared._items) == {("x", 0, 4), ("x", 0, 5)} and shared._bytes == 10_000
+    put(("x", 0, 6), 20_000, due=0)  # larger than the limit: never kept
+    assert set(shared._items) == {("x", 0, 4), ("x", 0, 5)}
+    kept, waiting = shared.take(("x", 0, 5), second, (first, second))  # the last reader takes it: gone
+    assert kept[0].nbytes == 6000 and not waiting
+    assert set(shared._items) == {("x", 0, 4)} and shared._bytes == 4000
+    shared.finish(second)  # the second reads no more: what only it waited for goes
+    assert not shared._items and not shared._waiting
+    put(("x", 0, 8), 100, due=1)  # nor is what only finished readers still need kept
+    assert not shared._items
+    shared.discard({"x"})
+    assert not shared._finished and not shared._waiting
 
 
 def test_a_read_frees_its_decoded_blocks_without_the_cycle_collector(rng):
@@ -193,3 +267,37 @@ def test_band_windows_equal_slices_and_hold_only_the_shared_columns(rng):
             assert all(h.shape == (100, band.held_x[1] - band.held_x[0]) for h in held)
             if held:  # the next window's first column on, up to the end of the last chunk read
                 assert band.held_x[0] == next_x0 and band.held_x[1] - x1 < 64
+
+
+def test_cells_equal_with_markers_read_one_at_a_time_and_shared_blocks_mostly_not_kept(monkeypatch):
+    from tlsquant import synthetic
+
+    scene = synthetic.make_scene(seed=7, width_um=420, height_um=330, pixel_size_um=0.5, tls_counts=(1, 0, 0),
+                                 tls_radius_um=(50, 50), extra_channels=("CD8",))
+    image = synthetic.render(scene).compute()
+    names = list(scene.channel_names)
+    markers = ("CD20", "CD3", "TFE3", "CD8")
+    plan = cells.CellPlan(markers=markers, compartments=("ring", "ring", "nucleus", "cell"), thresholds=(800.0,) * 4,
+                          nuclear_threshold=float(np.median(image[names.index("DAPI")])) + 1,
+                          pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=1.5, min_area_um2=8.0,
+                          max_area_um2=250.0, ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=1, keep_table=True)
+    coarse = tuple(-(-s // 16) for s in image.shape[1:])
+    fine = tuple(-(-s // 4) for s in image.shape[1:])
+    masks = dict(tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
+                 tls_labels=np.zeros(fine, np.int32))
+    order = [names.index(name) for name in ("DAPI", *markers)]
+
+    def run():  # blocks of 256 px read through 64 px tiles: many blocks shared by neighbouring runs
+        lazy, tiles = (da.from_array(image, chunks=(1, size, size)) for size in (256, 64))
+        return cells.compute_cells(lazy[order[0]], [lazy[k] for k in order[1:]], plan, **masks,
+                                   halo_source=[tiles[k] for k in order], scheduler="threads", num_workers=2)
+
+    want = run()
+    assert want.total > 500
+    monkeypatch.setattr(cells, "MARKER_GROUP", 1)
+    monkeypatch.setattr(cells._SHARED_BLOCKS, "limit_bytes", 40_000)  # about five tiles' halos kept at a time
+    got = run()
+    pd.testing.assert_frame_equal(got.table, want.table, check_exact=True)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    assert got.nucleus_area_um2 == want.nucleus_area_um2
+    assert not cells._SHARED_BLOCKS._items and not cells._SHARED_BLOCKS._waiting

@@ -303,27 +303,27 @@ def relabel_loops(labels, new_label):  # pragma: no cover
     return labels
 
 
-def grow_rings_loops(nuclei, dys, dxs, ranks, group_start):  # pragma: no cover
-    """Each background pixel within reach of a nucleus border: the label of the nearest (then lowest) nucleus.
+def grow_rings_loops(labels, dys, dxs, ranks, group_start, best):  # pragma: no cover
+    """Grow rings into ``labels`` in place: each background pixel within reach of a nucleus border gets minus the
+    label of the nearest (then lowest) nucleus; nuclei (> 0) are left as they are.
 
-    ``ranks`` orders the offsets by their distance, equal distances equal ranks. The offsets
+    ``ranks`` orders the offsets by their distance, equal distances equal ranks; ``best``
+    (the shape of ``labels``, of the ranks' dtype) holds that dtype's maximum. The offsets
     come in 9 groups by the signs of (dy, dx), ``(sy + 1) * 3 + sx + 1``, starting at
     ``group_start``. A pixel grows only towards the sides where its 4-neighbour is background:
     where the neighbour on that side is nucleus, that neighbour lies strictly nearer to every
     target on that side, so the pixel cannot be a target's nearest (not even a tied one).
     """
-    height, width = nuclei.shape
-    grown = nuclei.copy()
-    best = np.full(nuclei.shape, np.iinfo(np.int32).max, np.int32)
+    height, width = labels.shape
     for y in range(height):
         for x in range(width):
-            label = nuclei[y, x]
-            if label == 0:
+            label = labels[y, x]
+            if label <= 0:
                 continue
-            up = y > 0 and nuclei[y - 1, x] == 0
-            down = y < height - 1 and nuclei[y + 1, x] == 0
-            left = x > 0 and nuclei[y, x - 1] == 0
-            right = x < width - 1 and nuclei[y, x + 1] == 0
+            up = y > 0 and labels[y - 1, x] <= 0
+            down = y < height - 1 and labels[y + 1, x] <= 0
+            left = x > 0 and labels[y, x - 1] <= 0
+            right = x < width - 1 and labels[y, x + 1] <= 0
             if not (up or down or left or right):
                 continue  # an inner pixel: a border pixel of its nucleus is nearer to every outside pixel
             for group in range(9):
@@ -332,18 +332,22 @@ def grow_rings_loops(nuclei, dys, dxs, ranks, group_start):  # pragma: no cover
                     continue
                 for k in range(group_start[group], group_start[group + 1]):
                     ty, tx = y + dys[k], x + dxs[k]
-                    if ty < 0 or ty >= height or tx < 0 or tx >= width or nuclei[ty, tx] != 0:
+                    if ty < 0 or ty >= height or tx < 0 or tx >= width or labels[ty, tx] > 0:
                         continue
                     rank = ranks[k]
                     current = best[ty, tx]
-                    if rank < current or (rank == current and label < grown[ty, tx]):
+                    if rank < current or (rank == current and label < -labels[ty, tx]):
                         best[ty, tx] = rank
-                        grown[ty, tx] = label
-    return grown
+                        labels[ty, tx] = -label
+    return labels
 
 
 def cell_sums_loops(nuclei, bodies, n, oy, ox):  # pragma: no cover
-    """Per label 0..n: nucleus and ring pixel counts, and the sums of the nucleus pixels' level-0 rows and columns."""
+    """Per label 0..n: nucleus and ring pixel counts, and the sums of the nucleus pixels' level-0 rows and columns.
+
+    A pixel belongs to cell ``abs(bodies)``, to its nucleus where ``nuclei > 0``: nuclei and
+    bodies as two arrays, or one array with rings as minus their label passed twice.
+    """
     nucleus_px = np.zeros(n + 1, np.int64)
     ring_px = np.zeros(n + 1, np.int64)
     sum_y = np.zeros(n + 1)
@@ -351,10 +355,10 @@ def cell_sums_loops(nuclei, bodies, n, oy, ox):  # pragma: no cover
     height, width = nuclei.shape
     for y in range(height):
         for x in range(width):
-            label = bodies[y, x]
+            label = abs(bodies[y, x])
             if label == 0:
                 continue
-            if nuclei[y, x] != 0:
+            if nuclei[y, x] > 0:
                 nucleus_px[label] += 1
                 sum_y[label] += y + oy
                 sum_x[label] += x + ox
@@ -365,17 +369,18 @@ def cell_sums_loops(nuclei, bodies, n, oy, ox):  # pragma: no cover
 
 def all_marker_sums_loops(nuclei, bodies, markers, n):  # pragma: no cover
     """Per marker (a tuple of same-typed windows) and label 0..n: the sums (float64, raster order) of its values
-    over the nucleus and over the ring, all markers in one pass: two (markers, n + 1) arrays."""
+    over the nucleus and over the ring, all markers in one pass: two (markers, n + 1) arrays. Labels as in
+    :func:`cell_sums_loops`."""
     count = len(markers)
     nucleus_sum = np.zeros((count, n + 1))
     ring_sum = np.zeros((count, n + 1))
     height, width = nuclei.shape
     for y in range(height):
         for x in range(width):
-            label = bodies[y, x]
+            label = abs(bodies[y, x])
             if label == 0:
                 continue
-            sums = nucleus_sum if nuclei[y, x] != 0 else ring_sum
+            sums = nucleus_sum if nuclei[y, x] > 0 else ring_sum
             for k in range(count):
                 sums[k, label] += np.float64(markers[k][y, x])
     return nucleus_sum, ring_sum

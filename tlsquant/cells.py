@@ -156,13 +156,15 @@ def segment_nuclei(
     if clump is not None:
         peaks &= ~clump
     peaks = _separate_maxima(peaks, distance, pixel_size_um=pixel_size_um)
-    radius = distance
     if clump is not None:
         peaks |= _clump_centres(image, clump, threshold, pixel_size_um=pixel_size_um, min_distance_um=min_distance_um)
-        radius = np.where(clump, np.float32(0), distance)  # clump centres split their zone evenly
-    del image, thick, clump, distance  # not needed by the claim below, the step that needs the most memory
-    labels = _nearest_centre(peaks, radius, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
-                             origin=origin)
+    centres = _plateau_centres(peaks)
+    radius = distance.ravel()[centres]
+    if clump is not None:
+        radius[clump.ravel()[centres]] = 0  # clump centres split their zone evenly
+    del image, thick, clump, distance, peaks  # not needed by the claim below, the step that needs the most memory
+    labels = _claim_pixels(centres, radius, foreground, pixel_size_um=pixel_size_um, reach_um=max_radius_um,
+                           origin=origin)
     return _drop_by_area(labels, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2)
 
 
@@ -388,12 +390,23 @@ def _nearest_centre(peaks: np.ndarray, distance: np.ndarray, mask: np.ndarray, *
     part where their outlines meet, whatever their sizes. Equal scores go to the centre
     first in slide raster order, so the split is the same in every window.
     """
+    centres = _plateau_centres(peaks)
+    return _claim_pixels(centres, distance.ravel()[centres], mask, pixel_size_um=pixel_size_um, reach_um=reach_um,
+                         origin=origin)
+
+
+def _plateau_centres(peaks: np.ndarray) -> np.ndarray:
+    """Flat indices of one centre per plateau of equal maxima (8-connected): its first pixel in raster order."""
     flat = np.flatnonzero(peaks)
-    # one centre per plateau of equal maxima: its first pixel in raster order
-    centres = flat[np.unique(_plateau_roots(flat, peaks.shape))]
+    return flat[np.unique(_plateau_roots(flat, peaks.shape))]
+
+
+def _claim_pixels(centres: np.ndarray, radius: np.ndarray, mask: np.ndarray, *, pixel_size_um, reach_um: float,
+                  origin: tuple[int, int]) -> np.ndarray:
+    """:func:`_nearest_centre` given the centres (flat indices, raster order) and their inscribed radii (µm)."""
     height, width = mask.shape
     cy, cx = (centres // width).astype(np.int64), (centres % width).astype(np.int64)
-    radius = distance.ravel()[centres].astype(np.float64)
+    radius = radius.astype(np.float64)
     # slide raster order of each centre; entry 0 (no owner yet) loses every tie
     slide_order = np.concatenate([[np.iinfo(np.int64).max],
                                   (cy + origin[0]).astype(np.int64) * (1 << 32) + (cx + origin[1])])
@@ -474,17 +487,26 @@ def cell_bodies(nuclei: np.ndarray, *, pixel_size_um: tuple[float, float], ring_
     window that holds both nuclei decides alike). The closest pixel of a nucleus to any
     outside pixel borders the background, so only border pixels are grown.
     """
-    if ring_um <= 0 or not nuclei.any():
-        return nuclei.copy()
+    bodies = np.array(nuclei, dtype=np.int32)  # a copy
+    return np.abs(_grow_rings(bodies, pixel_size_um=pixel_size_um, ring_um=ring_um), out=bodies)
+
+
+def _grow_rings(labels: np.ndarray, *, pixel_size_um, ring_um: float) -> np.ndarray:
+    """:func:`cell_bodies` in place, in one array: ``labels`` (int32, C order) with each ring pixel set to minus
+    its cell's label (nuclei stay positive)."""
+    if ring_um <= 0 or not labels.any():
+        return labels
     offsets = _ring_offsets(tuple(float(p) for p in pixel_size_um), float(ring_um))
     grow = _compiled(_grow_rings_loops) or _grow_rings_loops
-    # steps as ranks: the same order and the same ties, compared as int32 (half the memory of float64)
-    ranks = np.unique(offsets[:, 2], return_inverse=True)[1].astype(np.int32)
+    # steps as ranks: the same order and the same ties, compared in the smallest integer type that holds them
+    ranks = np.unique(offsets[:, 2], return_inverse=True)[1]
+    ranks = ranks.astype(np.min_scalar_type(ranks.max() + 1))  # the type's maximum stays above every rank
     dy, dx = offsets[:, 0].astype(np.int64), offsets[:, 1].astype(np.int64)
     group = (np.sign(dy) + 1) * 3 + np.sign(dx) + 1  # by the side they point to (see _grow_rings_loops)
     order = np.argsort(group, kind="stable")
     group_start = np.searchsorted(group[order], np.arange(10)).astype(np.int64)
-    return grow(np.ascontiguousarray(nuclei, dtype=np.int32), dy[order], dx[order], ranks[order], group_start)
+    best = np.full(labels.shape, np.iinfo(ranks.dtype).max, ranks.dtype)
+    return grow(labels, dy[order], dx[order], ranks[order], group_start, best)
 
 
 @functools.lru_cache(maxsize=32)
@@ -613,9 +635,10 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     ``core`` is (y0, y1, x0, x1) in level-0 px; the window starts at ``window_origin``;
     ``inner_edges`` (top, bottom, left, right) marks window sides cut from a larger image,
     where an object touching the side may continue beyond it and is never kept.
-    ``read_markers``, given instead of ``markers``, is called for the marker windows once the
-    nuclei are known: they are then not held while the nuclei are segmented, and not read at
-    all where no cell counts.
+    ``read_markers``, given instead of ``markers``, is called once the nuclei are known and
+    returns the marker windows in groups (an iterable of sequences, in marker order, each
+    read when its turn comes): they are then not held while the nuclei are segmented, not
+    all at once, and not read at all where no cell counts.
     """
     pixel_size = plan.pixel_size_um
     nuclear_threshold = plan.nuclear_threshold
@@ -632,14 +655,18 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     empty = _empty_block(plan)
     if n == 0:
         return empty
-    bodies = cell_bodies(nuclei, pixel_size_um=pixel_size, ring_um=plan.ring_um)
+    # the cells in one array, rings as minus their label: a second label array would be the largest
+    # allocation of the marker sums below
+    cell_labels = _grow_rings(np.ascontiguousarray(nuclei, dtype=np.int32), pixel_size_um=pixel_size,
+                              ring_um=plan.ring_um)
+    del nuclei
     # centroids from exact integer sums of level-0 indices: identical in every window
-    nucleus_px, ring_px, sum_y, sum_x = _cell_sums(nuclei, bodies, n, window_origin)
+    nucleus_px, ring_px, sum_y, sum_x = _cell_sums(cell_labels, cell_labels, n, window_origin)
     centre_y = sum_y[1:] / nucleus_px[1:] + 0.5  # level-0 px, pixel centres at .5
     centre_x = sum_x[1:] / nucleus_px[1:] + 0.5
     y0, y1, x0, x1 = core
     owned = (centre_y >= y0) & (centre_y < y1) & (centre_x >= x0) & (centre_x < x1)
-    cut = _touching_cut_sides(bodies, inner_edges, n)
+    cut = _touching_cut_sides(cell_labels, inner_edges, n)
     owned &= ~cut[1:]
     if not owned.any():
         return empty
@@ -657,7 +684,10 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
 
     positive = np.zeros((ids.size, n_markers), bool)
     columns: dict[str, np.ndarray] = {}
-    sums = _all_marker_sums(nuclei, bodies, read_markers() if read_markers is not None else markers, n)
+    # markers in groups, read one after the other (see _cells_band): fewer windows held at a time
+    groups = read_markers() if read_markers is not None else [markers]
+    per_group = [_all_marker_sums(cell_labels, cell_labels, group, n) for group in groups]
+    sums = [m for group in per_group for m in group[0]], [m for group in per_group for m in group[1]]
     for k, (marker, compartment, threshold) in enumerate(zip(plan.markers, plan.compartments, plan.thresholds)):
         nucleus_sum, ring_sum = sums[0][k][ids], sums[1][k][ids]
         nucleus_mean = nucleus_sum / nucleus_px[ids]
@@ -705,11 +735,10 @@ def _cell_sums(nuclei: np.ndarray, bodies: np.ndarray, n: int, origin: tuple[int
     compiled = _compiled(_cell_sums_loops)
     if compiled is not None:
         return compiled(nuclei, bodies, n, origin[0], origin[1])
-    in_nucleus = np.flatnonzero(nuclei)
-    ring = np.flatnonzero((nuclei.ravel() == 0) & (bodies.ravel() > 0))
+    in_nucleus, ring = _nucleus_and_ring(nuclei, bodies)
     nucleus_ids = nuclei.ravel()[in_nucleus]
     width = nuclei.shape[1]
-    return (np.bincount(nucleus_ids, minlength=n + 1), np.bincount(bodies.ravel()[ring], minlength=n + 1),
+    return (np.bincount(nucleus_ids, minlength=n + 1), np.bincount(np.abs(bodies.ravel()[ring]), minlength=n + 1),
             np.bincount(nucleus_ids, weights=in_nucleus // width + origin[0], minlength=n + 1),
             np.bincount(nucleus_ids, weights=in_nucleus % width + origin[1], minlength=n + 1))
 
@@ -721,10 +750,15 @@ def _marker_sums(nuclei: np.ndarray, bodies: np.ndarray, values: np.ndarray, n: 
         nucleus_sums, ring_sums = compiled(nuclei, bodies, (values,), n)
         return nucleus_sums[0], ring_sums[0]
     flat = values.ravel()
-    in_nucleus = np.flatnonzero(nuclei)
-    ring = np.flatnonzero((nuclei.ravel() == 0) & (bodies.ravel() > 0))
+    in_nucleus, ring = _nucleus_and_ring(nuclei, bodies)
     return (np.bincount(nuclei.ravel()[in_nucleus], weights=flat[in_nucleus], minlength=n + 1),
-            np.bincount(bodies.ravel()[ring], weights=flat[ring], minlength=n + 1))
+            np.bincount(np.abs(bodies.ravel()[ring]), weights=flat[ring], minlength=n + 1))
+
+
+def _nucleus_and_ring(nuclei: np.ndarray, bodies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the nucleus pixels and of the ring pixels: nuclei and bodies as two label arrays, or one
+    array with rings as minus their label passed twice (a pixel is of cell ``abs(bodies)``)."""
+    return np.flatnonzero(nuclei.ravel() > 0), np.flatnonzero((nuclei.ravel() <= 0) & (bodies.ravel() != 0))
 
 
 def _all_marker_sums(nuclei: np.ndarray, bodies: np.ndarray, markers, n: int):
@@ -751,12 +785,13 @@ def _empty_block(plan: CellPlan) -> BlockCells:
 
 
 def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
-    """Per label (index 0 = background): whether it touches a window side cut from a larger image."""
+    """Per label (index 0 = background): whether it touches a window side cut from a larger image (label
+    ``abs(labels)``: rings may be minus their label)."""
     touching = np.zeros(n + 1, bool)
     top, bottom, left, right = inner_edges
     for flag, line in ((top, labels[0]), (bottom, labels[-1]), (left, labels[:, 0]), (right, labels[:, -1])):
         if flag:
-            touching[line] = True
+            touching[np.abs(line)] = True
     touching[0] = False
     return touching
 
@@ -821,13 +856,18 @@ class _Sources:
     def __init__(self, arrays) -> None:
         self.arrays = tuple(arrays)
         self.x_edges = tuple(int(v) for v in np.cumsum((0,) + tuple(self.arrays[0].chunks[1])))
-        self.shared: dict[tuple[int, int], int] = {}  # (block row, column) -> tasks reading it, where more than one
+        self.regions: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (rows, cols) per reader, in run order
+        self.shared: dict[tuple[int, int], tuple[int, ...]] = {}  # (block row, column) -> readers, where more than one
 
     def __dask_tokenize__(self):
         return tuple(a.name for a in self.arrays)
 
-    def read(self, rows: tuple[int, int], cols: tuple[int, int], out, channels=None) -> None:
-        """Pixels [rows, cols] of every channel, or of the ``channels`` (indices of ``arrays``), into ``out``."""
+    def read(self, rows: tuple[int, int], cols: tuple[int, int], out, channels=None, reader: int | None = None) -> None:
+        """Pixels [rows, cols] of every channel, or of the ``channels`` (indices of ``arrays``), into ``out``.
+
+        ``reader``: the index of the region (see :meth:`share`) this read belongs to; blocks it
+        shares with other regions are then taken from, or kept in, the shared blocks.
+        """
         arrays = self.arrays if channels is None else [self.arrays[c] for c in channels]
         for array, region in zip(arrays, out):
             y_edges, x_edges = (np.cumsum((0,) + tuple(c)) for c in array.chunks)
@@ -841,94 +881,149 @@ class _Sources:
                         y0, y1 = max(y_edges[i], rows[0]), min(y_edges[i + 1], rows[1])
                         x0, x1 = max(x_edges[j], cols[0]), min(x_edges[j + 1], cols[1])
                         if y1 > y0 and x1 > x0:
-                            block, (by, bx) = self._block(array, (i, j), (y_edges[i], y_edges[i + 1], x_edges[j],
-                                                                          x_edges[j + 1]), rows, run)
+                            box = (y_edges[i], y_edges[i + 1], x_edges[j], x_edges[j + 1])
+                            block, (by, bx) = self._block(array, (i, j), box, (y0, y1, x0, x1), run, reader)
                             region[y0 - rows[0] : y1 - rows[0], x0 - cols[0] : x1 - cols[0]] = \
                                 block[y0 - by : y1 - by, x0 - bx : x1 - bx]
             except _NotTaskSpec:
                 region[...] = array[rows[0]:rows[1], cols[0]:cols[1]].compute(scheduler="sync")
 
-    def _block(self, array, key: tuple[int, int], box: tuple[int, int, int, int], rows: tuple[int, int], run):
-        """Block ``key`` of ``array`` (level-0 ``box`` = y0, y1, x0, x1) holding the part of it in ``rows``:
-        (pixels, their top-left corner), decoded here or kept by a task before that read it too."""
-        readers = self.shared.get(key, ())
+    def _block(self, array, key: tuple[int, int], box: tuple[int, int, int, int], needed: tuple[int, int, int, int],
+               run, reader: int | None):
+        """Block ``key`` of ``array`` (level-0 ``box`` = y0, y1, x0, x1) holding its ``needed`` part (y0, y1, x0, x1):
+        (pixels, their top-left corner), decoded here or kept by a reader before this one."""
+        readers = self.shared.get(key, ()) if reader is not None else ()
+        shared_key = (array.name, *key)
         if readers:
-            kept = _SHARED_BLOCKS.take((array.name, *key))
-            if kept is not None and kept[1] <= max(rows[0], box[0]) and min(rows[1], box[1]) <= kept[1] + len(kept[0]):
-                return kept[0], (kept[1], kept[2])
-        block = np.asarray(run((array.name, *key)))
-        if readers:
-            # keep only the rows the other readers need: the row above wants one tile row's halo, not all of it
-            others = list(readers)
-            mine = [r for r in readers if r[0] == rows]
-            if mine:
-                others.remove(mine[0])
-            top = max(box[0], min(r[0][0] for r in others))
-            bottom = min(box[1], max(r[0][1] for r in others))
-            part = block if (top, bottom) == box[:2] else block[top - box[0] : bottom - box[0]].copy()  # not a view
-            _SHARED_BLOCKS.put((array.name, *key), (part, top, box[2]), len(others))
+            kept, waiting = _SHARED_BLOCKS.take(shared_key, self.reader(reader), [self.reader(r) for r in readers])
+            if kept is not None:
+                pixels, top, left = kept
+                if (top <= needed[0] and needed[1] <= top + pixels.shape[0] and left <= needed[2]
+                        and needed[3] <= left + pixels.shape[1]):
+                    return pixels, (top, left)
+        block = np.asarray(run(shared_key))
+        if readers and waiting:
+            # keep only what the readers still to come need: the row below wants one tile row's halo from
+            # the tiles above it, the run to the right a tile column's, not the whole tiles
+            others = [self.regions[r] for _, r in waiting]
+            top, bottom = max(box[0], min(o[0][0] for o in others)), min(box[1], max(o[0][1] for o in others))
+            left, right = max(box[2], min(o[1][0] for o in others)), min(box[3], max(o[1][1] for o in others))
+            part = block[top - box[0] : bottom - box[0], left - box[2] : right - box[2]]
+            if part.shape != block.shape:
+                part = part.copy()  # not a view: the whole block would stay alive
+            _SHARED_BLOCKS.put(shared_key, (part, top, left), due=min(r for _, r in waiting))
         return block, (box[0], box[2])
 
     def share(self, regions) -> None:
-        """Note the blocks that more than one of the read ``regions`` ((rows, cols) per task) covers."""
+        """Note the blocks that more than one of the read ``regions`` ((rows, cols) per reader, in the order
+        the readers run) covers."""
+        self.regions = [(tuple(rows), tuple(cols)) for rows, cols in regions]
         if len({a.chunks for a in self.arrays}) != 1:
             return
         y_edges, x_edges = (np.cumsum((0,) + tuple(c)) for c in self.arrays[0].chunks)
         readers: dict[tuple[int, int], list] = {}
-        for rows, cols in regions:
+        for index, (rows, cols) in enumerate(self.regions):
             for i in _block_range(y_edges, rows):
                 for j in _block_range(x_edges, cols):
-                    readers.setdefault((i, j), []).append((tuple(rows), tuple(cols)))
+                    readers.setdefault((i, j), []).append(index)
         self.shared = {key: tuple(found) for key, found in readers.items() if len(found) > 1}
+
+    def finish(self, reader: int) -> None:
+        """Reader ``reader`` reads no more: what was kept only for it goes (a window with no cell reads no markers)."""
+        _SHARED_BLOCKS.finish(self.reader(reader))
+
+    def reader(self, index: int) -> tuple[str, int]:
+        """Reader ``index`` among all readers of the shared blocks (of any pass) in this process."""
+        return self.arrays[0].name, index
 
 
 class _SharedBlocks:
-    """Decoded source blocks that several band tasks read (the tiles where block rows meet), per process.
+    """Decoded source blocks that several band tasks read (the tiles where runs of blocks meet), per process.
 
-    A window reads a halo of one storage tile row beyond its core on each side, so about a
-    third of the tiles would be decoded twice. The first task to read such a block keeps it
-    here for the others, until the last has taken it. Within ``limit_bytes``, the oldest
-    going first (a block read by a task in another process is never taken here): a block
-    not found is decoded again, the same pixels, only slower.
+    A window reads a halo of one storage tile beyond its core on each side, so about a third
+    of the tiles would be decoded twice. The first reader of such a block keeps the part the
+    readers still to come need, until each has read it or finished. Readers are numbered in
+    the order they run (raster order of the runs). Within ``limit_bytes``, a part that does
+    not fit displaces parts due later (a later first reader; at the same one, larger parts,
+    which save no more decoding per take), or is not kept: a row boundary wider than the limit
+    keeps its left part, needed first, instead of evicting in turn what the next row is about
+    to take. A block not found is decoded again, the same pixels, only slower.
     """
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._items: dict = {}
+        self._items: dict = {}  # key -> (part, rank); part = (pixels, level-0 row, column of their corner)
+        self._ranks: dict[tuple[int, int], dict] = {}  # (due, nbytes) -> {key: None}, oldest first
+        self._waiting: dict = {}  # key -> readers that have not read it yet
+        self._finished: set = set()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def take(self, key) -> tuple[np.ndarray, int, int] | None:
-        """(pixels, level-0 row, column of their corner) kept under ``key``, or None."""
+    def take(self, key, reader, readers) -> tuple[tuple[np.ndarray, int, int] | None, tuple]:
+        """Note that ``reader`` (one of ``readers``) reads ``key``: (the part kept, or None; the readers still to come)."""
         with self._lock:
+            waiting = self._waiting.get(key)
+            if waiting is None:
+                waiting = self._waiting[key] = {r for r in readers if r not in self._finished}
+            waiting.discard(reader)
             entry = self._items.get(key)
-            if entry is None:
-                return None
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._items[key]
-                self._bytes -= entry[0][0].nbytes
-            return entry[0]
+            if not waiting:
+                self._forget(key)
+            return (entry[0] if entry is not None else None), tuple(waiting)
 
-    def put(self, key, part: tuple[np.ndarray, int, int], uses: int) -> None:
-        """Keep ``part`` (pixels, row, column of their corner) for ``uses`` takes."""
+    def put(self, key, part: tuple[np.ndarray, int, int], *, due: int) -> None:
+        """Keep ``part`` (pixels, row, column of their corner) for the readers still to come, the first of them ``due``."""
         nbytes = part[0].nbytes
+        rank = (due, nbytes)
         with self._lock:
-            if key in self._items or nbytes > self.limit_bytes:
+            if key in self._items or not self._waiting.get(key) or nbytes > self.limit_bytes:
                 return
-            while self._bytes + nbytes > self.limit_bytes:  # the oldest first: its readers are likely done
-                self._bytes -= self._items.pop(next(iter(self._items)))[0][0].nbytes
-            self._items[key] = [part, uses]
+            excess = self._bytes + nbytes - self.limit_bytes
+            if excess > 0:
+                later = sorted((r for r in self._ranks if r > rank), reverse=True)
+                if sum(r[1] * len(self._ranks[r]) for r in later) < excess:
+                    return  # all that is kept is needed sooner
+                for r in later:
+                    for victim in reversed(list(self._ranks[r])):  # the newest first
+                        if excess <= 0:
+                            break
+                        excess -= r[1]
+                        self._drop(victim)
+            self._items[key] = (part, rank)
+            self._ranks.setdefault(rank, {})[key] = None
             self._bytes += nbytes
 
-    def discard(self, names) -> None:
-        """Drop what the arrays named ``names`` left (a task that read a block without taking it from here)."""
+    def finish(self, reader) -> None:
+        """``reader`` reads no more: drop what only it still waited for."""
         with self._lock:
-            for key in [k for k in self._items if k[0] in names]:
-                self._bytes -= self._items.pop(key)[0][0].nbytes
+            self._finished.add(reader)
+            for key in [k for k, waiting in self._waiting.items() if reader in waiting]:
+                self._waiting[key].discard(reader)
+                if not self._waiting[key]:
+                    self._forget(key)
+
+    def discard(self, names) -> None:
+        """Drop what the arrays named ``names`` left, and their readers (see :meth:`_Sources.reader`)."""
+        with self._lock:
+            for key in [k for k in {**self._items, **self._waiting} if k[0] in names]:
+                self._forget(key)
+            self._finished = {r for r in self._finished if r[0] not in names}
+
+    def _forget(self, key) -> None:
+        self._waiting.pop(key, None)
+        self._drop(key)
+
+    def _drop(self, key) -> None:
+        entry = self._items.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[0][0].nbytes
+            bucket = self._ranks[entry[1]]
+            del bucket[key]
+            if not bucket:
+                del self._ranks[entry[1]]
 
 
-_SHARED_BLOCKS = _SharedBlocks(256 << 20)
+_SHARED_BLOCKS = _SharedBlocks(128 << 20)
 
 
 def _block_range(edges: np.ndarray, span: tuple[int, int]) -> range:
@@ -957,10 +1052,14 @@ class _BandWindows:
     rest of the source chunk they lie in) are carried over, and only the columns beyond are
     read, in whole source chunks: a storage tile along the band is decoded once, not once per
     window that touches it. Between windows only the carried columns are held, not a window.
+    Nothing right of ``stop_x`` (the last window's end) is read; ``reader`` is the band's index
+    among the regions shared through ``sources`` (see :meth:`_Sources.share`).
     """
 
-    def __init__(self, sources: _Sources, channels, rows: tuple[int, int]) -> None:
+    def __init__(self, sources: _Sources, channels, rows: tuple[int, int], *, stop_x: int | None = None,
+                 reader: int | None = None) -> None:
         self.sources, self.channels, self.rows = sources, tuple(channels), rows
+        self.stop_x, self.reader = stop_x, reader
         self.held: list[np.ndarray] | None = None  # per channel: (rows, columns held_x[0]:held_x[1])
         self.held_x = (0, 0)
 
@@ -971,12 +1070,14 @@ class _BandWindows:
             self.held, start, stop = None, x0, x0
         if x1 > stop and self.channels:
             end = min((e for e in self.sources.x_edges if e >= x1), default=self.sources.x_edges[-1])
+            end = max(x1, min(end, self.stop_x)) if self.stop_x is not None else end
             fresh = [np.empty((self.rows[1] - self.rows[0], end - x0), self.sources.arrays[c].dtype)
                      for c in self.channels]
             if self.held is not None:
                 for target, old in zip(fresh, self.held):
                     target[:, : stop - x0] = old[:, x0 - start :]
-            self.sources.read(self.rows, (stop, end), [f[:, stop - x0 :] for f in fresh], self.channels)
+            self.sources.read(self.rows, (stop, end), [f[:, stop - x0 :] for f in fresh], self.channels,
+                              reader=self.reader)
             self.held, self.held_x = fresh, (x0, end)
             start = x0
         return [h[:, x0 - start : x1 - start] for h in self.held or ()]
@@ -991,27 +1092,45 @@ class _BandWindows:
             self.held_x = (next_x0, stop)
 
 
-def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources) -> list[BlockCells]:
+def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources, reader: int) -> list[BlockCells]:
     """Run :func:`cells_block` on consecutive blocks of one block row, reading each source chunk once.
 
     Columns that neighbouring windows share are read once (see :class:`_BandWindows`). The
     marker windows are read only once a window's nuclei are known, so the segmentation's
     temporaries and the marker pixels are never held together; each window holds the same
-    pixels as if read on its own.
+    pixels as if read on its own. ``reader``: the band's index among the regions shared
+    through ``sources``.
     """
-    rows = blocks[0].window[:2]
-    nuclear = _BandWindows(sources, [0], rows)
-    markers = _BandWindows(sources, range(1, len(sources.arrays)), rows)
+    rows, stop_x = blocks[0].window[:2], blocks[-1].window[3]
+    nuclear = _BandWindows(sources, [0], rows, stop_x=stop_x, reader=reader)
+    channels = range(1, len(sources.arrays))
+    markers = [_BandWindows(sources, channels[k : k + MARKER_GROUP], rows, stop_x=stop_x, reader=reader)
+               for k in range(0, len(channels), MARKER_GROUP)]
+
+    def marker_groups(x0, x1, next_x0):
+        for group in markers:
+            yield group.window(x0, x1)
+            group.release(next_x0)  # before the next group is read
+
     results = []
-    for k, block in enumerate(blocks):
-        wy0, wy1, wx0, wx1 = block.window
-        next_x0 = blocks[k + 1].window[2] if k + 1 < len(blocks) else None
-        marker_windows = functools.partial(markers.window, wx0, wx1)
-        results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context,
-                                   nuclear.window(wx0, wx1)[0], read_markers=marker_windows))
-        nuclear.release(next_x0)
-        markers.release(next_x0)
+    try:
+        for k, block in enumerate(blocks):
+            wy0, wy1, wx0, wx1 = block.window
+            next_x0 = blocks[k + 1].window[2] if k + 1 < len(blocks) else None
+            results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context,
+                                       nuclear.window(wx0, wx1)[0],
+                                       read_markers=functools.partial(marker_groups, wx0, wx1, next_x0)))
+            nuclear.release(next_x0)
+            for group in markers:
+                group.release(next_x0)
+    finally:
+        sources.finish(reader)
     return results
+
+
+# marker channels read and summed together: fewer windows held at a time (4 uint16 windows take twice the
+# memory of the window's labels) against one more pass over the labels per group
+MARKER_GROUP = 4
 
 
 def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
@@ -1084,7 +1203,7 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     # keys in raster order of the runs: dask then runs them in that order, and a block row finds the tiles it
     # shares with the row above still kept (see _SharedBlocks)
     token = dask.base.tokenize(plan, runs, sources)
-    tasks = [dask.delayed(_cells_band)(plan, run, sources, dask_key_name=f"cells-band-{k:06d}-{token}")
+    tasks = [dask.delayed(_cells_band)(plan, run, sources, k, dask_key_name=f"cells-band-{k:06d}-{token}")
              for k, run in enumerate(runs)]
     try:
         results = [block for band in compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
