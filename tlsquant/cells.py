@@ -30,6 +30,7 @@ from .cell_kernels import grow_rings_loops as _grow_rings_loops
 from .cell_kernels import local_maxima_loops as _local_maxima_loops
 from .cell_kernels import no_saddle_loops as _no_saddle_loops
 from .compiled import compiled as _compiled
+from .compiled import one_integer_type
 from .config import Cells
 
 try:
@@ -197,7 +198,7 @@ def _smooth_and_threshold(nuclear_stain: np.ndarray, threshold, *, sigma_um: flo
     and the comparison runs in the dtype numpy would compare in.
     """
     compiled = _compiled(cell_kernels.smooth_threshold_loops)
-    stain = np.ascontiguousarray(nuclear_stain)  # a window of a band: one copy lets the compiler vectorise
+    stain = np.ascontiguousarray(one_integer_type(nuclear_stain))  # a window of a band: one copy lets the compiler vectorise
     if compiled is None or stain.ndim != 2 or not (np.issubdtype(stain.dtype, np.integer)
                                                    or np.issubdtype(stain.dtype, np.floating)):
         image = np.asarray(stain, dtype=np.float32)
@@ -747,7 +748,7 @@ def _marker_sums(nuclei: np.ndarray, bodies: np.ndarray, values: np.ndarray, n: 
     """Per label 0..n: the sums (float64, raster order) of ``values`` over the nucleus and over the ring."""
     compiled = _compiled(cell_kernels.all_marker_sums_loops)
     if compiled is not None:
-        nucleus_sums, ring_sums = compiled(nuclei, bodies, (values,), n)
+        nucleus_sums, ring_sums = compiled(nuclei, bodies, (one_integer_type(values),), n)
         return nucleus_sums[0], ring_sums[0]
     flat = values.ravel()
     in_nucleus, ring = _nucleus_and_ring(nuclei, bodies)
@@ -771,7 +772,7 @@ def _all_marker_sums(nuclei: np.ndarray, bodies: np.ndarray, markers, n: int):
     compiled = _compiled(cell_kernels.all_marker_sums_loops)
     if (compiled is not None and markers and len({(m.dtype, m.shape, m.flags.c_contiguous, m.flags.f_contiguous)
                                                    for m in markers}) == 1 and markers[0].ndim == 2):
-        return compiled(nuclei, bodies, markers, n)
+        return compiled(nuclei, bodies, tuple(one_integer_type(m) for m in markers), n)
     per_marker = [_marker_sums(nuclei, bodies, m, n) for m in markers]
     return [s[0] for s in per_marker], [s[1] for s in per_marker]
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 _COMPILED: dict[Callable, Callable | None] = {}
+
+
+def one_integer_type(array: np.ndarray) -> np.ndarray:
+    """``array`` with uint8 widened to uint16 (exact): the kernels then compile once for both.
+
+    Each dtype a kernel sees is another compilation (seconds each, in every fresh process).
+    """
+    return array.astype(np.uint16) if array.dtype == np.uint8 else array
 
 
 def compiled(loops: Callable) -> Callable | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..background import expand
 from ..blocks import block_grid, compute_blocks
+from ..compiled import one_integer_type
 from ..thresholds import ScaledThresholds, scaled_level  # noqa: F401  (re-exported: the pass evaluates them)
 from . import counting
 
@@ -466,7 +467,7 @@ def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, bac
         band_of[k], lows[k], highs[k] = group, low, high
         if int_levels.shape[0]:
             int_lows[k], int_highs[k] = _comparable(low, dtype), _comparable(high, dtype)
-    data = tuple(np.ascontiguousarray(block) for block in blocks)
+    data = tuple(np.ascontiguousarray(one_integer_type(block)) for block in blocks)  # int_levels stay in the block dtype's range
     counting.count_sweep(data, levels, int_levels, plan.grid_factor, y0, x0, corrected, index.get("autofluorescence", 0),
                          np.float32(plan.af_glass), shares, sources, kappas, background,
                          fine_table, fine_bits, f, fine, coarse_table, coarse_bits, c, coarse,
