@@ -195,7 +195,12 @@ class Slide:
         Small chunks let a sparse read (a few windows) decode only the tiles it needs.
         """
         if self.reopen is not None:
-            return self.reopen(chunk_size=chunk_px)
+            # kept per chunk size: the signal model, the cell pass and the gallery all read through tile-sized
+            # chunks, and each reopening parses the file's metadata again (a quarter second on a whole slide)
+            reopened = self.__dict__.setdefault("_reopened", {})
+            if chunk_px not in reopened:
+                reopened[chunk_px] = self.reopen(chunk_size=chunk_px)
+            return reopened[chunk_px]
         chunks = (1, chunk_px, chunk_px)
         levels = tuple(Level(lvl.data.rechunk(chunks), lvl.downsample_y, lvl.downsample_x) for lvl in self.levels)
         return Slide(self.path, self.format, self.channel_names, self.pixel_size_x_um, self.pixel_size_y_um,
