@@ -301,3 +301,48 @@ def test_cells_equal_with_markers_read_one_at_a_time_and_shared_blocks_mostly_no
     np.testing.assert_array_equal(got.counts, want.counts)
     assert got.nucleus_area_um2 == want.nucleus_area_um2
     assert not cells._SHARED_BLOCKS._items and not cells._SHARED_BLOCKS._waiting
+
+
+def test_block_edges_a_halo_before_tile_edges_decode_each_tile_once_and_change_no_cell(monkeypatch):
+    """Cores end ``halo`` px before the tile edges, so a window's far halo ends on a tile edge: the next row of
+    tiles is not decoded for a few rows of it, and what the next block needs of this one's tiles is a strip the
+    shared blocks keep even when whole tile rows would not fit."""
+    from tlsquant import synthetic
+
+    assert cells._halo_on_edges((256, 256, 256, 100), 40) == (216, 256, 256, 140)
+    assert cells._halo_on_edges((256,), 40) == (256,) and cells._halo_on_edges((60, 60), 40) == (60, 60)
+    scene = synthetic.make_scene(seed=7, width_um=600, height_um=500, pixel_size_um=0.5, tls_counts=(1, 0, 0),
+                                 tls_radius_um=(50, 50))
+    image = synthetic.render(scene).compute()
+    names = list(scene.channel_names)
+    order = [names.index(name) for name in ("DAPI", "CD20", "CD3")]
+    plan = cells.CellPlan(markers=("CD20", "CD3"), compartments=("ring", "ring"), thresholds=(800.0,) * 2,
+                          nuclear_threshold=float(np.median(image[names.index("DAPI")])) + 1,
+                          pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=1.5, min_area_um2=8.0,
+                          max_area_um2=250.0, ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=1, keep_table=True)
+    coarse = tuple(-(-s // 16) for s in image.shape[1:])
+    fine = tuple(-(-s // 4) for s in image.shape[1:])
+    masks = dict(tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
+                 tls_labels=np.zeros(fine, np.int32))
+    tile, core = 192, 384
+    assert 2 * plan.halo_px < tile < core - plan.halo_px
+
+    def run():  # cores of two tiles read through counted tiles, one block row after the other
+        decoded = {k: [] for k in order}
+        tiles = [_counted_blocks(image[k], ((tile,) * -(-image.shape[1] // tile), (tile,) * -(-image.shape[2] // tile)),
+                                 decoded[k]) for k in order]
+        cores = [da.from_array(image[k], chunks=core) for k in order]
+        result = cells.compute_cells(cores[0], cores[1:], plan, **masks, halo_source=tiles, scheduler="sync")
+        return result, [(k, *corner) for k, corners in decoded.items() for corner in corners]
+
+    # room for the strips where block rows meet, not for a row of whole tiles
+    strip_bytes = 2 * plan.halo_px * image.shape[2] * 2 * len(order)
+    monkeypatch.setattr(cells._SHARED_BLOCKS, "limit_bytes", 2 * strip_bytes)
+    got, decoded = run()
+    assert got.total > 500
+    assert len(decoded) == len(set(decoded))  # every tile of every channel decoded once
+    monkeypatch.setattr(cells, "_halo_on_edges", lambda chunks, halo: chunks)  # cores on the tile edges
+    want, decoded_before = run()
+    assert len(decoded_before) > len(decoded), (len(decoded_before), len(decoded))
+    pd.testing.assert_frame_equal(got.table, want.table, check_exact=True)
+    np.testing.assert_array_equal(got.counts, want.counts)

@@ -1134,6 +1134,22 @@ def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources, r
 MARKER_GROUP = 4
 
 
+def _halo_on_edges(chunks: tuple[int, ...], halo: int) -> tuple[int, ...]:
+    """``chunks`` with each inner edge moved ``halo`` px back, so that a window's far halo ends on the old edge.
+
+    The old edges are storage-tile edges: a window reaching ``halo`` px past one would decode
+    the whole next row (or column) of tiles for those pixels, which the next block then
+    decodes again as its core (a quarter of a 2048-px block's tiles). Moved back, the next
+    block instead needs ``2 * halo`` px of tiles this one decoded, a strip the shared blocks
+    keep cheaply (see :class:`_SharedBlocks`).
+    """
+    if len(chunks) < 2 or chunks[0] <= 2 * halo:
+        return chunks
+    edges = np.cumsum(chunks)
+    edges[:-1] -= halo
+    return tuple(int(size) for size in np.diff(edges, prepend=0))
+
+
 def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     if len(chunks) > 1 and chunks[-1] < minimum:
         return chunks[:-2] + (chunks[-2] + chunks[-1],)
@@ -1163,7 +1179,10 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     halo = plan.halo_px
     channels = (nuclear_stain, *markers)
     height, width = nuclear_stain.shape
-    y_chunks, x_chunks = (_merge_small_last(c, halo + 1) for c in nuclear_stain.chunks)
+    chunks = nuclear_stain.chunks
+    if halo_source is not None:  # cores are geometry only: the pixels come through the halo source's tiles
+        chunks = tuple(_halo_on_edges(c, halo) for c in chunks)
+    y_chunks, x_chunks = (_merge_small_last(c, halo + 1) for c in chunks)
     if (y_chunks, x_chunks) != nuclear_stain.chunks:
         channels = tuple(c.rechunk((y_chunks, x_chunks)) for c in channels)
     halo_source = tuple(halo_source) if halo_source is not None else channels
