@@ -166,3 +166,40 @@ def test_typical_positive_signal_is_read_from_the_stain_not_from_autofluorescent
     assert typical_positive(network) == np.median(network)
     close = np.r_[rng.lognormal(np.log(400), 0.3, 6000), rng.lognormal(np.log(1000), 0.3, 3000)]
     assert typical_positive(close) == np.median(close)
+
+
+def _brightest_windows_by_hand(excess, tissue, *, factor, window_px, shape, tile, count, floor):
+    """The windows one by one: brightest bin first (ties by position), skipping bins near a picked one."""
+    score = np.where(tissue, excess, -np.inf)
+    bins = sorted(((-score[r, c], r * score.shape[1] + c) for r, c in zip(*np.nonzero(score > floor))))
+    picked, boxes = [], []
+    apart = window_px / factor * 2
+    for _, index in bins:
+        row, col = divmod(index, score.shape[1])
+        if len(boxes) < count and not any(abs(row - r) < apart and abs(col - c) < apart for r, c in picked):
+            picked.append((row, col))
+            cy, cx = int((row + 0.5) * factor), int((col + 0.5) * factor)
+            y0 = min(max(0, cy - window_px // 2), max(0, shape[0] - window_px)) // tile * tile
+            x0 = min(max(0, cx - window_px // 2), max(0, shape[1] - window_px)) // tile * tile
+            boxes.append((slice(y0, min(shape[0], y0 + window_px)), slice(x0, min(shape[1], x0 + window_px))))
+    return boxes
+
+
+def test_brightest_windows_equal_picking_them_one_by_one():
+    from tlsquant.background import _brightest_windows
+
+    rng = np.random.default_rng(5)
+    picked = 0
+    for trial in range(150):
+        h, w = (int(v) for v in rng.integers(3, 90, 2))
+        excess = rng.normal(0, 1, (h, w)).astype(np.float32)
+        if trial % 3 == 0:
+            excess = np.round(excess)  # ties, decided by position
+        tissue = rng.random((h, w)) < rng.uniform(0.2, 1)
+        factor = int(rng.choice([4, 16, 32]))
+        options = dict(factor=factor, window_px=int(rng.choice([64, 100, 512])), shape=(h * factor, w * factor),
+                       tile=int(rng.choice([1, 64])), count=int(rng.integers(1, 6)), floor=float(rng.uniform(-1, 1.5)))
+        got = _brightest_windows(excess, tissue, **options)
+        assert got == _brightest_windows_by_hand(excess, tissue, **options)
+        picked += len(got)
+    assert picked > 200

@@ -600,22 +600,22 @@ def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, w
         candidates = candidates[values >= kth]
     order = candidates[np.lexsort((candidates, -flat[candidates]))]  # brightest first, ties by position
     height, width = shape
-    picked: list[tuple[int, int]] = []
     boxes = []
     apart = window_px / factor * 2
-    for index in order:
-        row, col = divmod(int(index), score.shape[1])
-        if not score[row, col] > floor:
+    rows, cols = np.divmod(order, score.shape[1])
+    # bins closer than ``apart`` (both ways) to a picked one are blocked: the brightest unblocked bin is next
+    blocked = np.zeros(score.shape, bool)
+    for _ in range(count):
+        free = np.flatnonzero(~blocked[rows, cols])
+        if free.size == 0:
             break
-        if any(abs(row - r) < apart and abs(col - c) < apart for r, c in picked):
-            continue
-        picked.append((row, col))
+        row, col = int(rows[free[0]]), int(cols[free[0]])
+        blocked[max(0, math.floor(row - apart) + 1) : max(0, math.ceil(row + apart)),
+                max(0, math.floor(col - apart) + 1) : max(0, math.ceil(col + apart))] = True
         cy, cx = int((row + 0.5) * factor), int((col + 0.5) * factor)
         y0 = min(max(0, cy - window_px // 2), max(0, height - window_px)) // tile * tile
         x0 = min(max(0, cx - window_px // 2), max(0, width - window_px)) // tile * tile
         boxes.append((slice(y0, min(height, y0 + window_px)), slice(x0, min(width, x0 + window_px))))
-        if len(boxes) == count:
-            break
     return boxes
 
 
