@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,6 +57,72 @@ def test_blob_area_and_centroid_match_a_raster():
     cx, cy = blob.centroid_um()
     assert cx == pytest.approx(xs[mask].mean(), abs=0.3)
     assert cy == pytest.approx(ys[mask].mean(), abs=0.3)
+
+
+def test_blob_tests_over_many_points_match_the_plain_formula():
+    """contains() and _depth_um() settle most points of a region from bounds alone: never differently."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        harmonics = tuple((int(rng.integers(1, 7)), float(rng.uniform(-0.1, 0.1)), float(rng.uniform(0, 7)))
+                          for _ in range(rng.integers(0, 5)))
+        blob = synthetic.Blob(*rng.uniform(0, 500, 2), *rng.uniform(5, 400, 2), harmonics)
+        theta = rng.uniform(-np.pi, np.pi, 4000)  # on and near the outline, then a grid around it
+        scale = blob.relative_radius(theta) * (1 + rng.choice([0, 1e-15, -1e-15, 1e-9, -1e-9, 1e-3, -0.03], theta.size))
+        points = [(blob.x_um + blob.radius_x_um * scale * np.cos(theta), blob.y_um + blob.radius_y_um * scale * np.sin(theta)),
+                  (np.linspace(*blob.bbox_um(60)[::2], 90)[None, :], np.linspace(*blob.bbox_um(60)[1::2], 70)[:, None])]
+        for x, y in points:
+            u = (np.asarray(x, dtype=np.float64) - blob.x_um) / blob.radius_x_um
+            v = (np.asarray(y, dtype=np.float64) - blob.y_um) / blob.radius_y_um
+            rho, radius = np.hypot(u, v), blob.relative_radius(np.arctan2(v, u))
+            for grow_um in (0.0, -20.0, 35.0):
+                plain = rho <= radius + grow_um / min(blob.radius_x_um, blob.radius_y_um)
+                np.testing.assert_array_equal(blob.contains(x, y, grow_um=grow_um), plain)
+            depth = synthetic._depth_um(blob, x, y)
+            for edge_um, grow_um in ((4.0, 0.0), (4.0, 25.0), (2.0, -10.0)):
+                plain = 1.0 / (1.0 + np.exp(-np.clip((depth + grow_um) / edge_um, -30, 30)))
+                np.testing.assert_array_equal(synthetic._soft_inside(blob, x, y, grow_um=grow_um, edge_um=edge_um), plain)
+
+
+def _stamp_by_sorting(cells, scene, y0, x0, shape):
+    """The straightforward nearest-cell stamp: every (pixel, cell) pair sorted by pixel, distance, cell."""
+    px, py = scene.pixel_size_x_um, scene.pixel_size_y_um
+    n = len(cells)
+    reach = float(cells.radius_um.max()) + synthetic.MEMBRANE_UM
+    oy, ox = np.mgrid[-math.ceil(reach / py) : math.ceil(reach / py) + 1, -math.ceil(reach / px) : math.ceil(reach / px) + 1]
+    cy, cx = cells.y_um / py - 0.5 - y0, cells.x_um / px - 0.5 - x0
+    iy = np.rint(cy)[:, None].astype(np.int64) + oy.ravel()[None, :]
+    ix = np.rint(cx)[:, None].astype(np.int64) + ox.ravel()[None, :]
+    dist = np.hypot((iy - cy[:, None]) * py, (ix - cx[:, None]) * px)
+    ok = (iy >= 0) & (iy < shape[0]) & (ix >= 0) & (ix < shape[1]) & (dist <= cells.radius_um[:, None] + synthetic.MEMBRANE_UM)
+    index = np.broadcast_to(np.arange(n)[:, None], ok.shape)[ok]
+    flat, dist = (iy * shape[1] + ix)[ok], dist[ok]
+    order = np.lexsort((index, dist, flat))
+    flat, index, dist = flat[order], index[order], dist[order]
+    first = np.r_[True, flat[1:] != flat[:-1]]
+    label = np.full(shape[0] * shape[1], 2 * n)
+    label[flat[first]] = index[first] + n * (dist[first] > cells.radius_um[index[first]])
+    return label.reshape(shape)
+
+
+@pytest.mark.parametrize("pixel_size", [(0.5, 0.5), (0.65, 1.0), (2.0, 2.0)])
+def test_cells_are_stamped_nearest_first_ties_to_the_lower_index(pixel_size):
+    scene = synthetic.make_scene(seed=9, width_um=500, height_um=400, pixel_size_um=pixel_size[0],
+                                 pixel_size_y_um=pixel_size[1], tls_counts=(1, 0, 0), tls_radius_um=(60, 60))
+    px, py = scene.pixel_size_x_um, scene.pixel_size_y_um
+    h, w = scene.height_px, scene.width_px
+    for y0, y1, x0, x1 in [(0, h, 0, w), (h // 3, h // 3 + 153, w // 2, w // 2 + 66)]:
+        cells = synthetic._cells_in(scene, x0 * px - 12, y0 * py - 12, x1 * px + 12, y1 * py + 12)
+        assert len(cells) > 20
+        np.testing.assert_array_equal(synthetic._stamp(cells, scene, y0, x0, (y1 - y0, x1 - x0)),
+                                      _stamp_by_sorting(cells, scene, y0, x0, (y1 - y0, x1 - x0)))
+    # two cells of neighbouring lattice sites, 2.5 µm apart: the pixel centred halfway goes to the first listed
+    fine = replace(scene, pixel_size_x_um=0.5, pixel_size_y_um=0.5)
+    for xs in ([5.0, 7.5], [7.5, 5.0]):
+        cells = synthetic.Cells(np.array(xs), np.array([3.0, 3.0]), np.array([3.0, 3.0]), np.zeros(2, np.int8),
+                                *np.zeros((3, 2), bool), np.ones(2))
+        label = synthetic._stamp(cells, fine, 0, 0, (12, 24))
+        assert label[5, 12] == 0  # pixel centre (6.25, 2.75)
+        np.testing.assert_array_equal(label, _stamp_by_sorting(cells, fine, 0, 0, (12, 24)))
 
 
 def test_rendered_markers_sit_where_the_truth_says(small_scene):
