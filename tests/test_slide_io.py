@@ -324,3 +324,19 @@ def test_concurrent_reads_of_many_pages_agree(tmp_path, rng):
         slide = open_slide(path, chunk_size=64)
         with dask.config.set(scheduler="threads", num_workers=8):
             np.testing.assert_array_equal(slide.levels[0].data.compute(), levels[0])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_pyramid_levels_in_memory_equal_the_chunked_mean(dtype, factor):
+    from tlsquant.io.writers import downsample_mean
+
+    info = np.iinfo(dtype)
+    level = np.random.default_rng(factor).integers(info.min, info.max, (3, 301, 257), endpoint=True).astype(dtype)
+    level[:, :7] = info.max  # bins of the largest values: their float32 sums must stay exact
+    import dask.array as da
+
+    chunks = (1, 96, 64) if factor == 2 else (1, 99, 63)  # whole bins per chunk, as the dask path keeps them
+    chunked = downsample_mean(da.from_array(level, chunks=chunks), factor).compute()
+    np.testing.assert_array_equal(downsample_mean(level, factor), chunked)
+    assert downsample_mean(level, factor).dtype == level.dtype

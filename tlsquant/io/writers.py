@@ -21,6 +21,16 @@ ArrayLike = np.ndarray | da.Array
 
 def downsample_mean(level: ArrayLike, factor: int = 2) -> ArrayLike:
     """Mean-bin (C, Y, X) by ``factor`` in y and x, trimming a ragged edge, same dtype."""
+    if isinstance(level, np.ndarray) and level.dtype.kind in "ui" and level.dtype.itemsize <= 2 and factor <= 16:
+        # in memory, small integers: each bin's float32 sum is exact (< 2**24) in any order, so adding the
+        # factor**2 strided views equals the chunked mean, at a fraction of its cost
+        y, x = level.shape[1] // factor * factor, level.shape[2] // factor * factor
+        total = np.zeros((level.shape[0], y // factor, x // factor), np.float32)
+        for dy in range(factor):
+            for dx in range(factor):
+                total += level[:, dy:y:factor, dx:x:factor]
+        total /= np.float32(factor * factor)
+        return np.round(total, out=total).astype(level.dtype)
     lazy = da.asarray(level) if not isinstance(level, da.Array) else level
     y = lazy.shape[1] // factor * factor
     x = lazy.shape[2] // factor * factor
@@ -78,6 +88,7 @@ def write_ome_tiff(
     pixel_size_um: tuple[float, float],
     tile: int = 256,
     compression: str | None = "zlib",
+    compression_level: int | None = None,
     pyramid: str = "subifds",
     physical_unit: str = "µm",
 ) -> Path:
@@ -85,7 +96,8 @@ def write_ome_tiff(
 
     ``pyramid`` is ``"subifds"`` (the OME-TIFF 6 convention) or ``"series"`` (each
     reduced level as its own OME Image, as some older converters do).
-    ``physical_unit`` writes PhysicalSize in that unit (µm, nm or mm) to exercise readers.
+    ``physical_unit`` writes PhysicalSize in that unit (µm, nm or mm) to exercise readers;
+    ``compression_level`` is the codec's level (None: its default).
     """
     import tifffile
 
@@ -102,6 +114,7 @@ def write_ome_tiff(
                 dtype=level.dtype,
                 tile=(tile, tile),
                 compression=compression,
+                compressionargs={"level": compression_level} if compression_level is not None else None,
                 resolution=_resolution_per_cm(size),
                 resolutionunit="CENTIMETER",
             )
