@@ -22,21 +22,38 @@ def _kernel_cache_is_cold() -> bool:
     return not any(any(place.rglob("counting._count_loops*.nbi")) for place in places if place.is_dir())
 
 
+_WARMING: list = []  # the warm-up processes, until the first test may run
+
+
 def _warm_kernels() -> None:
-    """Compile the numba kernels once, in two processes side by side, before any test worker starts.
+    """Start compiling the numba kernels, in two processes side by side; :func:`_kernels_warm` waits for them.
 
     In a fresh clone each xdist worker and each dask worker process a test starts would
     compile them again (~10 CPU s each, ~100 CPU s a suite); afterwards they load from the
-    on-disk cache in well under a second.
+    on-disk cache in well under a second. The test workers start and collect meanwhile (the
+    kernels compile on first call, not on import); no test runs before the warm-up ends.
     """
     import subprocess
     import sys
 
     script = Path(__file__).with_name("warm_kernels.py")
-    runs = [subprocess.Popen([sys.executable, str(script), str(part)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL) for part in (0, 1)]
-    for run in runs:
-        run.wait()  # a failure here only means the tests compile for themselves (and report what broke)
+    _WARMING.extend(subprocess.Popen([sys.executable, str(script), str(part)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL) for part in (0, 1))
+
+
+def _kernels_warm() -> None:
+    while _WARMING:
+        _WARMING.pop().wait()  # a failure here only means the tests compile for themselves (and report what broke)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """The controller, as each worker has collected: tests are handed out only after this returns."""
+    _kernels_warm()
+
+
+def pytest_collection_finish(session):
+    _kernels_warm()  # a run without xdist
 
 
 def pytest_configure(config):
