@@ -203,3 +203,16 @@ def test_brightest_windows_equal_picking_them_one_by_one():
         assert got == _brightest_windows_by_hand(excess, tissue, **options)
         picked += len(got)
     assert picked > 200
+
+
+def test_qc_histograms_equal_binning_by_the_edges_themselves():
+    from tlsquant.background import _histogram
+
+    rng = np.random.default_rng(2)
+    for trial in range(200):
+        low, high = sorted(rng.normal(100, 50, 2))
+        edges = np.linspace(low, max(high, low + 1e-6), 97)
+        values = rng.normal(low + (high - low) * rng.random(), abs(high - low) + 1, 5000).astype(np.float32)
+        values[:40] = edges[rng.integers(0, 97, 40)]  # on the edges exactly, where rounding could move a value
+        values[40:50], values[50:60] = np.float32(edges[-1]), np.float32(edges[0])  # float32-rounded ends
+        assert _histogram(values, edges) == np.histogram(values, bins=edges)[0].tolist(), trial

@@ -437,7 +437,14 @@ def typical_positive(excess: np.ndarray) -> float:
 
 
 def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
-    return np.histogram(values, bins=edges)[0].astype(int).tolist()
+    """Counts of ``values`` between ``edges`` (evenly spaced, from np.linspace).
+
+    Given as a range, numpy bins evenly spaced edges arithmetically instead of sorting the
+    values; in float64 its edges are ``edges`` themselves, and it corrects each index against
+    them, so the counts are those of the edges given one by one.
+    """
+    counts = np.histogram(np.asarray(values, np.float64), bins=len(edges) - 1, range=(edges[0], edges[-1]))[0]
+    return counts.astype(int).tolist()
 
 
 def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes, *,
