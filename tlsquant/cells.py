@@ -215,7 +215,11 @@ def _smooth_and_threshold(nuclear_stain: np.ndarray, threshold, *, sigma_um: flo
     else:
         values = np.broadcast_to(np.asarray(threshold), stain.shape)
         rows, cols = np.arange(stain.shape[0]), np.arange(stain.shape[1])
-    values = values.astype(np.result_type(np.float32, values.dtype), copy=False)
+    # one compiled signature for every input: the loop reads each pixel as float32 anyway, and a float32
+    # threshold compares with a float32 value exactly as its float64 copy does
+    if stain.dtype == np.float64:
+        stain = stain.astype(np.float32)
+    values = np.require(values.astype(np.result_type(np.float32, values.dtype), copy=False), np.float64, "CW")
     weights = [_gaussian_weights(s) if sigma_um > 0 else np.ones(1) for s in _px(sigma_um, pixel_size_um)]
     return compiled(stain, weights[0], weights[1], values, rows, cols)
 
