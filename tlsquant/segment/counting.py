@@ -22,7 +22,8 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
                  band_of, lows, highs, int_lows, int_highs, band):  # pragma: no cover - compiled
     """Count one block into ``fine`` (maps, rows, cols) and ``coarse`` (zeroed by the caller).
 
-    data: a tuple of (H, W) raw values, one per role (C-contiguous, one dtype); ``levels``
+    data: a tuple of (H, W) raw values, one per role (C-contiguous, one dtype), padded to
+    ``MAX_ROLES`` with empty arrays (one compiled signature for any number of roles); ``levels``
     (roles, gh, gw) the float thresholds (float64 holding float32 values), ``int_levels`` the
     same floored into the data's range, which raw integer values compare with; per role ``corrections`` 1 where its value is corrected (AF subtraction
     and/or crosstalk, in float32), ``af_shares`` its AF share (0: none), ``sources`` /
@@ -38,7 +39,7 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
     what the pixel adds to each fine map, ``fine_bits`` bits a map, packed into one integer
     (likewise coarse), so a bin's maps add up in one integer until its last row is done.
     """
-    n_roles = len(data)
+    n_roles = corrections.shape[0]  # data beyond are padding
     height, width = data[0].shape
     integer = int_levels.shape[0] > 0
     n_sources = sources.shape[1]
@@ -162,6 +163,11 @@ def available() -> bool:
     return compiled(_count_loops) is not None
 
 
-def count_sweep(*args) -> None:
-    """Run the compiled sweep (see :func:`_count_loops` for the arguments)."""
-    compiled(_count_loops)(*args)
+def count_sweep(data, *args) -> None:
+    """Run the compiled sweep (see :func:`_count_loops` for the arguments; ``data`` unpadded).
+
+    A tuple's length is part of its compiled type: padded to ``MAX_ROLES``, every panel uses
+    the one compilation per dtype (each is ~3 s, in every fresh process).
+    """
+    padding = (np.zeros((0, 0), data[0].dtype),) * (MAX_ROLES - len(data))
+    compiled(_count_loops)(tuple(data) + padding, *args)
