@@ -456,7 +456,10 @@ def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, bac
         background[index[role]] = piece
     f, c = plan.fine_factor, plan.coarse_factor
     fine = np.zeros((len(FINE_MAPS), -(-(y0 % f + height) // f), -(-(x0 % f + width) // f)), count_dtype(f))
-    coarse = np.zeros((len(COARSE_MAPS), -(-(y0 % c + height) // c), -(-(x0 % c + width) // c)), count_dtype(c))
+    # at least uint16 while counting: the kernel then compiles once for every coarse grid size (uint8 counts
+    # would be another signature), and the block's counts go back to the grid's dtype below
+    coarse = np.zeros((len(COARSE_MAPS), -(-(y0 % c + height) // c), -(-(x0 % c + width) // c)),
+                      np.promote_types(count_dtype(c), np.uint16))
     band_of = np.full(len(roles), -1, np.int64)
     lows = np.zeros_like(levels)
     highs = np.zeros_like(levels)
@@ -472,6 +475,7 @@ def _compiled_counts(plan: EvidencePlan, y0: int, x0: int, thresholds: dict, bac
                          np.float32(plan.af_glass), shares, sources, kappas, background,
                          fine_table, fine_bits, f, fine, coarse_table, coarse_bits, c, coarse,
                          band_of, lows, highs, int_lows, int_highs, band)
+    coarse = coarse.astype(count_dtype(c), copy=False)
     return (fine, coarse, band) if bands else (fine, coarse)
 
 
