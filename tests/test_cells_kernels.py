@@ -269,6 +269,18 @@ def test_band_windows_equal_slices_and_hold_only_the_shared_columns(rng):
                 assert band.held_x[0] == next_x0 and band.held_x[1] - x1 < 64
 
 
+def _plan_and_masks(image, names, markers, compartments):
+    """A cell plan for a 0.5 µm synthetic render, and masks counting every cell as tissue."""
+    plan = cells.CellPlan(markers=tuple(markers), compartments=compartments, thresholds=(800.0,) * len(markers),
+                          nuclear_threshold=float(np.median(image[names.index("DAPI")])) + 1,
+                          pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=1.5, min_area_um2=8.0,
+                          max_area_um2=250.0, ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=1, keep_table=True)
+    coarse = tuple(-(-s // 16) for s in image.shape[1:])
+    fine = tuple(-(-s // 4) for s in image.shape[1:])
+    return plan, dict(tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
+                      tls_labels=np.zeros(fine, np.int32))
+
+
 def test_cells_equal_with_markers_read_one_at_a_time_and_shared_blocks_mostly_not_kept(monkeypatch):
     from tlsquant import synthetic
 
@@ -277,14 +289,7 @@ def test_cells_equal_with_markers_read_one_at_a_time_and_shared_blocks_mostly_no
     image = synthetic.render(scene).compute()
     names = list(scene.channel_names)
     markers = ("CD20", "CD3", "TFE3", "CD8")
-    plan = cells.CellPlan(markers=markers, compartments=("ring", "ring", "nucleus", "cell"), thresholds=(800.0,) * 4,
-                          nuclear_threshold=float(np.median(image[names.index("DAPI")])) + 1,
-                          pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=1.5, min_area_um2=8.0,
-                          max_area_um2=250.0, ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=1, keep_table=True)
-    coarse = tuple(-(-s // 16) for s in image.shape[1:])
-    fine = tuple(-(-s // 4) for s in image.shape[1:])
-    masks = dict(tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
-                 tls_labels=np.zeros(fine, np.int32))
+    plan, masks = _plan_and_masks(image, names, markers, ("ring", "ring", "nucleus", "cell"))
     order = [names.index(name) for name in ("DAPI", *markers)]
 
     def run():  # blocks of 256 px read through 64 px tiles: many blocks shared by neighbouring runs
@@ -316,14 +321,7 @@ def test_block_edges_a_halo_before_tile_edges_decode_each_tile_once_and_change_n
     image = synthetic.render(scene).compute()
     names = list(scene.channel_names)
     order = [names.index(name) for name in ("DAPI", "CD20", "CD3")]
-    plan = cells.CellPlan(markers=("CD20", "CD3"), compartments=("ring", "ring"), thresholds=(800.0,) * 2,
-                          nuclear_threshold=float(np.median(image[names.index("DAPI")])) + 1,
-                          pixel_size_um=(0.5, 0.5), sigma_um=0.3, min_distance_um=1.5, min_area_um2=8.0,
-                          max_area_um2=250.0, ring_um=2.0, fine_factor=4, coarse_factor=16, n_tls=1, keep_table=True)
-    coarse = tuple(-(-s // 16) for s in image.shape[1:])
-    fine = tuple(-(-s // 4) for s in image.shape[1:])
-    masks = dict(tissue=np.ones(coarse, bool), tumour=np.zeros(coarse, bool), debris=np.zeros(fine, bool),
-                 tls_labels=np.zeros(fine, np.int32))
+    plan, masks = _plan_and_masks(image, names, ("CD20", "CD3"), ("ring", "ring"))
     tile, core = 192, 384
     assert 2 * plan.halo_px < tile < core - plan.halo_px
 
