@@ -367,11 +367,10 @@ def cell_sums_loops(nuclei, bodies, n, oy, ox):  # pragma: no cover
     return nucleus_px, ring_px, sum_y, sum_x
 
 
-def all_marker_sums_loops(nuclei, bodies, markers, n):  # pragma: no cover
-    """Per marker (a tuple of same-typed windows) and label 0..n: the sums (float64, raster order) of its values
-    over the nucleus and over the ring, all markers in one pass: two (markers, n + 1) arrays. Labels as in
-    :func:`cell_sums_loops`."""
-    count = len(markers)
+def all_marker_sums_loops(nuclei, bodies, markers, count, n):  # pragma: no cover
+    """Per marker (the first ``count`` of a tuple of same-typed windows; the rest pad it to a fixed length)
+    and label 0..n: the sums (float64, raster order) of its values over the nucleus and over the ring, all
+    markers in one pass: two (count, n + 1) arrays. Labels as in :func:`cell_sums_loops`."""
     nucleus_sum = np.zeros((count, n + 1))
     ring_sum = np.zeros((count, n + 1))
     height, width = nuclei.shape

@@ -752,7 +752,7 @@ def _marker_sums(nuclei: np.ndarray, bodies: np.ndarray, values: np.ndarray, n: 
     """Per label 0..n: the sums (float64, raster order) of ``values`` over the nucleus and over the ring."""
     compiled = _compiled(cell_kernels.all_marker_sums_loops)
     if compiled is not None:
-        nucleus_sums, ring_sums = compiled(nuclei, bodies, (one_integer_type(values),), n)
+        nucleus_sums, ring_sums = compiled(nuclei, bodies, *_padded((one_integer_type(values),)), n)
         return nucleus_sums[0], ring_sums[0]
     flat = values.ravel()
     in_nucleus, ring = _nucleus_and_ring(nuclei, bodies)
@@ -776,9 +776,21 @@ def _all_marker_sums(nuclei: np.ndarray, bodies: np.ndarray, markers, n: int):
     compiled = _compiled(cell_kernels.all_marker_sums_loops)
     if (compiled is not None and markers and len({(m.dtype, m.shape, m.flags.c_contiguous, m.flags.f_contiguous)
                                                    for m in markers}) == 1 and markers[0].ndim == 2):
-        return compiled(nuclei, bodies, tuple(one_integer_type(m) for m in markers), n)
+        return compiled(nuclei, bodies, *_padded(tuple(one_integer_type(m) for m in markers)), n)
     per_marker = [_marker_sums(nuclei, bodies, m, n) for m in markers]
     return [s[0] for s in per_marker], [s[1] for s in per_marker]
+
+
+def _padded(markers: tuple) -> tuple[tuple, int]:
+    """``markers`` padded to at least MARKER_GROUP windows of their type, and how many are real.
+
+    A tuple's length is part of its compiled type: padded, groups of 1 to 4 markers run one
+    compilation per dtype and layout (each ~0.3 s, in every fresh process).
+    """
+    first = markers[0]
+    # a filler of the same layout: empty is C-contiguous, a one-column cut of a 2 x 2 array is not
+    filler = np.zeros((0, 0), first.dtype) if first.flags.c_contiguous else np.zeros((2, 2), first.dtype)[:, :1]
+    return markers + (filler,) * (MARKER_GROUP - len(markers)), len(markers)
 
 
 def _empty_block(plan: CellPlan) -> BlockCells:
