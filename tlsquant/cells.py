@@ -30,7 +30,7 @@ from .cell_kernels import grow_rings_loops as _grow_rings_loops
 from .cell_kernels import local_maxima_loops as _local_maxima_loops
 from .cell_kernels import no_saddle_loops as _no_saddle_loops
 from .compiled import compiled as _compiled
-from .compiled import one_integer_type
+from .compiled import one_integer_type, padded
 from .config import Cells
 
 try:
@@ -219,7 +219,7 @@ def _smooth_and_threshold(nuclear_stain: np.ndarray, threshold, *, sigma_um: flo
     # threshold compares with a float32 value exactly as its float64 copy does
     if stain.dtype == np.float64:
         stain = stain.astype(np.float32)
-    values = np.require(values.astype(np.result_type(np.float32, values.dtype), copy=False), np.float64, "CW")
+    values = np.require(values, np.float64, "CW")
     weights = [_gaussian_weights(s) if sigma_um > 0 else np.ones(1) for s in _px(sigma_um, pixel_size_um)]
     return compiled(stain, weights[0], weights[1], values, rows, cols)
 
@@ -782,15 +782,8 @@ def _all_marker_sums(nuclei: np.ndarray, bodies: np.ndarray, markers, n: int):
 
 
 def _padded(markers: tuple) -> tuple[tuple, int]:
-    """``markers`` padded to at least MARKER_GROUP windows of their type, and how many are real.
-
-    A tuple's length is part of its compiled type: padded, groups of 1 to 4 markers run one
-    compilation per dtype and layout (each ~0.3 s, in every fresh process).
-    """
-    first = markers[0]
-    # a filler of the same layout: empty is C-contiguous, a one-column cut of a 2 x 2 array is not
-    filler = np.zeros((0, 0), first.dtype) if first.flags.c_contiguous else np.zeros((2, 2), first.dtype)[:, :1]
-    return markers + (filler,) * (MARKER_GROUP - len(markers)), len(markers)
+    """``markers`` padded to MARKER_GROUP windows (one compiled signature for groups of 1 to 4), and how many are real."""
+    return padded(markers, MARKER_GROUP), len(markers)
 
 
 def _empty_block(plan: CellPlan) -> BlockCells:

@@ -17,6 +17,18 @@ def one_integer_type(array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint16) if array.dtype == np.uint8 else array
 
 
+def padded(arrays: tuple, length: int) -> tuple:
+    """``arrays`` (one type, at least one) padded to ``length`` with fillers of their type and layout.
+
+    A tuple's length is part of its compiled type: padded, a kernel taking a variable number of
+    arrays compiles once. The kernel is told how many are real; the fillers are never read.
+    """
+    first = arrays[0]
+    # an empty array is C-contiguous; a one-column cut of a 2 x 2 array is not (numba's layout 'A')
+    filler = np.zeros((0,) * first.ndim, first.dtype) if first.flags.c_contiguous else np.zeros((2, 2), first.dtype)[:, :1]
+    return tuple(arrays) + (filler,) * (length - len(arrays))
+
+
 def compiled(loops: Callable) -> Callable | None:
     """``loops`` compiled with numba (cached on disk, GIL released), or None without numba."""
     if loops not in _COMPILED:

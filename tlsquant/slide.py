@@ -80,6 +80,8 @@ class Slide:
     metadata: dict[str, Any] = field(default_factory=dict)
     # re-opens the same file with another chunk size (set by open_slide)
     reopen: Callable[..., Slide] | None = field(default=None, repr=False, compare=False)
+    # the reopened chunkings, by chunk size (see with_chunks)
+    _reopened: dict[int, Slide] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = str(self.path)
@@ -197,10 +199,9 @@ class Slide:
         if self.reopen is not None:
             # kept per chunk size: the signal model, the cell pass and the gallery all read through tile-sized
             # chunks, and each reopening parses the file's metadata again (a quarter second on a whole slide)
-            reopened = self.__dict__.setdefault("_reopened", {})
-            if chunk_px not in reopened:
-                reopened[chunk_px] = self.reopen(chunk_size=chunk_px)
-            return reopened[chunk_px]
+            if chunk_px not in self._reopened:
+                self._reopened[chunk_px] = self.reopen(chunk_size=chunk_px)
+            return self._reopened[chunk_px]
         chunks = (1, chunk_px, chunk_px)
         levels = tuple(Level(lvl.data.rechunk(chunks), lvl.downsample_y, lvl.downsample_x) for lvl in self.levels)
         return Slide(self.path, self.format, self.channel_names, self.pixel_size_x_um, self.pixel_size_y_um,

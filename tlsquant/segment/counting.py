@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiled import compiled
+from ..compiled import compiled, padded
 
 MAX_ROLES = 16  # codes are uint16
 
@@ -169,5 +169,4 @@ def count_sweep(data, *args) -> None:
     A tuple's length is part of its compiled type: padded to ``MAX_ROLES``, every panel uses
     the one compilation per dtype (each is ~3 s, in every fresh process).
     """
-    padding = (np.zeros((0, 0), data[0].dtype),) * (MAX_ROLES - len(data))
-    compiled(_count_loops)(tuple(data) + padding, *args)
+    compiled(_count_loops)(padded(data, MAX_ROLES), *args)
