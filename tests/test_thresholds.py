@@ -8,7 +8,7 @@ import pytest
 from skimage import filters
 
 from tlsquant.config import ThresholdRule
-from tlsquant.thresholds import estimate_threshold, sample_pixels, sample_windows
+from tlsquant.thresholds import estimate_threshold, read_windows, sample_pixels, sample_windows
 
 
 @pytest.fixture
@@ -61,3 +61,20 @@ def test_sample_windows_cover_the_slide_and_do_not_depend_on_chunks(rng):
         np.testing.assert_array_equal(result, results[0])
     expected = np.concatenate([image[b].ravel() for b in boxes]).astype(float)
     np.testing.assert_array_equal(results[0], expected)
+
+
+@pytest.mark.parametrize("scheduler", [None, "sync", "threads"])
+def test_windows_read_directly_equal_dask_slicing(scheduler):
+    """read_windows runs the chunks' tasks itself: the same pixels as dask's slicing, for windows that
+    cross chunk edges, share chunks, run past the image edge, and for rechunked graphs."""
+    image = np.random.default_rng(5).integers(0, 4000, (2, 300, 410), dtype=np.uint16)
+    boxes = [(slice(0, 64), slice(0, 64)), (slice(40, 140), slice(90, 250)), (slice(250, 364), slice(380, 444)),
+             (slice(45, 140), slice(100, 150))]
+    for channels in ([da.from_array(image[0], chunks=(64, 96)), da.from_array(image[1], chunks=(64, 96))],
+                     [da.from_array(image[0], chunks=50).rechunk((128, 77)), da.from_array(image[1], chunks=300) + 1]):
+        read = read_windows(channels, boxes, scheduler=scheduler)
+        for channel, windows in zip(channels, read):
+            assert len(windows) == len(boxes)
+            for box, window in zip(boxes, windows):
+                expected = channel[box].compute(scheduler="sync")
+                assert window.dtype == expected.dtype and np.array_equal(window, expected)

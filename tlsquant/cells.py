@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from . import cell_kernels
-from .blocks import block_grid, compute_blocks
+from .blocks import NotTaskSpec, block_grid, block_range, compute_blocks, run_task
 from .cell_kernels import cell_sums_loops as _cell_sums_loops
 from .cell_kernels import claim_loops as _claim_loops
 from .cell_kernels import grow_rings_loops as _grow_rings_loops
@@ -32,11 +32,6 @@ from .cell_kernels import no_saddle_loops as _no_saddle_loops
 from .compiled import compiled as _compiled
 from .compiled import one_integer_type, padded
 from .config import Cells
-
-try:
-    from dask._task_spec import GraphNode as _GraphNode
-except ImportError:  # pragma: no cover - dask before the task spec
-    _GraphNode = None
 
 
 def _px(um: float, pixel_size_um: tuple[float, float]) -> tuple[float, float]:
@@ -884,10 +879,10 @@ class _Sources:
             # the decoded blocks of this channel's read, dropped when it ends: a recursive closure here
             # would make a reference cycle that only the cyclic collector frees, and tiles of every
             # read would pile up between its runs (about 1 GB over a whole-slide pass)
-            run = functools.partial(_run_task, array.__dask_graph__(), {})
+            run = functools.partial(run_task, array.__dask_graph__(), {})
             try:
-                for i in _block_range(y_edges, rows):
-                    for j in _block_range(x_edges, cols):
+                for i in block_range(y_edges, rows):
+                    for j in block_range(x_edges, cols):
                         y0, y1 = max(y_edges[i], rows[0]), min(y_edges[i + 1], rows[1])
                         x0, x1 = max(x_edges[j], cols[0]), min(x_edges[j + 1], cols[1])
                         if y1 > y0 and x1 > x0:
@@ -895,7 +890,7 @@ class _Sources:
                             block, (by, bx) = self._block(array, (i, j), box, (y0, y1, x0, x1), run, reader)
                             region[y0 - rows[0] : y1 - rows[0], x0 - cols[0] : x1 - cols[0]] = \
                                 block[y0 - by : y1 - by, x0 - bx : x1 - bx]
-            except _NotTaskSpec:
+            except NotTaskSpec:
                 region[...] = array[rows[0]:rows[1], cols[0]:cols[1]].compute(scheduler="sync")
 
     def _block(self, array, key: tuple[int, int], box: tuple[int, int, int, int], needed: tuple[int, int, int, int],
@@ -933,8 +928,8 @@ class _Sources:
         y_edges, x_edges = (np.cumsum((0,) + tuple(c)) for c in self.arrays[0].chunks)
         readers: dict[tuple[int, int], list] = {}
         for index, (rows, cols) in enumerate(self.regions):
-            for i in _block_range(y_edges, rows):
-                for j in _block_range(x_edges, cols):
+            for i in block_range(y_edges, rows):
+                for j in block_range(x_edges, cols):
                     readers.setdefault((i, j), []).append(index)
         self.shared = {key: tuple(found) for key, found in readers.items() if len(found) > 1}
 
@@ -1034,25 +1029,6 @@ class _SharedBlocks:
 
 
 _SHARED_BLOCKS = _SharedBlocks(128 << 20)
-
-
-def _block_range(edges: np.ndarray, span: tuple[int, int]) -> range:
-    """Indices of the chunks (between ``edges``) that overlap ``span``."""
-    return range(int(np.searchsorted(edges, span[0], "right")) - 1, int(np.searchsorted(edges, span[1])))
-
-
-class _NotTaskSpec(Exception):
-    """A graph node that cannot be run as ``node(dependency values)``."""
-
-
-def _run_task(graph, values: dict, key):
-    """The value of ``key`` in ``graph``, its dependencies run first, each once per ``values`` (kept there)."""
-    if key not in values:
-        node = graph[key]
-        if _GraphNode is None or not isinstance(node, _GraphNode):
-            raise _NotTaskSpec
-        values[key] = node({dependency: _run_task(graph, values, dependency) for dependency in node.dependencies})
-    return values[key]
 
 
 class _BandWindows:

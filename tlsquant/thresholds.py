@@ -8,6 +8,7 @@ threshold applies to every tile (never per tile).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import dask
@@ -15,6 +16,7 @@ import dask.array as da
 import numpy as np
 from skimage import filters
 
+from .blocks import read_box
 from .config import ThresholdRule
 
 MAD_TO_SIGMA = 1.4826
@@ -71,9 +73,27 @@ def sample_windows(shape_yx: tuple[int, int], *, windows: int, window_px: int,
 
 
 def read_windows(channels: list[da.Array], boxes, *, scheduler=None) -> list[list[np.ndarray]]:
-    """Each lazy (Y, X) channel's pixels inside each of ``boxes``, read in one compute: [channel][box]."""
-    return [list(windows) for windows in
-            dask.compute(*[[channel[box] for box in boxes] for channel in channels], scheduler=scheduler or "threads")]
+    """Each lazy (Y, X) channel's pixels inside each of ``boxes``: [channel][box].
+
+    Read here, in threads, with the chunks' tasks run directly: scheduling a graph of a few
+    windows costs as much as decoding them. A scheduler object other than a name (a
+    distributed client) reads them through dask.
+    """
+    if scheduler is not None and not isinstance(scheduler, str):
+        return [list(windows) for windows in
+                dask.compute(*[[channel[box] for box in boxes] for channel in channels], scheduler=scheduler)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(channel) -> list[np.ndarray]:
+        height, width = channel.shape
+        decoded: dict = {}  # a chunk two windows share is decoded once
+        return [read_box(channel, (rows.start, min(rows.stop, height)), (cols.start, min(cols.stop, width)), decoded)
+                for rows, cols in boxes]
+
+    if scheduler in ("sync", "synchronous", "single-threaded") or len(channels) == 1:
+        return [read(channel) for channel in channels]
+    with ThreadPoolExecutor(min(len(channels), os.cpu_count() or 1)) as pool:
+        return list(pool.map(read, channels))
 
 
 def sample_pixels(channels: list[da.Array], boxes, *, scheduler=None) -> list[np.ndarray]:
