@@ -174,11 +174,15 @@ def main() -> None:
     parser.add_argument("--modes", default="decode_tls,off,decode_all,on")
     parser.add_argument("--output", default=str(RESULTS / "command.json"))
     parser.add_argument("--report", action="store_true", help="only rewrite command.md from command.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --output (e.g. another slide size), each with its own command")
     args = parser.parse_args()
     if args.report:
         write_report(json.loads(Path(args.output).read_text()))
         return
     modes = args.modes.split(",")
+    kept = json.loads(Path(args.output).read_text())["rows"] if args.append and Path(args.output).is_file() else []
+    command = " ".join(["python", "benchmarks/bench_command.py", *sys.argv[1:]])
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="bench-command-"))
     trees = {"after": args.after} | ({"before": args.before} if args.before else {})
@@ -190,7 +194,8 @@ def main() -> None:
             shape = truth["shape"]
             for workers in (int(w) for w in args.workers.split(",")):
                 for repeat in range(args.repeats):
-                    row = {"size": size, "shape": shape, "megapixels": round(shape[1] * shape[2] / 1e6, 1),
+                    row = {"command": command, "size": size, "shape": shape,
+                           "megapixels": round(shape[1] * shape[2] / 1e6, 1),
                            "file_mb": round(path.stat().st_size / 2**20), "workers": workers, "repeat": repeat}
                     for mode in modes:
                         for tree, root in trees.items():
@@ -226,7 +231,7 @@ def main() -> None:
                                 row[f"{mode}{suffix}_over_decode"] = round(
                                     row[mode + suffix]["seconds"] / row[decode]["seconds"], 2)
                     rows.append(row)
-                    write_results(rows, args)
+                    write_results(kept + rows, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -236,7 +241,7 @@ def write_results(rows: list[dict], args) -> None:
 
     result = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
               "tlsquant": tlsquant.__version__, "date": datetime.date.today().isoformat(),
-              "command": " ".join(["python", "benchmarks/bench_command.py", *sys.argv[1:]]),
+              "command": " ".join(["python", "benchmarks/bench_command.py", *sys.argv[1:]]),  # the last run's
               "decode": "tlsquant's reader (tile-aligned dask chunks, threads scheduler, same worker count)",
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)
