@@ -67,8 +67,13 @@ def pytest_configure(config):
 
     import dask
 
-    multiprocessing.set_forkserver_preload(["tlsquant.pipeline", "tlsquant.batch", "distributed"])
-    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", "multiprocessing.context": "forkserver"})
+    multiprocessing.set_forkserver_preload(["tlsquant.pipeline", "tlsquant.batch", "tlsquant.workflow", "tlsquant.outputs",
+                                            "tlsquant.sensitivity", "distributed", "matplotlib.pyplot"])
+    # no MALLOC_TRIM_THRESHOLD_ from dask's nanny: it writes it into this process's environment before its first
+    # worker starts, and every process forked or spawned afterwards (the forkserver, `python -m tlsquant`) then
+    # hands large buffers back to the system and faults them in again (7 slides in one worker: 2.6-3.4 -> 0.8 sys s)
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", "multiprocessing.context": "forkserver",
+                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
 def pytest_collection_modifyitems(config, items):

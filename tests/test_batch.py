@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -29,7 +30,8 @@ def cohort_dir(tmp_path_factory):
     rows = []
     for k in range(7):
         good = k < 3
-        scene = synthetic.make_scene(seed=200 + k, width_um=2000, height_um=1500, pixel_size_um=2.5, dtype="uint8",
+        # 1.6 x 1.2 mm: two TLS fit in a good responder's tumour (three asked), one in a poor one's
+        scene = synthetic.make_scene(seed=200 + k, width_um=1600, height_um=1200, pixel_size_um=2.5, dtype="uint8",
                                      tls_counts=(3, 1, 0) if good else (0, 1, 0), tls_radius_um=(55, 75), noise=0.7)
         path, _ = synthetic.write_slide(scene, root / "slides" / f"case{k}.ome.tiff")
         rows.append({"slide_id": f"case{k}", "path": f"slides/{path.name}", "response": "good" if good else "poor",
@@ -56,6 +58,14 @@ def _run_on(client, manifest, outdir, config, **options):
     """run_batch on the shared cluster (its as_completed finds the client as the current one)."""
     with client.as_current():
         return run_batch(manifest, outdir, config, client=client, **options)
+
+
+def _wait_until_idle(client, timeout_s: float = 120) -> None:
+    """Until no worker of ``client`` runs a task: a task cancelled while running goes on in its worker thread."""
+    deadline = time.monotonic() + timeout_s
+    while any(client.run(lambda dask_worker: len(dask_worker.state.all_running_tasks)).values()):
+        assert time.monotonic() < deadline, "the shared cluster's workers are still busy"
+        time.sleep(0.05)
 
 
 def test_manifest_structural_problems_are_reported_together(tmp_path):
@@ -169,10 +179,11 @@ def test_overwrite_and_fail_fast(cohort_dir, tmp_path, dask_client):
     table = pd.read_csv(cohort_dir / "manifest.csv")
     table["path"] = [str(cohort_dir / p) for p in table["path"]]
     table.iloc[[7, 0, 1]].to_csv(subset, index=False)
-    # a cluster of its own: closing it stops the slides that fail-fast cancelled, so none writes into the rerun
-    result = run_batch(subset, tmp_path / "ff", NO_PICTURES, workers=1, fail_fast=True)
+    result = _run_on(dask_client, subset, tmp_path / "ff", NO_PICTURES, fail_fast=True)
     assert list(result.failures["slide_id"]) == ["broken"]
     assert len(result.processed) < 2
+    # a slide fail-fast cancelled while it ran goes on in its worker: let it end, so none writes into the rerun
+    _wait_until_idle(dask_client)
     again = _run_on(dask_client, subset, tmp_path / "ff", NO_PICTURES, overwrite=True)
     assert sorted(again.processed) == ["case0", "case1"] and again.skipped == []
 
