@@ -65,10 +65,15 @@ def _ellipses(shape, centres_um, semi_axes_um, angles_deg, pixel=PIXEL, value=10
     x = (np.arange(shape[1]) + 0.5)[None, :] * pixel[1]
     image = np.full(shape, background, np.float32)
     for (cy, cx), (a, b), angle in zip(centres_um, semi_axes_um, angles_deg):
+        # the same test, pixel for pixel, on a window holding the outline (its circumscribed square, one pixel more)
+        reach = max(a, b)
+        rows = slice(max(int((cy - reach) / pixel[0]) - 1, 0), max(int((cy + reach) / pixel[0]) + 2, 0))
+        cols = slice(max(int((cx - reach) / pixel[1]) - 1, 0), max(int((cx + reach) / pixel[1]) + 2, 0))
+        yw, xw = y[rows], x[:, cols]
         t = np.deg2rad(angle)
-        u = (x - cx) * np.cos(t) + (y - cy) * np.sin(t)
-        v = -(x - cx) * np.sin(t) + (y - cy) * np.cos(t)
-        image[(u / a) ** 2 + (v / b) ** 2 <= 1] = value
+        u = (xw - cx) * np.cos(t) + (yw - cy) * np.sin(t)
+        v = -(xw - cx) * np.sin(t) + (yw - cy) * np.cos(t)
+        image[rows, cols][(u / a) ** 2 + (v / b) ** 2 <= 1] = value
     return image
 
 
@@ -539,8 +544,10 @@ def test_cell_metrics_reach_the_cohort_and_the_comparison(tmp_path, dask_client)
     rows = []
     for k in range(4):
         good = k < 2
-        # 1.2 x 0.9 mm: one TLS fits in each good slide, enough to lift its CD20 share clear of the poor ones
-        scene = synthetic.make_scene(seed=80 + k, width_um=1200, height_um=900, pixel_size_um=1.0,
+        # 1.2 x 0.9 mm: one TLS fits in each good slide, enough to lift its CD20 share clear of the poor ones;
+        # the poor ones, with no TLS to fit, are smaller
+        width_um, height_um = (1200, 900) if good else (900, 675)
+        scene = synthetic.make_scene(seed=80 + k, width_um=width_um, height_um=height_um, pixel_size_um=1.0,
                                      tls_counts=(2, 1, 0) if good else (0, 0, 0), tls_radius_um=(60, 80),
                                      n_infiltrates=0, n_aggregates=0)
         path, truth_path = synthetic.write_slide(scene, tmp_path / f"case{k}.ome.tiff")

@@ -20,19 +20,19 @@ NO_CELLS = load_config(None, ["cells.enabled=false"])
 
 CASES = {
     # name: (make_scene kwargs, file suffix)
-    # 3 x 2.25 mm still holds all nine TLS of every stage and location
-    "uint16-1um-ometiff": (dict(seed=21, pixel_size_um=1.0, dtype="uint16", width_um=3000, height_um=2250), ".ome.tiff"),
-    "float32-2um-qptiff-shuffled": (dict(seed=22, pixel_size_um=2.0, dtype="float32", shuffle_channels=True,
+    "uint16-1um-ometiff": (dict(seed=21, pixel_size_um=1.0, dtype="uint16"), ".ome.tiff"),
+    "float32-2um-qptiff-shuffled": (dict(seed=129, pixel_size_um=2.0, dtype="float32", shuffle_channels=True,
                                          extra_channels=("CD8", "Autofluorescence"), noise=1.5), ".qptiff"),
-    "uint8-0.8um-zarr": (dict(seed=23, pixel_size_um=0.8, dtype="uint8", width_um=3000, height_um=2250,
-                              noise=0.6), ".ome.zarr"),
+    "uint8-0.8um-zarr": (dict(seed=23, pixel_size_um=0.8, dtype="uint8", noise=0.6), ".ome.zarr"),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def analysed(request, tmp_path_factory):
     kwargs, suffix = CASES[request.param]
-    scene = synthetic.make_scene(**{"width_um": 4000, "height_um": 3000, "tls_counts": (4, 3, 2), **kwargs})
+    # 3 x 2.25 mm still holds all nine TLS of every stage and location (seeds 21 and 129; seed 23 places seven,
+    # none distal), 14 decoys clear of them
+    scene = synthetic.make_scene(**{"width_um": 3000, "height_um": 2250, "tls_counts": (4, 3, 2), **kwargs})
     path, truth_path = synthetic.write_slide(scene, tmp_path_factory.mktemp(request.param) / f"slide{suffix}")
     return analyze_slide(path, NO_CELLS), json.loads(truth_path.read_text())
 
@@ -252,9 +252,6 @@ def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(small_slid
     slide = open_slide(small_slide)
     plain = analyze_slide(slide, load_config(None, ["cells.enabled=false"]))
     config = load_config(None, ["cells.enabled=false", "compute.chunk_px=256"])
-    rechunked = analyze_slide(slide, config)
-    assert rechunked.summary["tls_count"] == plain.summary["tls_count"] >= 1
-    pd.testing.assert_frame_equal(rechunked.tls, plain.tls)
     seen = []
     import tlsquant.steps.signal as signal_step
 
@@ -264,9 +261,11 @@ def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(small_slid
         seen.append(arrays[0].chunks[0][0])
         return original(arrays, *args, **kwargs)
 
-    signal_step.compute_evidence = spy
+    signal_step.compute_evidence = spy  # watches the rechunked analysis itself: no third run
     try:
-        analyze_slide(slide, config)
+        rechunked = analyze_slide(slide, config)
     finally:
         signal_step.compute_evidence = original
     assert seen and seen[0] <= 512  # about 256 px, whole tiles
+    assert rechunked.summary["tls_count"] == plain.summary["tls_count"] >= 1
+    pd.testing.assert_frame_equal(rechunked.tls, plain.tls)
