@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -18,8 +20,15 @@ from tlsquant.sensitivity import COHORT_SENSITIVITY_COLUMNS, SENSITIVITY_COLUMNS
 from tlsquant.steps import artefact_zone, find_tls, staged_tls, tissue_and_tumour
 
 ROLES = ("nuclei", "tumour", "b_cells", "fdc", "germinal_centre", "t_cells", "autofluorescence")
-PLAIN = ["cells.enabled=false", "outputs.qc_png=false", "thresholds.sample_windows=16"]
-SENSITIVITY = PLAIN + ["sensitivity.enabled=true", f"sensitivity.roles={list(ROLES)!r}".replace("'", '"')]
+SCENARIOS = ["sensitivity.enabled=true", f"sensitivity.roles={list(ROLES)!r}".replace("'", '"')]
+# the threshold sample of the main slide: two level-0 windows of 256 px (16 of them double the CPU of each
+# analysis); the scenarios and the separate runs share it as they share the rest of the config. With it the slide
+# still has pixel AF subtraction, crosstalk, 15 scenarios that move the metrics and scenarios through every shortcut.
+PLAIN = ["cells.enabled=false", "outputs.qc_png=false", "thresholds.sample_windows=2"]
+SENSITIVITY = PLAIN + SCENARIOS
+# the debris slide keeps the sample of 16 windows (its whole image): with fewer its scenarios miss shortcut paths
+DEBRIS_PLAIN = ["cells.enabled=false", "outputs.qc_png=false", "thresholds.sample_windows=16"]
+DEBRIS_SENSITIVITY = DEBRIS_PLAIN + SCENARIOS
 METRICS = [c for c in SENSITIVITY_COLUMNS if c not in ("parameter", "role", "channel", "scale")]
 
 
@@ -29,7 +38,8 @@ def slide_path(tmp_path_factory):
     scene = synthetic.make_scene(seed=3, width_um=1300, height_um=1000, pixel_size_um=1.0, tls_counts=(3, 1, 1),
                                  tls_radius_um=(45, 90), extra_channels=("Autofluorescence",),
                                  realism=synthetic.Realism())
-    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("sensitivity") / "slide.ome.tiff")
+    # uncompressed: the same pixels, written and read back for less CPU (the oracles below read it ~30 times)
+    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("sensitivity") / "slide.ome.tiff", compression="none")
     return path
 
 
@@ -113,28 +123,56 @@ def test_chunking_does_not_change_the_scenarios(slide_path, scenarios, chunk):
     assert other.summary["sensitivity"]["scenarios"][0]["parameter"] == "baseline"
 
 
-def _whole_scenario(base, group, scale):
-    """A scenario recomputed the plain way: whole maps, every step run again."""
+def _fingerprint(maps) -> str:
+    """A digest of everything in evidence maps that the steps read: each map's name, type, shape and counts."""
+    digest = hashlib.blake2b()
+    for grid in ("fine", "coarse"):
+        for name in sorted(getattr(maps, grid)):
+            values = np.ascontiguousarray(getattr(maps, grid)[name])
+            digest.update(f"{grid}/{name}/{values.dtype}/{values.shape}".encode())
+            digest.update(values)
+    for vector in (maps.fine_rows, maps.fine_cols, maps.coarse_rows, maps.coarse_cols):
+        digest.update(np.ascontiguousarray(vector, np.int64))
+    digest.update(f"{maps.fine_factor}/{maps.coarse_factor}".encode())
+    return digest.hexdigest()
+
+
+def _whole_scenario(base, group, scale, known: dict | None = None):
+    """A scenario recomputed the plain way: whole maps, every step run again; (bed, zone, TLS labels, metrics).
+
+    ``known`` keeps these by all they depend on (the scenario's maps by content, the config but for its compute
+    settings, the grid; no drawn regions) for other checks of the same scenario: another tile size or chunk size.
+    """
     maps = base.evidence.scenario(group, scale)
     config, grids, regions = base.config, base.grids, base.regions
+    key = None
+    if known is not None and regions is None:
+        key = (_fingerprint(maps), repr(dataclasses.replace(config, compute=None)), repr(grids), base.has_t_cells)
+        if key in known:
+            return known[key]
     bed = tissue_and_tumour(maps, config, grids, regions)
     zone = artefact_zone(maps, config, grids)
     found = find_tls(maps, config, grids, regions, has_t_cells=base.has_t_cells, debris=zone)
-    return maps, bed, zone, found
+    staged = staged_tls(maps, found.labels, zone, bed.distance, config, grids)
+    result = bed, zone, found.labels, sensitivity._metrics_of(staged, bed, config)
+    if key is not None:
+        known[key] = result
+    return result
 
 
-def _check_every_scenario(call) -> dict:
-    """Each scenario's shortcuts against the whole recomputation: bed, artefact zone, TLS labels and metrics."""
+def _check_every_scenario(call, known: dict | None = None) -> dict:
+    """Each scenario's shortcuts against the whole recomputation: bed, artefact zone, TLS labels and metrics
+    (``known``: whole recomputations kept, see :func:`_whole_scenario`)."""
     (evidence, config, grids, regions), options = call[0], call[1]
     base = sensitivity._baseline(evidence, config, grids, regions, options["has_t_cells"], *options["baseline"])
     shortcuts = {"same bed": 0, "zone patched": 0, "baseline TLS": 0}
     for group in range(len(options["groups"])):
         for scale in range(len(config.sensitivity.scales)):
-            maps, bed, zone, found = _whole_scenario(base, group, scale)
             scenario = sensitivity._scenario(base, group, scale)
             if scenario is None:
                 assert not evidence.changed_maps(group, scale)
                 continue
+            bed, zone, whole_labels, expected = _whole_scenario(base, group, scale, known)
             for name in ("tissue", "tumour", "distance", "margin"):
                 a, b = getattr(scenario.bed, name), getattr(bed, name)
                 assert (a is None and b is None) or np.array_equal(a, b), (group, scale, name)
@@ -142,9 +180,7 @@ def _check_every_scenario(call) -> dict:
                 assert getattr(scenario.bed, name) == getattr(bed, name), (group, scale, name)
             assert np.array_equal(scenario.zone, zone), (group, scale)
             labels = base.found.labels if scenario.labels is None else scenario.labels
-            assert np.array_equal(labels, found.labels), (group, scale)
-            staged = staged_tls(maps, found.labels, zone, bed.distance, config, grids)
-            expected = sensitivity._metrics_of(staged, bed, config)
+            assert np.array_equal(labels, whole_labels), (group, scale)
             got = sensitivity._threshold_scenario(base, group, scale)
             assert all(_same(got[k], expected[k]) for k in METRICS), (group, scale, got, expected)
             shortcuts["same bed"] += scenario.bed.tissue is base.bed.tissue
@@ -153,14 +189,21 @@ def _check_every_scenario(call) -> dict:
     return shortcuts
 
 
+@pytest.fixture(scope="module")
+def whole_recomputations():
+    """Whole recomputations of scenarios, kept for the module's checks (each computed once for both tile sizes,
+    and for both chunk sizes of the debris slide when their maps are the same)."""
+    return {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tile", [128, 24])
-def test_every_scenario_equals_its_whole_recomputation(captured, monkeypatch, tile):
+def test_every_scenario_equals_its_whole_recomputation(captured, whole_recomputations, monkeypatch, tile):
     # the oracle for each shortcut, on every scenario: the steps redone on whole maps give the same bed,
     # artefact zone, TLS and metrics as the scenario's tiles, reused candidates and reused staging
     # (small tiles: this small slide's changes are then redone in tiles rather than whole)
     monkeypatch.setattr(sensitivity, "TILE", tile)
-    shortcuts = _check_every_scenario(captured[1])
+    shortcuts = _check_every_scenario(captured[1], whole_recomputations)
     assert shortcuts["same bed"] and shortcuts["baseline TLS"], shortcuts
 
 
@@ -170,7 +213,7 @@ def debris_near_tls(tmp_path_factory):
     scene = synthetic.make_scene(seed=11, width_um=900, height_um=800, pixel_size_um=1.0, tls_counts=(2, 1, 1),
                                  tls_radius_um=(45, 80), extra_channels=("Autofluorescence",),
                                  realism=synthetic.Realism(debris=8.0, rbc=4.0))
-    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("debris") / "slide.ome.tiff")
+    path, _ = synthetic.write_slide(scene, tmp_path_factory.mktemp("debris") / "slide.ome.tiff", compression="none")
     return path
 
 
@@ -182,7 +225,7 @@ def separate_debris_runs(debris_near_tls):
 
     def run(role, scale):
         if (role, scale) not in runs:
-            config = load_config(None, PLAIN + [f"thresholds.{role}.scale={scale}", "tls.require_t_cell_zone=true"])
+            config = load_config(None, DEBRIS_PLAIN + [f"thresholds.{role}.scale={scale}", "tls.require_t_cell_zone=true"])
             runs[role, scale] = analyze_slide(open_slide(debris_near_tls), config).summary
         return runs[role, scale]
 
@@ -191,10 +234,11 @@ def separate_debris_runs(debris_near_tls):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chunk", [300, 1024])
-def test_debris_near_tls_and_a_t_cell_zone_at_two_chunk_sizes(debris_near_tls, separate_debris_runs, chunk):
-    overrides = SENSITIVITY + [f"compute.chunk_px={chunk}", "tls.require_t_cell_zone=true"]
+def test_debris_near_tls_and_a_t_cell_zone_at_two_chunk_sizes(debris_near_tls, separate_debris_runs,
+                                                               whole_recomputations, chunk):
+    overrides = DEBRIS_SENSITIVITY + [f"compute.chunk_px={chunk}", "tls.require_t_cell_zone=true"]
     result, call = _captured_analysis(debris_near_tls, overrides)
-    shortcuts = _check_every_scenario(call)
+    shortcuts = _check_every_scenario(call, whole_recomputations)
     assert shortcuts["zone patched"] and shortcuts["baseline TLS"], shortcuts
     rows = result.sensitivity[result.sensitivity["parameter"] == "threshold"]
     for role, scale in (("autofluorescence", 1.25), ("tumour", 0.8), ("t_cells", 0.8)):
