@@ -48,27 +48,23 @@ def run_task(graph, values: dict, key):
 def read_box(array, rows: tuple[int, int], cols: tuple[int, int], values: dict | None = None) -> np.ndarray:
     """``array[rows, cols]`` of a lazy (Y, X) array, its chunks' tasks run here, in this thread.
 
-    The same pixels as ``.compute()``, without building, ordering and scheduling a graph,
-    which for a few windows costs as much as decoding them. Tasks already run are taken
-    from ``values`` (key -> value), and those run here are added to it. A graph with nodes
-    other than dask's task-spec ones (older dask) is computed through dask.
+    The same pixels as ``.compute()``, without ordering and scheduling a graph, which for a
+    few windows costs as much as decoding them; the graph is culled to the window first (a
+    whole-slide layer materialized would cost seconds). Tasks already run are taken from
+    ``values`` (key -> value), and those run here are added to it. A graph with nodes other
+    than dask's task-spec ones (older dask) is computed through dask.
     """
-    out = np.empty((rows[1] - rows[0], cols[1] - cols[0]), array.dtype)
-    y_edges, x_edges = (np.cumsum((0,) + tuple(c)) for c in array.chunks)
+    from dask.core import flatten
+
+    piece = array[rows[0] : rows[1], cols[0] : cols[1]]
+    graph = piece.__dask_graph__().cull(set(flatten(piece.__dask_keys__())))
     values = {} if values is None else values
-    graph = array.__dask_graph__()
     try:
-        for i in block_range(y_edges, rows):
-            for j in block_range(x_edges, cols):
-                y0, y1 = max(y_edges[i], rows[0]), min(y_edges[i + 1], rows[1])
-                x0, x1 = max(x_edges[j], cols[0]), min(x_edges[j + 1], cols[1])
-                if y1 > y0 and x1 > x0:
-                    block = np.asarray(run_task(graph, values, (array.name, i, j)))
-                    out[y0 - rows[0] : y1 - rows[0], x0 - cols[0] : x1 - cols[0]] = \
-                        block[y0 - y_edges[i] : y1 - y_edges[i], x0 - x_edges[j] : x1 - x_edges[j]]
+        blocks = [[np.asarray(run_task(graph, values, (piece.name, i, j))) for j in range(piece.numblocks[1])]
+                  for i in range(piece.numblocks[0])]
     except NotTaskSpec:
-        return np.asarray(array[rows[0]:rows[1], cols[0]:cols[1]].compute(scheduler="sync"))
-    return out
+        return np.asarray(piece.compute(scheduler="sync"))
+    return np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else np.array(blocks[0][0])  # never a view of a kept chunk
 
 
 def compute_blocks(tasks, *, scheduler=None, num_workers=None, consume=None) -> tuple | None:
