@@ -391,3 +391,16 @@ def test_cohort_table_says_whether_the_conclusion_holds(tmp_path):
     assert mature["holds"].all() and not mature["significant"].any()
     path = sensitivity_figure(table, tmp_path / "sensitivity.png")
     assert path.stat().st_size > 1000 and np.isfinite(table["p"].astype(float)).all()
+
+
+def test_touches_means_a_cell_inside_the_box():
+    # the test that decides whether a TLS's candidate or staging may be reused: a changed cell inside its box
+    box = (slice(10, 20), slice(5, 8))
+
+    def cells(*row_col):
+        return np.array([r for r, _ in row_col], np.intp), np.array([c for _, c in row_col], np.intp)
+
+    assert sensitivity._touches(box, cells((10, 5)))  # the first row and column are inside
+    assert sensitivity._touches(box, cells((0, 0), (19, 7)))  # the last ones too, among cells outside
+    assert not sensitivity._touches(box, cells((20, 5), (10, 8), (9, 6), (15, 4)))  # just outside on each side
+    assert not sensitivity._touches(box, cells())
