@@ -248,7 +248,7 @@ def test_debris_near_tls_and_a_t_cell_zone_at_two_chunk_sizes(debris_near_tls, s
 
 
 @pytest.mark.slow
-def test_drawn_exclusion_over_a_tls(slide_path, captured, tmp_path):
+def test_drawn_exclusion_over_a_tls(slide_path, captured, tmp_path, monkeypatch):
     # drawn regions clip tissue, tumour and TLS after the masks are found: scenarios equal separate runs with them,
     # and the analysis's own excluded area is not overwritten by a scenario's
     import json
@@ -264,7 +264,19 @@ def test_drawn_exclusion_over_a_tls(slide_path, captured, tmp_path):
         "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
         "properties": {"classification": {"name": "Fold"}}}]}))
     result, call = _captured_analysis(slide_path, SENSITIVITY, annotations=path)
+    # scenarios that redo tissue and tumour apply a copy of the drawn regions, which records its excluded area:
+    # never the analysis's own object (the same area here, so only the object can tell)
+    applied = []
+    original = sensitivity.tissue_and_tumour
+
+    def spy(*args, **kwargs):
+        applied.append(args[3])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "tissue_and_tumour", spy)
     _check_every_scenario(call)
+    monkeypatch.undo()
+    assert applied and all(drawn is not None and drawn is not call[0][3] for drawn in applied)
     alone = analyze_slide(open_slide(slide_path), load_config(None, PLAIN), annotations=path)
     assert result.summary["regions"]["excluded_area_mm2"] == alone.summary["regions"]["excluded_area_mm2"]
     rows = result.sensitivity[result.sensitivity["parameter"] == "threshold"]
