@@ -15,6 +15,14 @@ except ImportError:  # pragma: no cover - dask before the task spec
     _GraphNode = None
 
 
+SYNC_SCHEDULERS = ("sync", "synchronous", "single-threaded")  # dask's names for running tasks in the calling thread
+
+
+def runs_in_one_thread(scheduler) -> bool:
+    """Whether ``scheduler`` (a dask scheduler name or object) runs every task in the calling thread."""
+    return isinstance(scheduler, str) and scheduler in SYNC_SCHEDULERS
+
+
 def block_grid(y_chunks: tuple[int, ...], x_chunks: tuple[int, ...]) -> Iterator[tuple[int, int, int, int, int, int]]:
     """(row, column, y0, x0, height, width) of every chunk, in raster order (level-0 px)."""
     y0 = 0

@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import progress
 from ._version import __version__
+from .blocks import runs_in_one_thread
 from .config import Config, load_config
 from .memory import release_free_memory
 from .pixel_size import PixelSize
@@ -172,7 +173,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         sensitivity = threshold_sensitivity(
             evidence, config, grid, drawn, groups=sensitivity_groups(config.sensitivity.roles, plan.roles),
             roles=plan.roles, has_t_cells=has_t_cells, baseline=(bed, found, dict(metrics)),
-            workers=1 if scheduler in ("sync", "single-threaded") else num_workers)
+            workers=1 if runs_in_one_thread(scheduler) else num_workers)
         timings.mark("sensitivity")
     progress.end()
     timings.mark("segmentation")

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 from skimage import filters
 
-from .blocks import read_box
+from .blocks import read_box, runs_in_one_thread
 from .config import ThresholdRule
 
 MAD_TO_SIGMA = 1.4826
@@ -90,7 +90,7 @@ def read_windows(channels: list[da.Array], boxes, *, scheduler=None) -> list[lis
         return [read_box(channel, (rows.start, min(rows.stop, height)), (cols.start, min(cols.stop, width)), decoded)
                 for rows, cols in boxes]
 
-    if scheduler in ("sync", "synchronous", "single-threaded") or len(channels) == 1:
+    if runs_in_one_thread(scheduler) or len(channels) == 1:
         return [read(channel) for channel in channels]
     with ThreadPoolExecutor(min(len(channels), os.cpu_count() or 1)) as pool:
         return list(pool.map(read, channels))
