@@ -255,17 +255,17 @@ def test_chunk_setting_applies_to_an_opened_slide_and_changes_nothing(small_slid
     seen = []
     import tlsquant.steps.signal as signal_step
 
-    original = signal_step.compute_evidence
+    original = signal_step.count_chunks
 
     def spy(arrays, *args, **kwargs):
         seen.append(arrays[0].chunks[0][0])
         return original(arrays, *args, **kwargs)
 
-    signal_step.compute_evidence = spy  # watches the rechunked analysis itself: no third run
+    signal_step.count_chunks = spy  # watches the rechunked analysis itself: no third run
     try:
         rechunked = analyze_slide(slide, config)
     finally:
-        signal_step.compute_evidence = original
+        signal_step.count_chunks = original
     assert seen and seen[0] <= 512  # about 256 px, whole tiles
     assert rechunked.summary["tls_count"] == plain.summary["tls_count"] >= 1
     pd.testing.assert_frame_equal(rechunked.tls, plain.tls)

@@ -11,7 +11,6 @@ table is identical for any chunk size or worker count.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import threading
@@ -557,48 +556,7 @@ class CellPlan:
         return int(np.ceil(reach_um / min(self.pixel_size_um)))
 
 
-@dataclass(frozen=True)
-class RegionContext:
-    """The slide masks around one block core, cut from the whole-slide grids.
-
-    ``tls`` and ``debris`` (fine grid) are None where the block has none, which keeps
-    the graph small: most blocks hold neither.
-    """
-
-    fine_origin: tuple[int, int]  # grid row, column of element [0, 0]
-    coarse_origin: tuple[int, int]
-    tissue: np.ndarray  # coarse, bool
-    tumour: np.ndarray  # coarse, bool
-    margin: np.ndarray | None  # coarse, bool: the peritumoral band (None where the block has none)
-    debris: np.ndarray | None  # fine, bool
-    tls: np.ndarray | None  # fine, TLS ids (0 = none)
-    # threshold maps around the window: (1 + markers, rows, cols) on the threshold grid, row 0 the nuclear stain
-    thresholds: np.ndarray | None = None
-    threshold_origin: tuple[int, int] = (0, 0)
-
-
-def region_context(core: tuple[int, int, int, int], plan: CellPlan, *, tissue, tumour, debris, tls_labels,
-                   margin=None) -> RegionContext:
-    """Cut the masks covering level-0 box ``core`` = (y0, y1, x0, x1)."""
-    y0, y1, x0, x1 = core
-    f, c = plan.fine_factor, plan.coarse_factor
-    fine = (slice(y0 // f, -(-y1 // f)), slice(x0 // f, -(-x1 // f)))
-    coarse = (slice(y0 // c, -(-y1 // c)), slice(x0 // c, -(-x1 // c)))
-    tls = tls_labels[fine]
-    debris_part = debris[fine]
-    margin_part = margin[coarse] if margin is not None else None
-    return RegionContext(
-        fine_origin=(fine[0].start, fine[1].start),
-        coarse_origin=(coarse[0].start, coarse[1].start),
-        tissue=tissue[coarse].copy(),
-        tumour=tumour[coarse].copy(),
-        margin=margin_part.copy() if margin_part is not None and margin_part.any() else None,
-        debris=debris_part.copy() if debris_part.any() else None,
-        tls=tls.astype(np.min_scalar_type(max(plan.n_tls, 1))) if tls.any() else None,
-    )
-
-
-# regions cells are counted in (rows of BlockCells.counts). "all" is every cell centred in tissue;
+# regions cells are counted in (rows of CellCounts.counts). "all" is every cell centred in tissue;
 # "artefact" the part of it inside artefact zones (folds, debris, blood, edge rims), whose
 # nuclei are real but whose marker values are not trusted; "tumour", "margin" (the peritumoral
 # band) and "tls" leave those out.
@@ -608,14 +566,30 @@ TABLE_BASE = ("centroid_x_um", "centroid_y_um", "nucleus_area_um2", "cell_area_u
 
 
 @dataclass
-class BlockCells:
-    """What one block contributes: integer counts, and its cells' rows when a table is kept."""
+class CellRecords:
+    """The cells one block owns (centred in its core), measured, before they are counted into regions.
 
-    counts: np.ndarray  # (len(REGIONS), 1 + markers): cells, then positive cells per marker
-    tls_counts: np.ndarray  # (n_tls + 1, 1 + markers), row = TLS id
-    excluded: np.ndarray  # (outside tissue,)
-    nucleus_px: int  # summed over counted cells (an integer: sums agree for any block order)
-    table: dict[str, np.ndarray] | None = None
+    Regions (tissue, tumour, TLS...) are decided by each cell's centre alone, so they can be
+    looked up after the pass, once the whole slide's masks are known (see :func:`count_records`).
+    """
+
+    core: tuple[int, int, int, int]  # (y0, y1, x0, x1), level-0 px
+    centre_y: np.ndarray  # level-0 px, pixel centres at .5 (float64, from exact integer sums)
+    centre_x: np.ndarray
+    nucleus_px: np.ndarray  # int64
+    ring_px: np.ndarray  # int64
+    positive: np.ndarray  # (cells, markers) bool
+    means: dict[str, np.ndarray] | None = None  # with plan.keep_table: "<marker>_nucleus", "<marker>_ring" (float32)
+
+    def __len__(self) -> int:
+        return self.centre_y.size
+
+
+def _no_records(plan: CellPlan, core: tuple[int, int, int, int]) -> CellRecords:
+    empty = np.empty(0, np.int64)
+    means = ({f"{m}_{part}": np.empty(0, np.float32) for m in plan.markers for part in ("nucleus", "ring")}
+             if plan.keep_table else None)
+    return CellRecords(core, np.empty(0), np.empty(0), empty, empty, np.zeros((0, len(plan.markers)), bool), means)
 
 
 def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, y_px, x_px) -> np.ndarray:
@@ -627,34 +601,36 @@ def _grid_lookup(grid: np.ndarray | None, origin: tuple[int, int], factor: int, 
     return grid[rows, cols]
 
 
-def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: tuple[int, int],
-                inner_edges: tuple[bool, bool, bool, bool], context: RegionContext,
-                nuclear_stain: np.ndarray, *markers: np.ndarray, read_markers=None) -> BlockCells:
-    """Segment one window, keep the cells centred in its core, classify and count them.
+def block_records(plan: CellPlan, core: tuple[int, int, int, int], window_origin: tuple[int, int],
+                  inner_edges: tuple[bool, bool, bool, bool], nuclear_stain: np.ndarray, *markers: np.ndarray,
+                  thresholds: np.ndarray | None = None, threshold_origin: tuple[int, int] = (0, 0),
+                  read_markers=None) -> CellRecords:
+    """Segment one window and measure the cells centred in its core.
 
     ``core`` is (y0, y1, x0, x1) in level-0 px; the window starts at ``window_origin``;
     ``inner_edges`` (top, bottom, left, right) marks window sides cut from a larger image,
     where an object touching the side may continue beyond it and is never kept.
+    ``thresholds`` (1 + markers, rows, cols), on the grid of ``plan.grid_factor`` px with
+    element [0, 0] at grid ``threshold_origin``, are local thresholds (nuclear stain first)
+    in place of the plan's global ones.
     ``read_markers``, given instead of ``markers``, is called once the nuclei are known and
     returns the marker windows in groups (an iterable of sequences, in marker order, each
     read when its turn comes): they are then not held while the nuclei are segmented, not
-    all at once, and not read at all where no cell counts.
+    all at once, and not read at all where no cell is centred in the core.
     """
     pixel_size = plan.pixel_size_um
     nuclear_threshold = plan.nuclear_threshold
-    if context.thresholds is not None:  # the local nuclear threshold, looked up per pixel of the window
+    if thresholds is not None:  # the local nuclear threshold, looked up per pixel of the window
         f = plan.grid_factor
-        gy, gx = context.threshold_origin
-        nuclear_threshold = ThresholdGrid(np.ascontiguousarray(context.thresholds[0]), f, window_origin[0] - gy * f,
+        gy, gx = threshold_origin
+        nuclear_threshold = ThresholdGrid(np.ascontiguousarray(thresholds[0]), f, window_origin[0] - gy * f,
                                           window_origin[1] - gx * f)
     nuclei = segment_nuclei(nuclear_stain, pixel_size_um=pixel_size, threshold=nuclear_threshold,
                             sigma_um=plan.sigma_um, min_distance_um=plan.min_distance_um,
                             min_area_um2=plan.min_area_um2, max_area_um2=plan.max_area_um2, origin=window_origin)
     n = int(nuclei.max())
-    n_markers = len(plan.markers)
-    empty = _empty_block(plan)
     if n == 0:
-        return empty
+        return _no_records(plan, core)
     # the cells in one array, rings as minus their label: a second label array would be the largest
     # allocation of the marker sums below
     cell_labels = _grow_rings(np.ascontiguousarray(nuclei, dtype=np.int32), pixel_size_um=pixel_size,
@@ -669,21 +645,12 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
     cut = _touching_cut_sides(cell_labels, inner_edges, n)
     owned &= ~cut[1:]
     if not owned.any():
-        return empty
+        return _no_records(plan, core)
     ids = np.flatnonzero(owned) + 1
     centre_y, centre_x = centre_y[owned], centre_x[owned]
 
-    in_tissue = _grid_lookup(context.tissue, context.coarse_origin, plan.coarse_factor, centre_y, centre_x)
-    in_debris = _grid_lookup(context.debris, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(bool)
-    counted = in_tissue.astype(bool)
-    excluded = np.array([np.count_nonzero(~counted)], np.int64)
-    ids, centre_y, centre_x, in_debris = ids[counted], centre_y[counted], centre_x[counted], in_debris[counted]
-    in_tumour = _grid_lookup(context.tumour, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
-    in_margin = _grid_lookup(context.margin, context.coarse_origin, plan.coarse_factor, centre_y, centre_x).astype(bool)
-    tls_id = _grid_lookup(context.tls, context.fine_origin, plan.fine_factor, centre_y, centre_x).astype(np.int64)
-
-    positive = np.zeros((ids.size, n_markers), bool)
-    columns: dict[str, np.ndarray] = {}
+    positive = np.zeros((ids.size, len(plan.markers)), bool)
+    means: dict[str, np.ndarray] = {}
     # markers in groups, read one after the other (see _cells_band): fewer windows held at a time
     groups = read_markers() if read_markers is not None else [markers]
     per_group = [_all_marker_sums(cell_labels, cell_labels, group, n) for group in groups]
@@ -698,36 +665,84 @@ def cells_block(plan: CellPlan, core: tuple[int, int, int, int], window_origin: 
             mean = np.where(ring_px[ids] > 0, ring_mean, nucleus_mean)  # a cell with no free ring: its nucleus
         else:
             mean = (nucleus_sum + ring_sum) / (nucleus_px[ids] + ring_px[ids])
-        if context.thresholds is not None:
-            threshold = _grid_lookup(context.thresholds[1 + k], context.threshold_origin, plan.grid_factor,
-                                     centre_y, centre_x)
+        if thresholds is not None:
+            threshold = _grid_lookup(thresholds[1 + k], threshold_origin, plan.grid_factor, centre_y, centre_x)
         positive[:, k] = mean > threshold
         if plan.keep_table:
-            columns[f"{marker}_nucleus"] = nucleus_mean.astype(np.float32)
-            columns[f"{marker}_ring"] = ring_mean.astype(np.float32)
-            columns[f"{marker}_positive"] = positive[:, k]
+            means[f"{marker}_nucleus"] = nucleus_mean.astype(np.float32)
+            means[f"{marker}_ring"] = ring_mean.astype(np.float32)
+    return CellRecords(core, centre_y, centre_x, nucleus_px[ids].astype(np.int64), ring_px[ids].astype(np.int64),
+                       positive, means if plan.keep_table else None)
 
-    present = np.ones((ids.size, 1), np.int64)
-    tally = np.concatenate([present, positive.astype(np.int64)], axis=1)
+
+def core_touches(mask: np.ndarray, core: tuple[int, int, int, int], factor: int) -> bool:
+    """Whether any cell of ``mask`` (a grid of ``factor`` level-0 px per cell) overlaps the level-0 box ``core``."""
+    y0, y1, x0, x1 = core
+    return bool(mask[y0 // factor : -(-y1 // factor), x0 // factor : -(-x1 // factor)].any())
+
+
+def count_records(plan: CellPlan, records, *, tissue, tumour, debris, tls_labels, margin=None) -> CellCounts:
+    """Count the cells of ``records`` (:class:`CellRecords` of the blocks of a pass) into the slide's regions.
+
+    ``tissue`` / ``tumour`` / ``margin`` (coarse grid) and ``debris`` / ``tls_labels`` (fine
+    grid) are whole-slide masks. A cell counts where its centre lies in tissue; blocks whose
+    core holds no tissue count nothing (a pass need not read them). TLS ids run to ``plan.n_tls``.
+    """
+    c, f = plan.coarse_factor, plan.fine_factor
+    records = [r for r in records if len(r) and core_touches(tissue, r.core, c)]
+    n_markers = len(plan.markers)
+    if records:
+        centre_y = np.concatenate([r.centre_y for r in records])
+        centre_x = np.concatenate([r.centre_x for r in records])
+        nucleus_px = np.concatenate([r.nucleus_px for r in records])
+        ring_px = np.concatenate([r.ring_px for r in records])
+        positive = np.concatenate([r.positive for r in records])
+    else:
+        centre_y = centre_x = np.empty(0)
+        nucleus_px = ring_px = np.empty(0, np.int64)
+        positive = np.zeros((0, n_markers), bool)
+    counted = _grid_lookup(tissue, (0, 0), c, centre_y, centre_x).astype(bool)
+    excluded = int(np.count_nonzero(~counted))
+    centre_y, centre_x, positive = centre_y[counted], centre_x[counted], positive[counted]
+    nucleus_px, ring_px = nucleus_px[counted], ring_px[counted]
+    in_debris = _grid_lookup(debris, (0, 0), f, centre_y, centre_x).astype(bool)
+    in_tumour = _grid_lookup(tumour, (0, 0), c, centre_y, centre_x).astype(bool)
+    in_margin = _grid_lookup(margin, (0, 0), c, centre_y, centre_x).astype(bool)
+    tls_id = _grid_lookup(tls_labels, (0, 0), f, centre_y, centre_x).astype(np.int64)
+
+    tally = np.concatenate([np.ones((centre_y.size, 1), np.int64), positive.astype(np.int64)], axis=1)
     counts = np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0), tally[in_margin & ~in_debris].sum(0),
                        tally[(tls_id > 0) & ~in_debris].sum(0), tally[in_debris].sum(0)])
     tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
     np.add.at(tls_counts, np.where(in_debris, 0, tls_id), tally)
+    pixel_size = plan.pixel_size_um
     pixel_area = pixel_size[0] * pixel_size[1]
     table = None
     if plan.keep_table:
-        table = {
-            "centroid_x_um": centre_x * pixel_size[1],
-            "centroid_y_um": centre_y * pixel_size[0],
-            "nucleus_area_um2": (nucleus_px[ids] * pixel_area).astype(np.float32),
-            "cell_area_um2": ((nucleus_px[ids] + ring_px[ids]) * pixel_area).astype(np.float32),
-            "in_tumour": in_tumour,
-            "in_margin": in_margin,
-            "tls_id": tls_id.astype(np.int32),
-            "in_artefact": in_debris,
-            **columns,
-        }
-    return BlockCells(counts, tls_counts, excluded, int(nucleus_px[ids].sum()), table)
+        columns = {"centroid_x_um": centre_x * pixel_size[1], "centroid_y_um": centre_y * pixel_size[0],
+                   "nucleus_area_um2": (nucleus_px * pixel_area).astype(np.float32),
+                   "cell_area_um2": ((nucleus_px + ring_px) * pixel_area).astype(np.float32),
+                   "in_tumour": in_tumour, "in_margin": in_margin, "tls_id": tls_id.astype(np.int32),
+                   "in_artefact": in_debris}
+        for k, marker in enumerate(plan.markers):
+            for part in ("nucleus", "ring"):
+                name = f"{marker}_{part}"
+                columns[name] = (np.concatenate([r.means[name] for r in records])[counted] if records
+                                 else np.empty(0, np.float32))
+            columns[f"{marker}_positive"] = positive[:, k]
+        table = pd.DataFrame({name: columns[name].astype(dtype) for name, dtype in table_dtypes(plan).items()})
+        # block order depends on the chunking; position does not
+        table = table.sort_values(["centroid_y_um", "centroid_x_um"], kind="stable", ignore_index=True)
+        table.insert(0, "cell_id", np.arange(1, len(table) + 1, dtype=np.int64))
+    return CellCounts(
+        markers=plan.markers,
+        counts=counts,
+        tls_counts=tls_counts,
+        excluded_outside_tissue=excluded,
+        # an integer sum: the same for any block order
+        nucleus_area_um2=int(nucleus_px.sum()) * pixel_size[0] * pixel_size[1],
+        table=table,
+    )
 
 
 def _cell_sums(nuclei: np.ndarray, bodies: np.ndarray, n: int, origin: tuple[int, int]):
@@ -781,14 +796,6 @@ def _padded(markers: tuple) -> tuple[tuple, int]:
     return padded(markers, MARKER_GROUP), len(markers)
 
 
-def _empty_block(plan: CellPlan) -> BlockCells:
-    """What a block without counted cells contributes."""
-    n_markers = len(plan.markers)
-    return BlockCells(np.zeros((len(REGIONS), 1 + n_markers), np.int64),
-                      np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64), np.zeros(1, np.int64), 0,
-                      {name: np.empty(0, dtype) for name, dtype in table_dtypes(plan).items()} if plan.keep_table else None)
-
-
 def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
     """Per label (index 0 = background): whether it touches a window side cut from a larger image (label
     ``abs(labels)``: rings may be minus their label)."""
@@ -840,12 +847,19 @@ BAND_BLOCKS = 4  # consecutive blocks of one block row read by one task (bounds 
 
 @dataclass(frozen=True)
 class _Block:
-    """One block of the pass: its core and window (y0, y1, x0, x1, level-0 px), cut sides and masks."""
+    """One block of the pass: its core and window (y0, y1, x0, x1, level-0 px), cut sides and what it does.
+
+    ``segment``: its cells are segmented and measured; ``counter``: its core is counted into
+    the evidence maps (a :class:`tlsquant.segment.evidence.BoxCounter`, or None).
+    """
 
     core: tuple[int, int, int, int]
     inner: tuple[bool, bool, bool, bool]
     window: tuple[int, int, int, int]
-    context: RegionContext
+    segment: bool = True
+    thresholds: object = None  # threshold maps around the window (see block_records), a view or pieces made in the task
+    threshold_origin: tuple[int, int] = (0, 0)
+    counter: object = None
 
 
 class _Sources:
@@ -1078,40 +1092,66 @@ class _BandWindows:
             self.held_x = (next_x0, stop)
 
 
-def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources, reader: int) -> list[BlockCells]:
-    """Run :func:`cells_block` on consecutive blocks of one block row, reading each source chunk once.
+def _cells_band(plan: CellPlan, blocks: tuple[_Block, ...], sources: _Sources, reader: int,
+                count_channels: tuple[int, ...] = ()) -> tuple[list[CellRecords], list]:
+    """Run :func:`block_records` on consecutive blocks of one block row, reading each source chunk once.
 
     Columns that neighbouring windows share are read once (see :class:`_BandWindows`). The
     marker windows are read only once a window's nuclei are known, so the segmentation's
     temporaries and the marker pixels are never held together; each window holds the same
     pixels as if read on its own. ``reader``: the band's index among the regions shared
-    through ``sources``.
+    through ``sources``. A block with a counter first counts its core into the evidence maps
+    from ``count_channels`` (the source of each role; sources past the markers are read for
+    that alone): the one read serves both passes. Returns the segmented blocks' records and
+    the count results.
     """
     rows, stop_x = blocks[0].window[:2], blocks[-1].window[3]
+    n_cell_sources = 1 + len(plan.markers)
     nuclear = _BandWindows(sources, [0], rows, stop_x=stop_x, reader=reader)
-    channels = range(1, len(sources.arrays))
+    channels = range(1, n_cell_sources)
     markers = [_BandWindows(sources, channels[k : k + MARKER_GROUP], rows, stop_x=stop_x, reader=reader)
                for k in range(0, len(channels), MARKER_GROUP)]
+    only_counted = _BandWindows(sources, range(n_cell_sources, len(sources.arrays)), rows, stop_x=stop_x,
+                                reader=reader)
+    groups = [group for group in (nuclear, *markers, only_counted) if set(group.channels) & set(count_channels)]
 
     def marker_groups(x0, x1, next_x0):
         for group in markers:
             yield group.window(x0, x1)
             group.release(next_x0)  # before the next group is read
 
-    results = []
+    records, counted = [], []
     try:
         for k, block in enumerate(blocks):
             wy0, wy1, wx0, wx1 = block.window
             next_x0 = blocks[k + 1].window[2] if k + 1 < len(blocks) else None
-            results.append(cells_block(plan, block.core, (wy0, wx0), block.inner, block.context,
-                                       nuclear.window(wx0, wx1)[0],
-                                       read_markers=functools.partial(marker_groups, wx0, wx1, next_x0)))
-            nuclear.release(next_x0)
-            for group in markers:
+            if block.counter is not None:  # all roles at once: a pixel's positives are decided together
+                held = {}
+                for group in groups:
+                    held.update(zip(group.channels, group.window(wx0, wx1)))
+                counted.extend(_count_core(block, [held[c] for c in count_channels]))
+                del held
+            if block.segment:
+                records.append(block_records(plan, block.core, (wy0, wx0), block.inner, nuclear.window(wx0, wx1)[0],
+                                             thresholds=block.thresholds, threshold_origin=block.threshold_origin,
+                                             read_markers=functools.partial(marker_groups, wx0, wx1, next_x0)))
+            for group in (nuclear, *markers, only_counted):
                 group.release(next_x0)
     finally:
         sources.finish(reader)
-    return results
+    return records, counted
+
+
+COUNT_ROWS = 512  # a core is counted in bands of rows: the counting sweep's contiguous copies stay small
+
+
+def _count_core(block: _Block, windows: list[np.ndarray]) -> list:
+    """Count ``block``'s core into the evidence maps, band by band of rows, from its windows (one per role)."""
+    y0, y1, x0, x1 = block.core
+    wy0, wx0 = block.window[0], block.window[2]
+    return [block.counter.count(top, x0, *[w[top - wy0 : min(top + COUNT_ROWS, y1) - wy0, x0 - wx0 : x1 - wx0]
+                                           for w in windows])
+            for top in range(y0, y1, COUNT_ROWS)]
 
 
 # marker channels read and summed together: fewer windows held at a time (4 uint16 windows take twice the
@@ -1141,36 +1181,43 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
     return chunks
 
 
-def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
-                  halo_source=None, threshold_maps=None, scheduler=None,
-                  num_workers=None) -> CellCounts:
+def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None, threshold_maps=None,
+              counting=None, count_channels: tuple[int, ...] = (), done=frozenset(), scheduler=None,
+              num_workers=None) -> tuple[list[CellRecords], frozenset]:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
-    Each chunk of the arrays is one block core, read with its halo from ``halo_source`` (the
-    same channels chunked about one storage tile; default: the arrays themselves). One task
-    runs up to ``BAND_BLOCKS`` neighbouring blocks of a block row left to right and keeps the
-    columns the next window shares with the last (see :func:`_cells_band`): a tile is decoded
-    once per band of blocks rather than once per window (and the tiles where block rows meet
-    once per process, see :class:`_SharedBlocks`), and memory holds one band window per
-    worker whatever the slide size. Blocks whose core holds no tissue are not read. ``tissue`` / ``tumour`` (coarse grid) and ``debris`` /
-    ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the peritumoral band,
-    optional); each block receives only the part
-    around its core. ``threshold_maps`` (1 + markers, rows, cols), on the grid of
-    ``plan.grid_factor`` px, give local thresholds (nuclear stain first) in place of the
-    plan's global ones: an array, or any object cut the same way (``maps[:, rows, cols]``,
-    then ``[k]``) such as :class:`tlsquant.steps.cells.ThresholdMaps`, which makes each
-    block's pieces in its task.
+    ``channels`` are the nuclear stain, then ``plan.markers``, then any channels read only
+    for ``counting``. Each chunk is one block core, read with its halo from ``halo_source``
+    (the same channels chunked about one storage tile; default: the arrays themselves). One
+    task runs up to ``BAND_BLOCKS`` neighbouring blocks of a block row left to right and keeps
+    the columns the next window shares with the last (see :func:`_cells_band`): a tile is
+    decoded once per band of blocks rather than once per window (and the tiles where block
+    rows meet once per process, see :class:`_SharedBlocks`), and memory holds one band window
+    per worker whatever the slide size.
+
+    A block is segmented where its core touches ``segment`` (a bool grid of
+    ``plan.coarse_factor`` px per cell) and its core is not in ``done`` (cores segmented
+    before). ``threshold_maps`` (1 + markers, rows, cols), on the grid of ``plan.grid_factor``
+    px, give local thresholds (nuclear stain first) in place of the plan's global ones: an
+    array, or any object cut the same way (``maps[:, rows, cols]``) such as
+    :class:`tlsquant.steps.cells.ThresholdMaps`. ``counting``, a
+    :class:`tlsquant.segment.evidence.EvidenceCounting`, has every block's core counted into
+    the evidence maps in the same read (``count_channels``: the channel of each of its roles),
+    whether segmented or not. Returns the segmented blocks' records, in raster order, and
+    their cores.
     """
     halo = plan.halo_px
-    channels = (nuclear_stain, *markers)
-    height, width = nuclear_stain.shape
-    chunks = nuclear_stain.chunks
+    n_cell_sources = 1 + len(plan.markers)
+    height, width = channels[0].shape
+    chunks = channels[0].chunks
     if halo_source is not None:  # cores are geometry only: the pixels come through the halo source's tiles
         chunks = tuple(_halo_on_edges(c, halo) for c in chunks)
     y_chunks, x_chunks = (_merge_small_last(c, halo + 1) for c in chunks)
-    if (y_chunks, x_chunks) != nuclear_stain.chunks:
+    if (y_chunks, x_chunks) != channels[0].chunks:
         channels = tuple(c.rechunk((y_chunks, x_chunks)) for c in channels)
-    halo_source = tuple(halo_source) if halo_source is not None else channels
+    halo_source = tuple(halo_source) if halo_source is not None else tuple(channels)
+    if counting is None:
+        halo_source = halo_source[:n_cell_sources]
     sources = _Sources(halo_source)
     rows_of_blocks: dict[int, list[_Block | None]] = {}
     for i, j, y0, x0, ch_y, ch_x in block_grid(y_chunks, x_chunks):
@@ -1179,26 +1226,26 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
         inner = (i > 0, i < len(y_chunks) - 1, j > 0, j < len(x_chunks) - 1)
         window = (y0 - halo if inner[0] else 0, y0 + ch_y + halo if inner[1] else height,
                   x0 - halo if inner[2] else 0, x0 + ch_x + halo if inner[3] else width)
-        context = region_context(core, plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels,
-                                 margin=margin)
-        if not context.tissue.any():  # no cell centred in this core could count: nothing is read
+        segmented = core not in done and core_touches(segment, core, plan.coarse_factor)
+        if not segmented and counting is None:  # no cell centred in this core could count: nothing is read
             rows_of_blocks.setdefault(i, []).append(None)
             continue
-        if threshold_maps is not None:
+        thresholds, origin = None, (0, 0)
+        if threshold_maps is not None and segmented:
             f = plan.grid_factor
             rows = slice(window[0] // f, -(-window[1] // f))
             cols = slice(window[2] // f, -(-window[3] // f))
             # a view (or pieces made in the task), not a copy: every block's cut-outs would add up to the whole maps
-            context = dataclasses.replace(context, thresholds=threshold_maps[:, rows, cols],
-                                          threshold_origin=(rows.start, cols.start))
-        rows_of_blocks.setdefault(i, []).append(_Block(core, inner, window, context))
+            thresholds, origin = threshold_maps[:, rows, cols], (rows.start, cols.start)
+        counter = counting.counter(y0, x0, ch_y, ch_x) if counting is not None else None
+        rows_of_blocks.setdefault(i, []).append(_Block(core, inner, window, segmented, thresholds, origin, counter))
     # long runs decode fewer halo tiles twice; short runs keep every worker busy (about 4 tasks each)
-    blocks_in_tissue = sum(block is not None for row in rows_of_blocks.values() for block in row)
-    run_length = max(1, min(BAND_BLOCKS, blocks_in_tissue // (4 * (num_workers or os.cpu_count() or 1))))
+    blocks_read = sum(block is not None for row in rows_of_blocks.values() for block in row)
+    run_length = max(1, min(BAND_BLOCKS, blocks_read // (4 * (num_workers or os.cpu_count() or 1))))
     runs = []
     for row in rows_of_blocks.values():
         run: list[_Block] = []
-        for block in [*row, None]:  # runs of tissue blocks, at most run_length long
+        for block in [*row, None]:  # runs of blocks read, at most run_length long
             if block is not None:
                 run.append(block)
             if run and (block is None or len(run) == run_length):
@@ -1207,29 +1254,36 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     sources.share([((run[0].window[0], run[0].window[1]), (run[0].window[2], run[-1].window[3])) for run in runs])
     # keys in raster order of the runs: dask then runs them in that order, and a block row finds the tiles it
     # shares with the row above still kept (see _SharedBlocks)
-    token = dask.base.tokenize(plan, runs, sources)
-    tasks = [dask.delayed(_cells_band)(plan, run, sources, k, dask_key_name=f"cells-band-{k:06d}-{token}")
+    token = dask.base.tokenize(plan, runs, sources, tuple(count_channels))
+    tasks = [dask.delayed(_cells_band)(plan, run, sources, k, tuple(count_channels),
+                                       dask_key_name=f"cells-band-{k:06d}-{token}")
              for k, run in enumerate(runs)]
+    records: list[CellRecords] = []
+
+    def add(result) -> None:
+        records.extend(result[0])
+        for counted in result[1]:
+            counting.add(counted)
+
     try:
-        results = [block for band in compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers)
-                   for block in band]
+        if tasks:  # a step with no block to read says so, not "0 blocks"
+            compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers, consume=add)
     finally:
         _SHARED_BLOCKS.discard({a.name for a in sources.arrays})
-    if not results:
-        results = [_empty_block(plan)]
-    table = None
-    if plan.keep_table:
-        table = pd.DataFrame({name: np.concatenate([r.table[name] for r in results]).astype(dtype)
-                              for name, dtype in table_dtypes(plan).items()})
-        # block order depends on the chunking; position does not
-        table = table.sort_values(["centroid_y_um", "centroid_x_um"], kind="stable", ignore_index=True)
-        table.insert(0, "cell_id", np.arange(1, len(table) + 1, dtype=np.int64))
-    excluded = sum(r.excluded for r in results)
-    return CellCounts(
-        markers=plan.markers,
-        counts=sum(r.counts for r in results),
-        tls_counts=sum(r.tls_counts for r in results),
-        excluded_outside_tissue=int(excluded[0]),
-        nucleus_area_um2=sum(r.nucleus_px for r in results) * plan.pixel_size_um[0] * plan.pixel_size_um[1],
-        table=table,
-    )
+    records.sort(key=lambda r: r.core)  # raster order, whatever order the tasks ended in
+    return records, frozenset(r.core for r in records) | frozenset(done)
+
+
+def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
+                  halo_source=None, threshold_maps=None, scheduler=None,
+                  num_workers=None) -> CellCounts:
+    """Segment and count the cells of a slide into its regions: :func:`cell_pass` then :func:`count_records`.
+
+    Blocks whose core holds no tissue are not read. ``tissue`` / ``tumour`` (coarse grid) and
+    ``debris`` / ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the
+    peritumoral band, optional); ``halo_source`` and ``threshold_maps`` as for :func:`cell_pass`.
+    """
+    records, _ = cell_pass((nuclear_stain, *markers), plan, segment=tissue, halo_source=halo_source,
+                           threshold_maps=threshold_maps, scheduler=scheduler, num_workers=num_workers)
+    return count_records(plan, records, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels,
+                         margin=margin)

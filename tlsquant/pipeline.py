@@ -25,9 +25,10 @@ from .slide import Slide
 from .steps import (
     check_marker_rules,
     check_memory,
-    count_cells,
     count_evidence,
+    count_evidence_and_cells,
     find_tls,
+    finish_cells,
     model_signal,
     plan_channels,
     plan_grid,
@@ -99,10 +100,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                   num_workers: int | None = None, annotations=None) -> SlideResult:
     """Find, stage and measure the TLS of one slide, and count its cells by marker.
 
-    Two full-resolution passes: positive pixels into coarse evidence maps (tissue, tumour,
-    TLS, networks), then nuclei and marker-positive cells counted into those masks (slides
-    finer than ``cells.max_pixel_size_um`` with ``cells.enabled``). The steps are the
-    functions of :mod:`tlsquant.steps`, each usable alone.
+    One full-resolution read: positive pixels into coarse evidence maps (tissue, tumour,
+    TLS, networks) and, in the same read, nuclei and marker-positive cells (slides finer than
+    ``cells.max_pixel_size_um`` with ``cells.enabled``), counted into the regions once the
+    maps have found them. The steps are the functions of :mod:`tlsquant.steps`, each usable
+    alone.
 
     Parameters
     ----------
@@ -138,8 +140,13 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     thresholds = threshold_record(config, plan, signal)
     timings.mark("thresholds")
 
-    _step("counting pass")
-    evidence = count_evidence(slide, config, plan, grid, signal, **compute)
+    segmented = None
+    if plan.measure_cells:  # one read of the slide for both passes; cells counted into regions once found
+        _step("counting and cells pass")
+        evidence, segmented = count_evidence_and_cells(slide, config, plan, grid, signal, **compute)
+    else:
+        _step("counting pass")
+        evidence = count_evidence(slide, config, plan, grid, signal, **compute)
     timings.mark("evidence")
 
     _step("tissue and tumour")
@@ -160,7 +167,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     cells = None
     if plan.measure_cells:
         _step("cells pass")
-        cells = count_cells(slide, config, plan, grid, signal, bed, found, **compute)
+        cells = finish_cells(slide, config, plan, grid, signal, bed, found, segmented, **compute)
     timings.mark("cells")
     tls = tls_table(rows, cells, plan)
     metrics = slide_metrics_of(tls, config, plan, bed, cells)

@@ -500,76 +500,140 @@ def _grid_pixels(size: int, factor: int) -> np.ndarray:
     return counts
 
 
+@dataclass(frozen=True)
+class BoxCounter:
+    """:func:`count_block` for blocks inside one level-0 box: the threshold-grid pieces covering the box.
+
+    The pieces are views of the whole maps (a copy per block for the whole slide would cost
+    ~0.2 GB at 40k x 30k px), pickled alone for a distributed worker; any block inside the
+    box (a whole chunk, or rows of one) is counted with the cells of the pieces covering it.
+    """
+
+    plan: EvidencePlan
+    origin: tuple[int, int]  # threshold-grid row, column of the pieces' [0, 0]
+    thresholds: dict[str, np.ndarray]
+    backgrounds: dict[str, np.ndarray]
+    scaled: dict[str, tuple]  # role -> (base piece, spread piece, factors, shifts)
+
+    def count(self, y0: int, x0: int, *blocks: np.ndarray):
+        """:func:`count_block` of the level-0 block at (``y0``, ``x0``), one array per role of the plan."""
+        f = self.plan.grid_factor
+        height, width = blocks[0].shape
+        rows = slice(y0 // f - self.origin[0], -(-(y0 + height) // f) - self.origin[0])
+        cols = slice(x0 // f - self.origin[1], -(-(x0 + width) // f) - self.origin[1])
+
+        def cut(piece):
+            return None if piece is None else piece[..., rows, cols]
+
+        return count_block(self.plan, y0, x0, {role: cut(p) for role, p in self.thresholds.items()},
+                           {role: cut(p) for role, p in self.backgrounds.items()}, *blocks,
+                           scaled={role: (cut(base), cut(spread), factors, shifts)
+                                   for role, (base, spread, factors, shifts) in self.scaled.items()})
+
+
+class EvidenceCounting:
+    """The counting pass's inputs and running totals: counters for blocks, their results added as they come.
+
+    ``thresholds`` maps each role to its threshold map on the threshold grid (float32);
+    ``backgrounds`` the crosstalk sources' background maps; ``scaled`` each role of
+    ``plan.scenarios`` to its thresholds at every sensitivity scale. Blocks may partition the
+    slide in any way (whole chunks, rows of them): the maps are integer sums, identical for
+    any partition and order.
+    """
+
+    def __init__(self, plan: EvidencePlan, shape: tuple[int, int], *, thresholds: dict[str, np.ndarray],
+                 backgrounds: dict[str, np.ndarray] | None = None,
+                 scaled: dict[str, ScaledThresholds] | None = None) -> None:
+        self.plan, self.shape = plan, tuple(shape)
+        self.thresholds, self.backgrounds, self.scaled = thresholds, backgrounds or {}, scaled or {}
+        missing = [role for group in plan.scenarios for role in group if role not in self.scaled]
+        if missing:
+            raise ValueError(f"scenario roles {missing} have no scaled thresholds")
+        height, width = self.shape
+        f, c = plan.fine_factor, plan.coarse_factor
+        self.fine = np.zeros((len(FINE_MAPS), -(-height // f), -(-width // f)), count_dtype(f))
+        self.coarse = np.zeros((len(COARSE_MAPS), -(-height // c), -(-width // c)), count_dtype(c))
+        self.parts: list[list] = [[] for _ in plan.scenarios]  # per scenario group, each block's sparse differences
+
+    def counter(self, y0: int, x0: int, height: int, width: int) -> BoxCounter:
+        """A :class:`BoxCounter` for the blocks inside the level-0 box (``y0``, ``x0``, ``height``, ``width``)."""
+        f = self.plan.grid_factor
+
+        def piece(grid):
+            return None if grid is None else _pieces(grid, f, y0, x0, height, width)
+
+        return BoxCounter(self.plan, (y0 // f, x0 // f),
+                          {role: piece(self.thresholds[role]) for role in self.plan.roles},
+                          {role: piece(grid) for role, grid in self.backgrounds.items()},
+                          {role: (piece(t.base), piece(t.spread), t.factors, t.shifts) for role, t in self.scaled.items()})
+
+    def add(self, result) -> None:
+        """Add one block's :func:`count_block` result (integer sums: any order gives the same maps)."""
+        for total, (cy, cx), counts in ((self.fine, *result[0:2]), (self.coarse, *result[2:4])):
+            total[:, cy : cy + counts.shape[1], cx : cx + counts.shape[2]] += counts
+        for g, deltas in enumerate(result[4]):
+            if deltas:
+                self.parts[g].append((result[0], deltas))  # by the block's place: the lists are then the same each run
+
+    def maps(self) -> EvidenceMaps:
+        """The evidence maps of all blocks added."""
+        plan = self.plan
+        height, width = self.shape
+        f, c = plan.fine_factor, plan.coarse_factor
+        deltas = []
+        for g in range(len(plan.scenarios)):
+            group: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+            for grid, factor in (("fine", f), ("coarse", c)):
+                grid_width = -(-width // factor)
+                index_dtype = np.int32 if -(-height // factor) * grid_width < 2**31 else np.int64
+                cells_of: dict[str, list] = {}
+                for _, block in sorted(self.parts[g], key=lambda part: part[0]):
+                    if grid not in block:
+                        continue
+                    (cy, cx), block_width, maps = block[grid]
+                    for name, (local, difference) in maps.items():
+                        flat = (cy + local // block_width).astype(index_dtype) * grid_width + cx + local % block_width
+                        cells_of.setdefault(name, []).append((flat, difference))
+                group[grid] = {name: (np.concatenate([p[0] for p in pieces]),
+                                      np.concatenate([p[1] for p in pieces], axis=1))
+                               for name, pieces in cells_of.items()}
+            deltas.append(group)
+        return EvidenceMaps(
+            fine={name: self.fine[k] for k, name in enumerate(FINE_MAPS)},
+            coarse={name: self.coarse[k] for k, name in enumerate(COARSE_MAPS)},
+            fine_rows=_grid_pixels(height, f),
+            fine_cols=_grid_pixels(width, f),
+            coarse_rows=_grid_pixels(height, c),
+            coarse_cols=_grid_pixels(width, c),
+            fine_factor=f,
+            coarse_factor=c,
+            scenario_deltas=deltas,
+        )
+
+
 def compute_evidence(channels, plan: EvidencePlan, *, thresholds: dict[str, np.ndarray],
                      backgrounds: dict[str, np.ndarray] | None = None,
                      scaled: dict[str, ScaledThresholds] | None = None,
                      scheduler=None, num_workers=None) -> EvidenceMaps:
-    """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
+    """Run the block pass over lazy (Y, X) channel arrays (one per role of ``plan``) that share one chunk grid.
 
-    ``thresholds`` maps each role to its threshold map on the threshold grid (float32);
-    ``backgrounds`` the crosstalk sources' background maps; ``scaled`` each role of
-    ``plan.scenarios`` to its thresholds at every sensitivity scale.
+    ``thresholds``, ``backgrounds`` and ``scaled`` as for :class:`EvidenceCounting`.
+    """
+    counting = EvidenceCounting(plan, channels[0].shape, thresholds=thresholds, backgrounds=backgrounds,
+                                scaled=scaled)
+    return count_chunks(channels, counting, scheduler=scheduler, num_workers=num_workers)
+
+
+def count_chunks(channels, counting: EvidenceCounting, *, scheduler=None, num_workers=None) -> EvidenceMaps:
+    """``counting``'s maps counted chunk by chunk from lazy (Y, X) arrays, one per role, sharing one chunk grid.
+
     Each block gets only the pieces covering it, so the task graph stays small.
     """
-    height, width = channels[0].shape
-    y_chunks, x_chunks = channels[0].chunks
     grids = [channel.to_delayed() for channel in channels]
-    backgrounds = backgrounds or {}
-    scaled = scaled or {}
-    missing = [role for group in plan.scenarios for role in group if role not in scaled]
-    if missing:
-        raise ValueError(f"scenario roles {missing} have no scaled thresholds")
-    f = plan.grid_factor
     tasks = []
-    for i, j, y0, x0, h, w in block_grid(y_chunks, x_chunks):
-        pieces = {role: _pieces(thresholds[role], f, y0, x0, h, w) for role in plan.roles}
-        bg = {role: _pieces(grid, f, y0, x0, h, w) for role, grid in backgrounds.items()}
-        stacks = {role: (None if t.base is None else _pieces(t.base, f, y0, x0, h, w),
-                         None if t.spread is None else _pieces(t.spread, f, y0, x0, h, w), t.factors, t.shifts)
-                  for role, t in scaled.items()}
-        tasks.append(dask.delayed(count_block, pure=True)(plan, y0, x0, pieces, bg, *[grid[i, j] for grid in grids],
-                                                          scaled=stacks))
-    f, c = plan.fine_factor, plan.coarse_factor
-    fine_total = np.zeros((len(FINE_MAPS), -(-height // f), -(-width // f)), count_dtype(f))
-    coarse_total = np.zeros((len(COARSE_MAPS), -(-height // c), -(-width // c)), count_dtype(c))
-    parts: list[list] = [[] for _ in plan.scenarios]  # per scenario group, each block's sparse differences
-
-    def add(result) -> None:
-        # integer sums: the same in any order, so blocks are added as they finish and then dropped
-        for total, (cy, cx), counts in ((fine_total, *result[0:2]), (coarse_total, *result[2:4])):
-            total[:, cy : cy + counts.shape[1], cx : cx + counts.shape[2]] += counts
-        for g, deltas in enumerate(result[4]):
-            if deltas:
-                parts[g].append((result[0], deltas))  # by the block's place: the lists are then the same each run
-
-    compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers, consume=add)
-    fine = {name: fine_total[k] for k, name in enumerate(FINE_MAPS)}
-    coarse = {name: coarse_total[k] for k, name in enumerate(COARSE_MAPS)}
-    deltas = []
-    for g in range(len(plan.scenarios)):
-        group: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        for grid, factor in (("fine", f), ("coarse", c)):
-            grid_width = -(-width // factor)
-            index_dtype = np.int32 if -(-height // factor) * grid_width < 2**31 else np.int64
-            cells_of: dict[str, list] = {}
-            for _, block in sorted(parts[g], key=lambda part: part[0]):
-                if grid not in block:
-                    continue
-                (cy, cx), block_width, maps = block[grid]
-                for name, (local, difference) in maps.items():
-                    flat = (cy + local // block_width).astype(index_dtype) * grid_width + cx + local % block_width
-                    cells_of.setdefault(name, []).append((flat, difference))
-            group[grid] = {name: (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces], axis=1))
-                           for name, pieces in cells_of.items()}
-        deltas.append(group)
-    return EvidenceMaps(
-        fine=fine,
-        coarse=coarse,
-        fine_rows=_grid_pixels(height, f),
-        fine_cols=_grid_pixels(width, f),
-        coarse_rows=_grid_pixels(height, c),
-        coarse_cols=_grid_pixels(width, c),
-        fine_factor=f,
-        coarse_factor=c,
-        scenario_deltas=deltas,
-    )
+    for i, j, y0, x0, h, w in block_grid(*channels[0].chunks):
+        pieces = counting.counter(y0, x0, h, w)  # the block's own box: count_block takes the pieces whole
+        tasks.append(dask.delayed(count_block, pure=True)(counting.plan, y0, x0, pieces.thresholds, pieces.backgrounds,
+                                                          *[grid[i, j] for grid in grids], scaled=pieces.scaled))
+    compute_blocks(tasks, scheduler=scheduler, num_workers=num_workers, consume=counting.add)
+    return counting.maps()

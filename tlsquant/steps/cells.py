@@ -9,12 +9,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..background import SignalModel, ThresholdRuleMap
-from ..cells import CellCounts, CellPlan, compute_cells
+from ..cells import CellCounts, CellPlan, CellRecords, cell_pass, count_records
 from ..config import Config
+from ..segment.evidence import EvidenceMaps
 from ..slide import Slide
 from .channels import ChannelPlan
 from .grid import Grid
 from .regions import TumourBed
+from .signal import evidence_counting
 from .tls import FoundTLS
 
 HALO_READ_PX = 512  # cell-pass halos are read through chunks of about one storage tile: little decoded beyond them
@@ -73,10 +75,21 @@ def grown(mask: np.ndarray, bins: float) -> np.ndarray:
     return ndi.binary_dilation(mask, structure=y**2 + x**2 <= bins**2 + 1e-9)
 
 
-def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, bed: TumourBed,
-                found: FoundTLS, *, scheduler=None, num_workers: int | None = None) -> CellPass:
-    """Nuclei from the nuclear channel and marker-positive cells, blocks with overlap, counted into the tissue,
-    tumour, margin, artefact zone and each TLS found before."""
+@dataclass
+class SegmentedCells:
+    """The cells measured in a pass run before the regions were known, and the block cores it segmented."""
+
+    records: list[CellRecords]
+    done: frozenset
+
+
+# the tissue the pass segments before tissue is decided: the signal model's low-resolution tissue grown by this
+# much beyond the cells' own reach, so that the blocks segmented again afterwards are few (see finish_cells)
+HINT_REACH_UM = 200.0
+
+
+def _cell_setup(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, n_tls: int):
+    """(channel names, nuclear stain first; the cell plan; the halo reader; the threshold maps; thresholds used)."""
     names = [plan.roles["nuclei"], *(m.channel for m in plan.cell_markers)]
     cell_plan = CellPlan(
         markers=tuple(m.channel for m in plan.cell_markers),
@@ -87,7 +100,7 @@ def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, sig
         sigma_um=config.cells.sigma_um, min_distance_um=config.cells.min_distance_um,
         min_area_um2=config.cells.min_area_um2, max_area_um2=config.cells.max_area_um2,
         ring_um=config.cells.ring_um, fine_factor=grid.fine_factor, coarse_factor=grid.coarse_factor,
-        n_tls=int(found.labels.max()), keep_table=config.outputs.cells_table, grid_factor=grid.coarse_factor,
+        n_tls=n_tls, keep_table=config.outputs.cells_table, grid_factor=grid.coarse_factor,
     )
     # block cores are the slide's chunks; halos are read through tile-sized chunks
     tiled = bool(slide.tile_shape) and slide.tile_shape[1] < slide.shape[2]
@@ -96,9 +109,51 @@ def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, sig
         signal.threshold_rule(names[0], fraction=config.cells.nuclear_signal_fraction),
         *(signal.threshold_rule(n, min_fraction=config.cells.min_signal_fraction) for n in names[1:])))
     used = {name: on_tissue(threshold_maps[k], signal.tissue_hint) for k, name in enumerate(names)}
-    counts = compute_cells(slide.channel(names[0]), [slide.channel(n) for n in names[1:]], cell_plan,
-                           tissue=grown(bed.tissue, config.cells.tissue_reach_um / grid.coarse_um), tumour=bed.tumour,
-                           debris=found.debris, tls_labels=found.labels, margin=bed.margin,
-                           halo_source=[reader.channel(n) for n in names], scheduler=scheduler,
-                           threshold_maps=threshold_maps, num_workers=num_workers)
+    return names, cell_plan, reader, threshold_maps, used
+
+
+def _tissue_reached(bed: TumourBed, config: Config, grid: Grid) -> np.ndarray:
+    """Where a cell's centre counts as in tissue: the tissue grown by ``cells.tissue_reach_um``."""
+    return grown(bed.tissue, config.cells.tissue_reach_um / grid.coarse_um)
+
+
+def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, bed: TumourBed,
+                found: FoundTLS, *, scheduler=None, num_workers: int | None = None) -> CellPass:
+    """Nuclei from the nuclear channel and marker-positive cells, blocks with overlap, counted into the tissue,
+    tumour, margin, artefact zone and each TLS found before."""
+    return finish_cells(slide, config, plan, grid, signal, bed, found, SegmentedCells([], frozenset()),
+                        scheduler=scheduler, num_workers=num_workers)
+
+
+def count_evidence_and_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, *,
+                             scheduler=None, num_workers: int | None = None) -> tuple[EvidenceMaps, SegmentedCells]:
+    """Steps 4 and 8 in one read of the slide: each block is counted into the evidence maps and, where the
+    signal model sees tissue near it, its cells are segmented and measured (counted into the regions later,
+    by :func:`finish_cells`, once they are known). Reading every tile once instead of twice is what makes the
+    cell pass cost little more than its segmentation."""
+    counting = evidence_counting(slide, config, plan, grid, signal)
+    names, cell_plan, reader, threshold_maps, _ = _cell_setup(slide, config, plan, grid, signal, n_tls=0)
+    sources = list(dict.fromkeys([*names, *counting.plan.channels]))  # channels counted only come last
+    count_channels = tuple(sources.index(name) for name in counting.plan.channels)
+    likely_tissue = grown(signal.tissue_hint, (config.cells.tissue_reach_um + HINT_REACH_UM) / grid.coarse_um)
+    records, done = cell_pass([slide.channel(n) for n in sources], cell_plan, segment=likely_tissue,
+                              halo_source=[reader.channel(n) for n in sources], threshold_maps=threshold_maps,
+                              counting=counting, count_channels=count_channels, scheduler=scheduler,
+                              num_workers=num_workers)
+    return counting.maps(), SegmentedCells(records, done)
+
+
+def finish_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, bed: TumourBed,
+                 found: FoundTLS, segmented: SegmentedCells, *, scheduler=None,
+                 num_workers: int | None = None) -> CellPass:
+    """Count cells into the tissue, tumour, margin, artefact zone and each TLS: those ``segmented`` before,
+    and those of the blocks in tissue not yet segmented, segmented now."""
+    names, cell_plan, reader, threshold_maps, used = _cell_setup(slide, config, plan, grid, signal,
+                                                                 n_tls=int(found.labels.max()))
+    tissue = _tissue_reached(bed, config, grid)
+    records, _ = cell_pass([slide.channel(n) for n in names], cell_plan, segment=tissue,
+                           halo_source=[reader.channel(n) for n in names], threshold_maps=threshold_maps,
+                           done=segmented.done, scheduler=scheduler, num_workers=num_workers)
+    counts = count_records(cell_plan, sorted([*segmented.records, *records], key=lambda r: r.core), tissue=tissue, tumour=bed.tumour,
+                           debris=found.debris, tls_labels=found.labels, margin=bed.margin)
     return CellPass(counts, used, cell_plan.halo_px)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..background import SignalModel, build_signal_model
 from ..config import Config
-from ..segment.evidence import EvidenceMaps, EvidencePlan, compute_evidence
+from ..segment.evidence import EvidenceCounting, EvidenceMaps, EvidencePlan, count_chunks
 from ..slide import Slide
 from ..thresholds import ScaledThresholds, positive_threshold, sample_windows, scaled_level, scaled_thresholds
 from .channels import ChannelPlan
@@ -85,8 +85,18 @@ def sensitivity_groups(scenario_roles, roles: dict[str, str]) -> tuple[tuple[str
 
 def count_evidence(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, *,
                    scheduler=None, num_workers: int | None = None) -> EvidenceMaps:
-    """The one full-resolution pass: each role's positive pixels (crosstalk and AF removed) into the evidence
-    maps; with ``sensitivity.enabled`` also each scenario channel at every scale, in the same read."""
+    """The full-resolution counting pass: each role's positive pixels (crosstalk and AF removed) into the
+    evidence maps; with ``sensitivity.enabled`` also each scenario channel at every scale, in the same read.
+    (With cells, :func:`tlsquant.steps.cells.count_evidence_and_cells` counts in the cell pass's read.)"""
+    counting = evidence_counting(slide, config, plan, grid, signal)
+    arrays = [slide.channel(name) for name in counting.plan.channels]
+    return count_chunks(arrays, counting, scheduler=scheduler, num_workers=num_workers)
+
+
+def evidence_counting(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid,
+                      signal: SignalModel) -> EvidenceCounting:
+    """What the counting pass counts with: the evidence plan (``.plan.channels``: the channel of each role),
+    each role's threshold map, the crosstalk sources' backgrounds and the scenarios' scaled thresholds."""
     roles, role_of = plan.roles, plan.role_of
     role_names = tuple(roles)
     scale_of = {role: config.thresholds.marker_rule(roles[role], role_of.get(roles[role])).scale for role in role_names}
@@ -116,6 +126,5 @@ def count_evidence(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, 
     evidence_plan = EvidencePlan(role_names, grid.fine_factor, grid.coarse_factor, grid.coarse_factor,
                                  config.debris.min_positive_channels, tuple(crosstalk), pixel_af, af_glass,
                                  tuple(roles[r] for r in role_names), scenarios=groups)
-    arrays = [slide.channel(roles[role]) for role in role_names]
-    return compute_evidence(arrays, evidence_plan, thresholds=threshold_maps, backgrounds=backgrounds, scaled=scaled,
-                            scheduler=scheduler, num_workers=num_workers)
+    return EvidenceCounting(evidence_plan, slide.shape[1:], thresholds=threshold_maps, backgrounds=backgrounds,
+                            scaled=scaled)
