@@ -177,3 +177,24 @@ def test_scaled_thresholds_in_one_pass_equal_separate_passes(images, chunk, as_f
 
 
 _SEPARATE: dict = {}
+
+
+def test_packed_counts_add_up_as_a_whole_array():
+    from tlsquant.segment.evidence import PackedCounts
+
+    rng = np.random.default_rng(3)
+    shape = (70, 90)
+    whole = np.zeros((3, *shape), np.uint16)
+    packed = PackedCounts(3, shape, np.uint16)
+    counted = 0
+    for _ in range(60):  # blocks anywhere, overlapping, some maps empty, to the grid's end
+        y0, x0 = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        h, w = rng.integers(1, shape[0] - y0 + 1), rng.integers(1, shape[1] - x0 + 1)
+        counts = (rng.random((3, h, w)) < 0.05).astype(np.uint16) * rng.integers(1, 900, (3, h, w)).astype(np.uint16)
+        counts[rng.integers(0, 3)] = 0
+        whole[:, y0 : y0 + h, x0 : x0 + w] += counts
+        packed.add((y0, x0), counts)
+        counted += bool(counts.any())
+    packed.add((5, 5), np.zeros((3, 4, 4), np.uint16))  # nothing counted: nothing kept
+    assert whole.any() and len(packed.parts) == counted > 40
+    assert np.array_equal(packed.whole(), whole)

@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from ..background import SignalModel, ThresholdRuleMap
 from ..cells import CellCounts, CellPlan, CellRecords, cell_pass, count_records
 from ..config import Config
+from ..memory import release_free_memory
 from ..segment.evidence import EvidenceMaps
 from ..slide import Slide
 from .channels import ChannelPlan
@@ -140,6 +141,7 @@ def count_evidence_and_cells(slide: Slide, config: Config, plan: ChannelPlan, gr
                               halo_source=[reader.channel(n) for n in sources], threshold_maps=threshold_maps,
                               counting=counting, count_channels=count_channels, scheduler=scheduler,
                               num_workers=num_workers)
+    release_free_memory()  # the pass's freed windows go back before the maps are added up whole
     return counting.maps(), SegmentedCells(records, done)
 
 
