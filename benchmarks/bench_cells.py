@@ -39,22 +39,25 @@ def sample():
         samples.append((time.perf_counter(), process.memory_info().rss / 2**20))
         time.sleep(0.2)
 threading.Thread(target=sample, daemon=True).start()
-original = cell_step.compute_cells
+entry = "cell_pass" if hasattr(cell_step, "cell_pass") else "compute_cells"  # older checkouts: compute_cells
+original = getattr(cell_step, entry)
 def timed_cells(*args, **kwargs):
     cell_pass.append(time.perf_counter())
     try:
         return original(*args, **kwargs)
     finally:
         cell_pass.append(time.perf_counter())
-cell_step.compute_cells = timed_cells
+setattr(cell_step, entry, timed_cells)
 slide = tlsquant.open_slide(path)
 started = time.perf_counter()
 result = tlsquant.analyze_slide(slide, tlsquant.load_config(), scheduler="threads", num_workers=workers)
 elapsed = time.perf_counter() - started
 s = result.summary
-during = [rss for t, rss in samples if cell_pass[0] <= t <= cell_pass[1]]
+during = [rss for t, rss in samples if cell_pass[0] <= t <= cell_pass[-1]]
 before = [rss for t, rss in samples if t <= cell_pass[0]][-1]
-print(json.dumps({"seconds": elapsed, "cells_seconds": s["timing_seconds"]["cells"],
+# the cell pass's own time: with the one read it also counts the evidence maps
+pass_seconds = sum(cell_pass[k + 1] - cell_pass[k] for k in range(0, len(cell_pass), 2))
+print(json.dumps({"seconds": elapsed, "cells_seconds": pass_seconds,
                   "cell_pass_start_mb": before, "cell_pass_added_mb": max(during) - before,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "cells": s["cells"]["total"], "cd20_pct": s["cd20_pct"], "tls_count": s["tls_count"]}))

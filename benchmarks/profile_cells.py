@@ -4,7 +4,8 @@ Wraps the steps of :mod:`tlsquant.cells` with timers and runs the whole analysis
 with cells on; reports per step the wall seconds and the CPU seconds of the worker thread,
 summed over the blocks (CPU time is what to compare on a shared machine: other jobs stretch
 the wall time, not the thread's own time). ``read (decode)`` is ``_Sources.read``;
-``other in cells_block`` and ``band assembly and setup`` are what the named steps leave.
+``other in block_records`` and ``band assembly and setup`` are what the named steps leave (with the
+one read, the pass also counts the evidence: that is in ``band assembly and setup``).
 Works on older checkouts too (steps they lack are left out).
 
     python benchmarks/profile_cells.py SLIDE [--json OUT]
@@ -27,7 +28,8 @@ import tlsquant
 import tlsquant.cells as cells
 
 # nested steps are timed inside their parents; only the leaves are reported, with what each parent leaves
-PARENTS = {"cells_block": ("segment_nuclei", "cell_bodies", "_cell_sums", "_all_marker_sums", "_marker_sums"),
+BLOCK = "block_records" if hasattr(cells, "block_records") else "cells_block"  # older checkouts: cells_block
+PARENTS = {BLOCK: ("segment_nuclei", "cell_bodies", "_cell_sums", "_all_marker_sums", "_marker_sums"),
            "segment_nuclei": ("_smooth_and_threshold", "smoothing", "distance_to_background", "_clump_zone",
                               "_local_maxima", "_separate_maxima", "_clump_centres", "_nearest_centre",
                               "_drop_by_area")}
@@ -74,31 +76,34 @@ def main() -> None:
         cells.ndi = Ndi()
     cell_pass = []
     # the module that calls the cell pass (tlsquant.pipeline, or tlsquant.steps.cells after the steps split)
+    # cell_pass (one read with the counting, then any block left), or compute_cells in older checkouts
+    entry = "cell_pass" if hasattr(cells, "cell_pass") else "compute_cells"
     caller = next(m for m in (importlib.import_module(name) for name in ("tlsquant.steps.cells", "tlsquant.pipeline")
-                              if importlib.util.find_spec(name)) if hasattr(m, "compute_cells"))
-    original = caller.compute_cells
+                              if importlib.util.find_spec(name)) if hasattr(m, entry))
+    original = getattr(caller, entry)
 
-    def compute_cells(*a, **k):
+    def pass_timed(*a, **k):
         started, started_cpu = time.perf_counter(), time.process_time()
         try:
             return original(*a, **k)
         finally:
             cell_pass.append((time.perf_counter() - started, time.process_time() - started_cpu))
-    caller.compute_cells = compute_cells
+    setattr(caller, entry, pass_timed)
     slide = tlsquant.open_slide(args.slide)
     config = tlsquant.load_config(None, ["compute.workers=1", "compute.scheduler=sync"])
     result = tlsquant.analyze_slide(slide, config)
     megapixels = slide.shape[1] * slide.shape[2] / 1e6
     rows = {}
+    cell_pass = [tuple(map(sum, zip(*cell_pass)))]  # every call of the pass together
     for table, total in ((wall, cell_pass[0][0]), (cpu, cell_pass[0][1])):
         leaves = {name: table[name] for name in LEAVES if name in table}
         segment_rest = table["segment_nuclei"] - sum(table.get(n, 0.0) for n in PARENTS["segment_nuclei"])
-        block_rest = table["cells_block"] - sum(table.get(n, 0.0) for n in PARENTS["cells_block"])
+        block_rest = table[BLOCK] - sum(table.get(n, 0.0) for n in PARENTS[BLOCK])
         steps = {"read (decode)": table["read (decode)"], **leaves, "other in segment_nuclei": segment_rest,
-                 "other in cells_block": block_rest,
-                 "band assembly and setup": total - table["cells_block"] - table["read (decode)"]}
+                 f"other in {BLOCK}": block_rest,
+                 "band assembly and setup": total - table[BLOCK] - table["read (decode)"]}
         rows["wall" if table is wall else "cpu"] = steps
-    report = {"slide": args.slide, "megapixels": round(megapixels, 1), "blocks": calls["cells_block"],
+    report = {"slide": args.slide, "megapixels": round(megapixels, 1), "blocks": calls[BLOCK],
               "cell_pass_s": round(cell_pass[0][0], 2), "cell_pass_cpu_s": round(cell_pass[0][1], 2),
               "cells": result.summary["cells"]["total"],
               "steps_s": {k: round(v, 3) for k, v in rows["wall"].items()},
