@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +69,35 @@ def _output_threads(config) -> int:
 
 
 def _run_all(writers, workers: int) -> list[dict[str, Path]]:
-    """Call each writer (in ``workers`` threads); their results in order, or the first writer's error after all ended.
+    """Call each writer (all at once in threads when ``workers`` > 1); their results in order, or the first writer's
+    error after all ended.
 
-    Every writer writes atomically, so one failing leaves no half file from the others.
+    All at once, not ``workers`` at a time: the gallery waits on threads of its own, and a
+    writer queued behind the pictures would end the phase alone. Every writer writes
+    atomically, so one failing leaves no half file from the others.
     """
     if workers <= 1:
         return [writer() for writer in writers]
     from concurrent.futures import ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(min(workers, len(writers))) as pool:
+    with ThreadPoolExecutor(len(writers)) as pool:
         futures = [pool.submit(writer) for writer in writers]
         wait(futures)
     return [future.result() for future in futures]  # raises the first writer's error, in writer order
+
+
+def _once(make):
+    """A function returning ``make()``, called at most once however many threads ask (the others wait for it)."""
+    lock = threading.Lock()
+    made = []
+
+    def value():
+        with lock:
+            if not made:
+                made.append(make())
+        return made[0]
+
+    return value
 
 
 def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, Path]:
@@ -99,6 +117,13 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
     remove_partials(outdir)
     config = result.config
     workers = _output_threads(config)
+
+    def rings():
+        from .qc import tls_rings
+
+        return tls_rings(result)
+
+    tls_outlines = _once(rings)  # qc.png and the gallery both outline every TLS: found once
 
     def tables() -> dict[str, Path]:
         written = {"tls": write_tls_table(result, outdir / TLS_TABLE)}
@@ -122,7 +147,8 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
             from .qc import write_qc_picture
 
             written["qc"] = write_qc_picture(result, slide, outdir / QC_PICTURE, target_px=config.outputs.qc_px,
-                                             max_px=config.outputs.qc_max_px, min_tls_px=config.outputs.qc_min_tls_px)
+                                             max_px=config.outputs.qc_max_px, min_tls_px=config.outputs.qc_min_tls_px,
+                                             tls_outlines=tls_outlines())
         if config.outputs.qc_png and result.signal_histograms:
             from .qc import write_threshold_picture
 
@@ -136,7 +162,7 @@ def write_slide_outputs(result, outdir: str | Path, *, slide=None) -> dict[str, 
 
         return write_tls_gallery(result, slide, outdir / GALLERY, outdir / GALLERY_CROPS,
                                  max_tls=config.outputs.gallery_max_tls, crop_px=config.outputs.gallery_crop_px,
-                                 png=config.outputs.gallery_png, workers=workers)
+                                 png=config.outputs.gallery_png, workers=workers, tls_outlines=tls_outlines())
 
     written: dict[str, Path] = {}
     for part in _run_all([gallery, pictures, tables], workers):

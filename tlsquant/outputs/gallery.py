@@ -6,7 +6,9 @@ names come from the resolved channel roles), each with the TLS outlined in its s
 (neighbouring TLS thinner), a caption (id, stage, location, area) and a scale bar. The
 window is the TLS's box plus ``CONTEXT_UM`` (or a quarter of its size) around it, read from
 the finest pyramid level where it fits in ``outputs.gallery_crop_px``, or mean-binned from
-the coarsest level when none does; only those windows are read, never whole channels.
+the coarsest level when none does; only those windows are read, never whole channels: their
+tiles decoded in the drawing threads (no dask graph scheduled per window), a tile neighbouring
+windows share decoded once.
 Grey levels are fixed per channel for the whole slide (black at the tissue background,
 white at threshold + the typical positive signal), so a negative channel looks negative.
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import html
 import io
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,19 +111,93 @@ def crop_window(bbox_px: tuple[float, float, float, float], levels: list[tuple[t
     return CropWindow(level, step, wy0, wy1, wx0, wx1, (levels[level][1], levels[level][2]))
 
 
-def read_window(slide, window: CropWindow, channels: list[str], *, threaded: bool = True) -> dict[str, np.ndarray]:
+class SharedChunks:
+    """Decoded chunks that several windows read: kept from the first window's read until the last one's.
+
+    ``uses`` counts the windows reading each chunk (by dask key); a chunk read once is never kept.
+    Windows in threads may decode a chunk twice when they ask for it at the same time (rarely; the
+    same pixels either way).
+    """
+
+    def __init__(self, uses: dict[tuple, int]):
+        self._uses = {key: count for key, count in uses.items() if count > 1}
+        self._kept: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, decode) -> np.ndarray:
+        """Chunk ``key``: the kept one, or ``decode()``; counts this window's use of it."""
+        if key not in self._uses:
+            return decode()
+        with self._lock:
+            chunk = self._kept.get(key)
+        if chunk is None:
+            chunk = decode()
+        with self._lock:
+            self._uses[key] -= 1
+            if self._uses[key] > 0:
+                self._kept[key] = chunk
+            else:
+                self._kept.pop(key, None)
+        return chunk
+
+
+def window_chunks(data, window: CropWindow, channel: int) -> list[tuple[tuple, tuple[int, int, int]]]:
+    """The chunks of channel ``channel`` of a lazy (C, Y, X) level ``data`` that ``window`` (step 1) reads:
+    (dask key, (c, y, x) of the chunk's first px)."""
+    from ..blocks import block_range
+
+    c_edges, y_edges, x_edges = (np.cumsum((0,) + tuple(chunks)) for chunks in data.chunks)
+    k = block_range(c_edges, (channel, channel + 1))[0]
+    return [((data.name, k, i, j), (int(c_edges[k]), int(y_edges[i]), int(x_edges[j])))
+            for i in block_range(y_edges, (window.y0, window.y1)) for j in block_range(x_edges, (window.x0, window.x1))]
+
+
+def _read_chunks(data, window: CropWindow, channels: list[int], shared: SharedChunks | None) -> list[np.ndarray]:
+    """The window (step 1) of each channel (index into ``data``), float32: the chunks' tasks run here, in this thread.
+
+    Scheduling a graph per window costs about as much as decoding its few tiles; the graph is
+    culled to the window's chunks first (a whole-slide layer would be materialized otherwise).
+    Raises :class:`tlsquant.blocks.NotTaskSpec` where a graph node is not a task-spec one.
+    """
+    from ..blocks import run_task
+
+    chunks = {channel: window_chunks(data, window, channel) for channel in channels}
+    graph = data.__dask_graph__().cull({key for keys in chunks.values() for key, _ in keys})
+    decode = functools.partial(run_task, graph, {})
+    planes = []
+    for channel in channels:
+        plane = np.empty((window.y1 - window.y0, window.x1 - window.x0), np.float32)
+        for key, (first, top, left) in chunks[channel]:
+            chunk = np.asarray(shared.get(key, functools.partial(decode, key)) if shared is not None else decode(key))
+            y0, y1 = max(window.y0, top), min(window.y1, top + chunk.shape[1])
+            x0, x1 = max(window.x0, left), min(window.x1, left + chunk.shape[2])
+            plane[y0 - window.y0: y1 - window.y0, x0 - window.x0: x1 - window.x0] = \
+                chunk[channel - first, y0 - top: y1 - top, x0 - left: x1 - left]
+        planes.append(plane)
+    return planes
+
+
+def read_window(slide, window: CropWindow, channels: list[str], *, threaded: bool = True,
+                shared: SharedChunks | None = None) -> dict[str, np.ndarray]:
     """The window of each channel (float32, binned by ``window.step``): only its chunks are read.
 
-    ``threaded=False`` reads in the calling thread (the caller already runs windows in parallel).
+    At step 1 the chunks are decoded in this thread, those ``shared`` keeps taken from it;
+    ``threaded=False`` reads a graph that cannot be run so (older dask, foreign arrays) in the
+    calling thread too (the caller already runs windows in parallel).
     """
     import dask
 
+    from ..blocks import NotTaskSpec
+
     data = slide.levels[window.level].data
-    planes = {name: data[slide.channel_index(name), window.y0: window.y1, window.x0: window.x1] for name in channels}
     if window.step == 1:
-        values = dask.compute(*planes.values(), scheduler=None if threaded else "sync")
-        return {name: np.asarray(value, np.float32) for name, value in zip(planes, values)}
-    return {name: _binned(plane, window.step) for name, plane in planes.items()}
+        with contextlib.suppress(NotTaskSpec):
+            return dict(zip(channels, _read_chunks(data, window, [slide.channel_index(name) for name in channels], shared)))
+    planes = {name: data[slide.channel_index(name), window.y0: window.y1, window.x0: window.x1] for name in channels}
+    if window.step > 1:
+        return {name: _binned(plane, window.step) for name, plane in planes.items()}
+    values = dask.compute(*planes.values(), scheduler=None if threaded else "sync")
+    return {name: np.asarray(value, np.float32) for name, value in zip(planes, values)}
 
 
 def _display_range(info: dict | None, plane: np.ndarray) -> tuple[float, float]:
@@ -214,21 +292,28 @@ def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles:
     for role, name in roles.items():
         if name in planes:
             low, high = _display_range(thresholds.get(role), planes[name])
-            plane = np.clip((planes[name][:crop_height, :crop_width] - low) / (high - low), 0, 1)
-            scaled[role] = np.repeat(np.repeat(plane, zoom, 0), zoom, 1) if zoom > 1 else plane
-    panels = []  # (label, RGB uint8)
-    overlay = np.zeros((height, width, 3), np.float32)
+            scaled[role] = np.clip((planes[name][:crop_height, :crop_width] - low) / (high - low), 0, 1)
+
+    def to_image(grey: np.ndarray):  # 0-1 -> uint8, blown up by zoom, as a PIL image
+        grey = (grey * 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(np.repeat(grey, zoom, 0), zoom, 1) if zoom > 1 else grey)
+
+    panels = []  # (label, RGB PIL image)
+    # colour by colour: arithmetic on (H, W, 3) float arrays runs 3-long inner loops, most of a picture's time
+    overlay = np.zeros((3, crop_height, crop_width), np.float32)
     for role, colour in OVERLAY_ROLES:
         if role in scaled:
-            overlay += scaled[role][..., None] * np.asarray(colour, np.float32)
+            for plane, weight in zip(overlay, np.asarray(colour, np.float32)):
+                plane += scaled[role] * weight
     names = " / ".join(roles[role] for role, _ in OVERLAY_ROLES if role in scaled)
-    panels.append((f"overlay: {names}", (np.clip(overlay, 0, 1) * 255).astype(np.uint8)))
+    panels.append((f"overlay: {names}", Image.merge("RGB", [to_image(np.clip(plane, 0, 1)) for plane in overlay])))
     for role, what in PANEL_ROLES:
         if role in scaled:
-            panels.append((f"{roles[role]} ({what})", np.repeat((scaled[role] * 255).astype(np.uint8)[..., None], 3, 2)))
+            panels.append((f"{roles[role]} ({what})", to_image(scaled[role]).convert("RGB")))
 
-    outlines = [(window.to_crop(ring) * zoom, tls_id == row.tls_id) for tls_id, tls_rings_l0 in rings.items()
-                for ring in tls_rings_l0]
+    # flat x, y lists, made once for all panels; this TLS last (on top)
+    outlines = sorted((((window.to_crop(ring) * zoom).ravel().tolist(), tls_id == row.tls_id)
+                       for tls_id, tls_rings_l0 in rings.items() for ring in tls_rings_l0), key=lambda item: item[1])
     font_px = max(11, min(16, width // 14))
     font = _font(font_px)
     caption = _caption(row, window, pixel_size_um)
@@ -247,12 +332,11 @@ def render_tls(row, planes: dict[str, np.ndarray], window: CropWindow, *, roles:
     draw = ImageDraw.Draw(canvas)
     for number, line in enumerate(lines):
         draw.text((4, 4 + number * (font_px + 6)), line, fill=(255, 255, 255), font=font)
-    for index, (label, image) in enumerate(panels):
-        panel = Image.fromarray(image)
+    for index, (label, panel) in enumerate(panels):
         panel_draw = ImageDraw.Draw(panel)  # drawing on the panel clips the outlines to it
-        for xy, own in sorted(outlines, key=lambda item: item[1]):  # this TLS on top
+        for xy, own in outlines:
             colour = _stage_colour(row.stage) if own else (170, 170, 170)
-            panel_draw.line([tuple(point) for point in xy], fill=colour, width=2 if own else 1, joint="curve")
+            panel_draw.line(xy, fill=colour, width=2 if own else 1, joint="curve")
         if index == 0:  # scale bar on the overlay
             bar_um = _scale_bar_um(crop_width * window.downsample[1] * pixel_size_um * 1.25)
             bar_px = bar_um / (pixel_size_um * window.downsample[1]) * zoom
@@ -278,12 +362,15 @@ def _shown(table, max_tls: int):
 
 
 def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_px: int = Outputs.gallery_crop_px,
-                 png: bool = True, workers: int = 1) -> Iterator[GalleryEntry]:
+                 png: bool = True, workers: int = 1,
+                 tls_outlines: dict[int, list[np.ndarray]] | None = None) -> Iterator[GalleryEntry]:
     """The gallery's pictures one at a time (the ``max_tls`` largest TLS, in id order), as PNG when ``png``
     and always as the page's JPEG.
 
     ``workers`` threads draw pictures ahead (reading, drawing and PNG/JPEG encoding mostly
-    release the GIL); memory holds about ``2 * workers`` pictures, never the gallery's.
+    release the GIL); memory holds about ``2 * workers`` pictures, never the gallery's, and the
+    decoded chunks neighbouring windows share until the last of them is drawn.
+    ``tls_outlines``: :func:`~tlsquant.outputs.qc.tls_rings` of ``result`` where the caller has them.
     """
     if not len(result.tls):
         return
@@ -294,36 +381,44 @@ def iter_gallery(result, slide, *, max_tls: int = Outputs.gallery_max_tls, crop_
     if slide.tile_shape and slide.tile_shape[1] < slide.shape[2] and slide.reopen is not None:
         reader = slide.with_chunks(WINDOW_CHUNK_PX)  # a window decodes a few tiles, not a few 2048-px chunks
     levels = [(level.shape[1:], level.downsample_y, level.downsample_x) for level in reader.levels]
-    rings = tls_rings(result)
+    rings = tls_rings(result) if tls_outlines is None else tls_outlines
     boxes = {tls_id: (min(r[:, 0].min() for r in rs), min(r[:, 1].min() for r in rs),
                       max(r[:, 0].max() for r in rs), max(r[:, 1].max() for r in rs)) for tls_id, rs in rings.items() if rs}
     pixel_size_um = result.pixel_size.x_um
+    rows = list(_shown(result.tls, max_tls).itertuples(index=False))
+    windows = [crop_window((row.bbox_x0_px, row.bbox_y0_px, row.bbox_x1_px, row.bbox_y1_px), levels,
+                           pixel_size_um=pixel_size_um, max_px=crop_px) for row in rows]
+    uses: dict[tuple, int] = {}
+    for window in windows:
+        if window.step == 1:
+            for channel in channels:
+                for key, _ in window_chunks(reader.levels[window.level].data, window, reader.channel_index(channel)):
+                    uses[key] = uses.get(key, 0) + 1
+    shared = SharedChunks(uses)
 
-    def entry(row) -> GalleryEntry:
-        window = crop_window((row.bbox_x0_px, row.bbox_y0_px, row.bbox_x1_px, row.bbox_y1_px), levels,
-                             pixel_size_um=pixel_size_um, max_px=crop_px)
+    def entry(row, window: CropWindow) -> GalleryEntry:
         (ly, lx) = window.level_downsample
         x0, y0, x1, y1 = window.x0 * lx, window.y0 * ly, window.x1 * lx, window.y1 * ly
         near = {tls_id: rings[tls_id] for tls_id, (bx0, by0, bx1, by1) in boxes.items()
                 if bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0}
         picture, panels, caption, zoom, jpeg = render_tls(
-            row, planes=read_window(reader, window, channels, threaded=workers <= 1), window=window,
+            row, planes=read_window(reader, window, channels, threaded=workers <= 1, shared=shared), window=window,
             roles={r: roles[r] for r in wanted if r in roles}, thresholds=thresholds, rings=near,
             pixel_size_um=pixel_size_um, with_jpeg=True, with_png=png)
         return GalleryEntry(int(row.tls_id), caption, window, panels, picture, zoom, jpeg)
 
-    rows = list(_shown(result.tls, max_tls).itertuples(index=False))
     if workers <= 1:
-        yield from map(entry, rows)
+        yield from map(entry, rows, windows)
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    todo = list(zip(rows, windows))
     with ThreadPoolExecutor(workers) as pool:
-        pending = [pool.submit(entry, row) for row in rows[: 2 * workers]]
-        for row in rows[2 * workers:] + [None] * len(pending):
+        pending = [pool.submit(entry, *item) for item in todo[: 2 * workers]]
+        for item in todo[2 * workers:] + [None] * len(pending):
             done = pending.pop(0).result()  # in id order
-            if row is not None:
-                pending.append(pool.submit(entry, row))
+            if item is not None:
+                pending.append(pool.submit(entry, *item))
             yield done
 
 
@@ -372,12 +467,12 @@ def gallery_html(result, entries: list[GalleryEntry], total: int, *, max_tls: in
 
 def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tls: int = Outputs.gallery_max_tls,
                       crop_px: int = Outputs.gallery_crop_px, png: bool = Outputs.gallery_png,
-                      workers: int = 1) -> dict[str, Path]:
+                      workers: int = 1, tls_outlines: dict[int, list[np.ndarray]] | None = None) -> dict[str, Path]:
     """Write tls_gallery.html and, with ``png``, tls_gallery/TLS-<id>.png (the folder only when there is a TLS),
     atomically.
 
     Pictures are written as they are made (``workers`` threads drawing ahead), so memory
-    holds a few TLS's, not the gallery's.
+    holds a few TLS's, not the gallery's. ``tls_outlines`` as for :func:`iter_gallery`.
     """
     total = len(result.tls)
     shown = len(_shown(result.tls, max_tls))
@@ -391,7 +486,8 @@ def write_tls_gallery(result, slide, html_path: Path, crops_dir: Path, *, max_tl
         page_path = stack.enter_context(atomic_path(html_path))
         page = stack.enter_context(open(page_path, "w", encoding="utf-8"))
         page.write(_html_head(result, shown, total, max_tls=max_tls))
-        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px, png=png, workers=workers):
+        for entry in iter_gallery(result, slide, max_tls=max_tls, crop_px=crop_px, png=png, workers=workers,
+                                  tls_outlines=tls_outlines):
             if crops is not None:
                 (crops / entry.file_name).write_bytes(entry.png)
             page.write(_html_figure(entry))

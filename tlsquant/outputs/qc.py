@@ -44,9 +44,11 @@ FAST_PNG = {"compress_level": 1}
 
 def _stretch(plane: np.ndarray) -> np.ndarray:
     # black at the typical (mostly negative) level, white at the brightest structures
-    plane = plane.astype(np.float32)
-    low, high = np.percentile(plane, [60, 99.8])
-    return np.clip((plane - low) / max(high - low, 1e-6), 0, 1)
+    plane = np.asarray(plane, np.float32)
+    low, high = np.percentile(plane, [60, 99.8])  # float64: so is the stretched plane
+    stretched = np.subtract(plane, low)  # then in place: no more whole-plane temporaries
+    stretched /= max(high - low, 1e-6)
+    return np.clip(stretched, 0, 1, out=stretched)
 
 
 def _binned(plane, step: int) -> np.ndarray:
@@ -133,14 +135,19 @@ def composite(slide, roles: dict[str, str], scale: PictureScale) -> np.ndarray:
     step = scale.step
     height, width = data.shape[1] // step, data.shape[2] // step
     rgb = np.zeros((3, height, width), np.float32)  # colour planes: whole-plane arithmetic, no (H, W, 3) temporaries
+    weighted = np.empty((height, width), np.float64)  # a stretched plane times a colour weight
     for role, colour in ROLE_COLOURS.items():
         if role in roles:
             stretched = _stretch(_binned(data[slide.channel_index(roles[role]), : height * step, : width * step], step))
             for plane, weight in zip(rgb, np.asarray(colour, np.float32)):
-                plane += stretched * weight
+                plane += np.multiply(stretched, weight, out=weighted)
     np.clip(rgb, 0, 1, out=rgb)
     rgb *= 255
-    return np.ascontiguousarray(np.moveaxis(rgb.round().astype(np.uint8), 0, -1))
+    np.round(rgb, out=rgb)
+    picture = np.empty((height, width, 3), np.uint8)
+    for index, plane in enumerate(rgb):
+        picture[..., index] = plane  # the cast astype(np.uint8) makes, one colour at a time
+    return picture
 
 
 def _scale_bar_um(width_um: float) -> float:
@@ -170,9 +177,18 @@ def _pooled(mask: np.ndarray, size: int) -> np.ndarray:
     if size <= 1:
         return mask
     height, width = -(-mask.shape[0] // size) * size, -(-mask.shape[1] // size) * size
-    padded = np.zeros((height, width), bool)
-    padded[: mask.shape[0], : mask.shape[1]] = mask
-    return padded.reshape(height // size, size, width // size, size).any(axis=(1, 3))
+    padded = mask
+    if mask.shape != (height, width):
+        padded = np.zeros((height, width), bool)
+        padded[: mask.shape[0], : mask.shape[1]] = mask
+    # row by row, then column by column: any() over a (.., size, .., size) reshape runs size-long inner loops
+    rows = np.zeros((height // size, width), bool)
+    for offset in range(size):
+        rows |= padded[offset::size]
+    pooled = np.zeros((height // size, width // size), bool)
+    for offset in range(size):
+        pooled |= rows[:, offset::size]
+    return pooled
 
 
 def tls_rings(result) -> dict[int, list[np.ndarray]]:
@@ -203,8 +219,55 @@ def rejected_candidates(result) -> list[tuple[str, list[np.ndarray]]]:
             for reason, box, region in candidates]
 
 
-def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px, min_tls_px: float = Outputs.qc_min_tls_px):
+def _one_to_one_image(axes, rgb: np.ndarray):
+    """``axes.imshow(rgb, interpolation="nearest")`` (RGB uint8), drawn without resampling where it maps one to one.
+
+    matplotlib resamples an image even where each picture px is one figure px: float64 RGBA
+    copies of the whole picture, a third of qc.png's time. There the resampled image is the
+    picture itself (its uint8 -> float -> uint8 round trip leaves every value as it was), so
+    that is what is drawn; any other mapping (non-square pixels) is resampled as usual.
+    """
+    from matplotlib.image import AxesImage
+    from matplotlib.transforms import Bbox, TransformedBbox
+
+    class OneToOneImage(AxesImage):
+        def make_image(self, renderer, magnification=1.0, unsampled=False):
+            # where AxesImage.make_image puts the image: its extent in figure px, clipped, rounded to whole px
+            x0, x1, y0, y1 = self.get_extent()
+            shown = TransformedBbox(Bbox([[x0, y0], [x1, y1]]), self.get_transform())
+            clip = ((self.get_clip_box() or self.axes.bbox) if self.get_clip_on()
+                    else self.get_figure(root=True).bbox)
+            clipped = Bbox.intersection(shown, clip)
+            if magnification != 1.0 or unsampled or clipped is None:
+                return super().make_image(renderer, magnification, unsampled)
+            extents = clipped.extents
+            snapped = np.array([np.floor(extents[0] + 0.5), np.ceil(extents[1] - 0.5 - 1e-8),
+                                np.floor(extents[2] + 0.5 + 1e-8), np.ceil(extents[3] - 0.5)])
+            whole = np.array([shown.xmin, shown.ymin, shown.xmax, shown.ymax])
+            picture = np.asarray(self.get_array())
+            height, width = picture.shape[:2]
+            if (picture.dtype != np.uint8 or picture.shape[2:] != (3,)
+                    or np.abs(whole - snapped).max() > 1e-6  # unclipped, on whole px
+                    or (snapped[2] - snapped[0], snapped[3] - snapped[1]) != (width, height)):
+                return super().make_image(renderer, magnification, unsampled)
+            rgba = np.empty((height, width, 4), np.uint8)
+            rgba[..., :3] = picture[::-1]  # bottom row first, as the resampled image comes
+            rgba[..., 3] = 255
+            return rgba, snapped[0], snapped[1], None
+
+    image = OneToOneImage(axes, interpolation="nearest")
+    image.set_data(rgb)
+    image.set_clip_path(axes.patch)
+    image.set_extent(image.get_extent())
+    axes.add_image(image)
+    return image
+
+
+def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px,
+                    min_tls_px: float = Outputs.qc_min_tls_px, tls_outlines: dict[int, list[np.ndarray]] | None = None):
     """The qc.png figure and what is on it.
+
+    ``tls_outlines``: :func:`tls_rings` of ``result`` where the caller has them (the gallery draws them too).
 
     Returns
     -------
@@ -241,7 +304,7 @@ def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: in
         return tuple(np.asarray(colour) / 255)
 
     handles = []
-    layers = []  # (rings, colour, width, style)
+    layers = []  # (rings, colour or one colour per ring, width, style)
     layers.append((_rings(result.tumour_mask, result.coarse_factor), TUMOUR_LINE, 1.6, "solid"))
     handles.append(Line2D([], [], color=rgb01(TUMOUR_LINE), linewidth=1.6, label="tumour bed"))
     margin = margin_rings(result)
@@ -265,12 +328,16 @@ def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: in
     for reason, count in by_reason.items():
         handles.append(Line2D([], [], color=rgb01(CANDIDATE_LINE), linewidth=1.1, linestyle=dashed,
                               label=f"rejected: {REASON_LABELS.get(reason, reason)} ({count})"))
-    outlines = tls_rings(result)
+    outlines = tls_rings(result) if tls_outlines is None else tls_outlines
     stages_seen = []
+    tls_lines, tls_colours = [], []  # one collection for all TLS, each ring in its stage's colour: drawn the same
     for row in result.tls.itertuples(index=False):
-        layers.append((outlines.get(row.tls_id, []), STAGE_COLOURS.get(row.stage, (255, 255, 0)), 1.4, "solid"))
+        rings = outlines.get(row.tls_id, [])
+        tls_lines += rings
+        tls_colours += [STAGE_COLOURS.get(row.stage, (255, 255, 0))] * len(rings)
         if row.stage not in stages_seen:
             stages_seen.append(row.stage)
+    layers.append((tls_lines, tls_colours, 1.4, "solid"))
     handles += [Line2D([], [], color=rgb01(STAGE_COLOURS.get(s, (255, 255, 0))), linewidth=1.4, label=f"TLS {s}")
                 for s in stages_seen]
     handles += [Line2D([], [], color=c, marker="s", linestyle="", label=f"{roles[r]}")
@@ -294,13 +361,15 @@ def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: in
     total_px = title_px + shown_height + legend_px
     figure = plt.figure(figsize=(width / dpi, total_px / dpi), dpi=dpi)
     axes = figure.add_axes([0, legend_px / total_px, 1, shown_height / total_px])
-    axes.imshow(rgb, interpolation="nearest", aspect=aspect)
+    axes.set_aspect(aspect)
+    _one_to_one_image(axes, rgb)
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
     axes.set_axis_off()
-    for rings, colour, line_width, style in layers:
+    for rings, colours, line_width, style in layers:
         if rings:
-            axes.add_collection(LineCollection([to_picture(ring) for ring in rings], colors=[rgb01(colour)],
+            colours = [rgb01(colour) for colour in colours] if isinstance(colours, list) else [rgb01(colours)]
+            axes.add_collection(LineCollection([to_picture(ring) for ring in rings], colors=colours,
                                                linewidths=line_width, linestyles=style))
     drawn = []
     for number, (reason, rings) in enumerate(candidates):
@@ -333,11 +402,13 @@ def draw_qc_picture(result, slide, *, target_px: int = Outputs.qc_px, max_px: in
 
 
 def write_qc_picture(result, slide, path: Path, *, target_px: int = Outputs.qc_px, max_px: int = Outputs.qc_max_px,
-                     min_tls_px: float = Outputs.qc_min_tls_px) -> Path:
-    """qc.png (see the module docstring), written atomically."""
+                     min_tls_px: float = Outputs.qc_min_tls_px,
+                     tls_outlines: dict[int, list[np.ndarray]] | None = None) -> Path:
+    """qc.png (see the module docstring), written atomically; ``tls_outlines`` as for :func:`draw_qc_picture`."""
     import matplotlib.pyplot as plt
 
-    figure, _ = draw_qc_picture(result, slide, target_px=target_px, max_px=max_px, min_tls_px=min_tls_px)
+    figure, _ = draw_qc_picture(result, slide, target_px=target_px, max_px=max_px, min_tls_px=min_tls_px,
+                                tls_outlines=tls_outlines)
     try:
         with atomic_path(path) as temporary:
             figure.savefig(temporary, format="png", dpi=100, facecolor="black", pil_kwargs=FAST_PNG)
