@@ -145,3 +145,20 @@ def test_cells_are_counted_by_their_centre_and_blocks_without_tissue_count_nowhe
     assert counts.counts[0].tolist() == [2, 1]  # cells, CD20+
     assert counts.tls_counts[1].tolist() == [1, 1]  # the cell centred at (2.5, 2.5) lies in TLS 1
     assert counts.nucleus_area_um2 == 20 * 0.25
+
+
+def test_analysis_with_one_read_is_the_analysis_with_two_passes(glass_and_tissue):
+    from tlsquant import analyze_slide
+
+    runs = []
+    for one_read in ("false", "true"):
+        config = load_config(None, ["outputs.cells_table=true", f"compute.one_read={one_read}"])
+        result = analyze_slide(open_slide(glass_and_tissue, chunk_size=256), config, **COMPUTE)
+        runs.append(result)
+    two, one = runs
+    assert one.summary["config"]["compute"]["one_read"] and not two.summary["config"]["compute"]["one_read"]
+    same = {k: v for k, v in one.summary.items() if k not in ("timing_seconds", "config", "provenance")}
+    assert same == {k: v for k, v in two.summary.items() if k not in ("timing_seconds", "config", "provenance")}
+    pd.testing.assert_frame_equal(one.tls, two.tls, check_exact=True)
+    pd.testing.assert_frame_equal(one.cells, two.cells, check_exact=True)
+    assert two.summary["tls_count"] >= 1 and two.summary["cells"]["total"] > 1000

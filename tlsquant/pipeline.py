@@ -23,6 +23,7 @@ from .pixel_size import PixelSize
 from .provenance import provenance
 from .slide import Slide
 from .steps import (
+    SegmentedCells,
     check_marker_rules,
     check_memory,
     count_evidence,
@@ -100,10 +101,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
                   num_workers: int | None = None, annotations=None) -> SlideResult:
     """Find, stage and measure the TLS of one slide, and count its cells by marker.
 
-    One full-resolution read: positive pixels into coarse evidence maps (tissue, tumour,
-    TLS, networks) and, in the same read, nuclei and marker-positive cells (slides finer than
-    ``cells.max_pixel_size_um`` with ``cells.enabled``), counted into the regions once the
-    maps have found them. The steps are the functions of :mod:`tlsquant.steps`, each usable
+    Two full-resolution passes: positive pixels into coarse evidence maps (tissue, tumour,
+    TLS, networks), then nuclei and marker-positive cells counted into those masks (slides
+    finer than ``cells.max_pixel_size_um`` with ``cells.enabled``); with ``compute.one_read``
+    both in one read of the slide, the cells counted into the regions once the maps have found
+    them (the same results). The steps are the functions of :mod:`tlsquant.steps`, each usable
     alone.
 
     Parameters
@@ -140,8 +142,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     thresholds = threshold_record(config, plan, signal)
     timings.mark("thresholds")
 
-    segmented = None
-    if plan.measure_cells:  # one read of the slide for both passes; cells counted into regions once found
+    segmented = SegmentedCells([], frozenset())
+    if plan.measure_cells and config.compute.one_read:  # cells segmented in the counting's read, counted later
         _step("counting and cells pass")
         evidence, segmented = count_evidence_and_cells(slide, config, plan, grid, signal, **compute)
     else:

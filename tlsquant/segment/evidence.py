@@ -500,6 +500,21 @@ def _grid_pixels(size: int, factor: int) -> np.ndarray:
     return counts
 
 
+class DenseCounts:
+    """Count maps (maps, rows, cols) added up block by block into one array."""
+
+    def __init__(self, n_maps: int, shape: tuple[int, int], dtype) -> None:
+        self.counts = np.zeros((n_maps, *shape), dtype)
+
+    def add(self, origin: tuple[int, int], counts: np.ndarray) -> None:
+        """Add ``counts`` (maps, h, w), whose element [:, 0, 0] lies at grid cell ``origin``."""
+        y0, x0 = origin
+        self.counts[:, y0 : y0 + counts.shape[1], x0 : x0 + counts.shape[2]] += counts
+
+    def whole(self) -> np.ndarray:
+        return self.counts
+
+
 class PackedCounts:
     """Count maps (maps, rows, cols) added up block by block, each block's counts kept compressed until the end.
 
@@ -576,12 +591,13 @@ class EvidenceCounting:
     ``backgrounds`` the crosstalk sources' background maps; ``scaled`` each role of
     ``plan.scenarios`` to its thresholds at every sensitivity scale. Blocks may partition the
     slide in any way (whole chunks, rows of them): the maps are integer sums, identical for
-    any partition and order.
+    any partition and order. ``packed`` keeps each block's counts compressed until
+    :meth:`maps` (see :class:`PackedCounts`).
     """
 
     def __init__(self, plan: EvidencePlan, shape: tuple[int, int], *, thresholds: dict[str, np.ndarray],
                  backgrounds: dict[str, np.ndarray] | None = None,
-                 scaled: dict[str, ScaledThresholds] | None = None) -> None:
+                 scaled: dict[str, ScaledThresholds] | None = None, packed: bool = False) -> None:
         self.plan, self.shape = plan, tuple(shape)
         self.thresholds, self.backgrounds, self.scaled = thresholds, backgrounds or {}, scaled or {}
         missing = [role for group in plan.scenarios for role in group if role not in self.scaled]
@@ -589,8 +605,9 @@ class EvidenceCounting:
             raise ValueError(f"scenario roles {missing} have no scaled thresholds")
         height, width = self.shape
         f, c = plan.fine_factor, plan.coarse_factor
-        self.fine = PackedCounts(len(FINE_MAPS), (-(-height // f), -(-width // f)), count_dtype(f))
-        self.coarse = PackedCounts(len(COARSE_MAPS), (-(-height // c), -(-width // c)), count_dtype(c))
+        totals = PackedCounts if packed else DenseCounts  # packed: the maps are held beside a pass's windows
+        self.fine = totals(len(FINE_MAPS), (-(-height // f), -(-width // f)), count_dtype(f))
+        self.coarse = totals(len(COARSE_MAPS), (-(-height // c), -(-width // c)), count_dtype(c))
         self.parts: list[list] = [[] for _ in plan.scenarios]  # per scenario group, each block's sparse differences
         self._maps: EvidenceMaps | None = None
 

@@ -94,7 +94,7 @@ def count_evidence(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, 
 
 
 def evidence_counting(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid,
-                      signal: SignalModel) -> EvidenceCounting:
+                      signal: SignalModel, *, packed: bool = False) -> EvidenceCounting:
     """What the counting pass counts with: the evidence plan (``.plan.channels``: the channel of each role),
     each role's threshold map, the crosstalk sources' backgrounds and the scenarios' scaled thresholds."""
     roles, role_of = plan.roles, plan.role_of
@@ -127,4 +127,4 @@ def evidence_counting(slide: Slide, config: Config, plan: ChannelPlan, grid: Gri
                                  config.debris.min_positive_channels, tuple(crosstalk), pixel_af, af_glass,
                                  tuple(roles[r] for r in role_names), scenarios=groups)
     return EvidenceCounting(evidence_plan, slide.shape[1:], thresholds=threshold_maps, backgrounds=backgrounds,
-                            scaled=scaled)
+                            scaled=scaled, packed=packed)
