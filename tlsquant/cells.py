@@ -681,68 +681,89 @@ def core_touches(mask: np.ndarray, core: tuple[int, int, int, int], factor: int)
     return bool(mask[y0 // factor : -(-y1 // factor), x0 // factor : -(-x1 // factor)].any())
 
 
-def count_records(plan: CellPlan, records, *, tissue, tumour, debris, tls_labels, margin=None) -> CellCounts:
-    """Count the cells of ``records`` (:class:`CellRecords` of the blocks of a pass) into the slide's regions.
+class CellTally:
+    """Cells counted into the slide's regions block by block, as the records of a pass come in.
 
     ``tissue`` / ``tumour`` / ``margin`` (coarse grid) and ``debris`` / ``tls_labels`` (fine
     grid) are whole-slide masks. A cell counts where its centre lies in tissue; blocks whose
-    core holds no tissue count nothing (a pass need not read them). TLS ids run to ``plan.n_tls``.
+    core holds no tissue count nothing (a pass need not read them). TLS ids run to
+    ``plan.n_tls``. Integer sums: the same in any order, so records are dropped once counted.
     """
-    c, f = plan.coarse_factor, plan.fine_factor
-    records = [r for r in records if len(r) and core_touches(tissue, r.core, c)]
-    n_markers = len(plan.markers)
-    if records:
-        centre_y = np.concatenate([r.centre_y for r in records])
-        centre_x = np.concatenate([r.centre_x for r in records])
-        nucleus_px = np.concatenate([r.nucleus_px for r in records])
-        ring_px = np.concatenate([r.ring_px for r in records])
-        positive = np.concatenate([r.positive for r in records])
-    else:
-        centre_y = centre_x = np.empty(0)
-        nucleus_px = ring_px = np.empty(0, np.int64)
-        positive = np.zeros((0, n_markers), bool)
-    counted = _grid_lookup(tissue, (0, 0), c, centre_y, centre_x).astype(bool)
-    excluded = int(np.count_nonzero(~counted))
-    centre_y, centre_x, positive = centre_y[counted], centre_x[counted], positive[counted]
-    nucleus_px, ring_px = nucleus_px[counted], ring_px[counted]
-    in_debris = _grid_lookup(debris, (0, 0), f, centre_y, centre_x).astype(bool)
-    in_tumour = _grid_lookup(tumour, (0, 0), c, centre_y, centre_x).astype(bool)
-    in_margin = _grid_lookup(margin, (0, 0), c, centre_y, centre_x).astype(bool)
-    tls_id = _grid_lookup(tls_labels, (0, 0), f, centre_y, centre_x).astype(np.int64)
 
-    tally = np.concatenate([np.ones((centre_y.size, 1), np.int64), positive.astype(np.int64)], axis=1)
-    counts = np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0), tally[in_margin & ~in_debris].sum(0),
-                       tally[(tls_id > 0) & ~in_debris].sum(0), tally[in_debris].sum(0)])
-    tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
-    np.add.at(tls_counts, np.where(in_debris, 0, tls_id), tally)
-    pixel_size = plan.pixel_size_um
-    pixel_area = pixel_size[0] * pixel_size[1]
-    table = None
-    if plan.keep_table:
-        columns = {"centroid_x_um": centre_x * pixel_size[1], "centroid_y_um": centre_y * pixel_size[0],
-                   "nucleus_area_um2": (nucleus_px * pixel_area).astype(np.float32),
-                   "cell_area_um2": ((nucleus_px + ring_px) * pixel_area).astype(np.float32),
-                   "in_tumour": in_tumour, "in_margin": in_margin, "tls_id": tls_id.astype(np.int32),
-                   "in_artefact": in_debris}
-        for k, marker in enumerate(plan.markers):
-            for part in ("nucleus", "ring"):
-                name = f"{marker}_{part}"
-                columns[name] = (np.concatenate([r.means[name] for r in records])[counted] if records
-                                 else np.empty(0, np.float32))
-            columns[f"{marker}_positive"] = positive[:, k]
-        table = pd.DataFrame({name: columns[name].astype(dtype) for name, dtype in table_dtypes(plan).items()})
-        # block order depends on the chunking; position does not
-        table = table.sort_values(["centroid_y_um", "centroid_x_um"], kind="stable", ignore_index=True)
-        table.insert(0, "cell_id", np.arange(1, len(table) + 1, dtype=np.int64))
-    return CellCounts(
-        markers=plan.markers,
-        counts=counts,
-        tls_counts=tls_counts,
-        excluded_outside_tissue=excluded,
-        # an integer sum: the same for any block order
-        nucleus_area_um2=int(nucleus_px.sum()) * pixel_size[0] * pixel_size[1],
-        table=table,
-    )
+    def __init__(self, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None) -> None:
+        self.plan = plan
+        self.masks = (tissue, tumour, debris, tls_labels, margin)
+        n_markers = len(plan.markers)
+        self.counts = np.zeros((len(REGIONS), 1 + n_markers), np.int64)
+        self.tls_counts = np.zeros((plan.n_tls + 1, 1 + n_markers), np.int64)
+        self.excluded = 0
+        self.nucleus_px = 0
+        self.columns: list[dict[str, np.ndarray]] = []  # per block, with plan.keep_table
+
+    def add(self, record: CellRecords) -> None:
+        """Count one block's cells."""
+        plan = self.plan
+        tissue, tumour, debris, tls_labels, margin = self.masks
+        c, f = plan.coarse_factor, plan.fine_factor
+        if not len(record) or not core_touches(tissue, record.core, c):
+            return
+        counted = _grid_lookup(tissue, (0, 0), c, record.centre_y, record.centre_x).astype(bool)
+        self.excluded += int(np.count_nonzero(~counted))
+        centre_y, centre_x, positive = record.centre_y[counted], record.centre_x[counted], record.positive[counted]
+        nucleus_px, ring_px = record.nucleus_px[counted], record.ring_px[counted]
+        in_debris = _grid_lookup(debris, (0, 0), f, centre_y, centre_x).astype(bool)
+        in_tumour = _grid_lookup(tumour, (0, 0), c, centre_y, centre_x).astype(bool)
+        in_margin = _grid_lookup(margin, (0, 0), c, centre_y, centre_x).astype(bool)
+        tls_id = _grid_lookup(tls_labels, (0, 0), f, centre_y, centre_x).astype(np.int64)
+        tally = np.concatenate([np.ones((centre_y.size, 1), np.int64), positive.astype(np.int64)], axis=1)
+        self.counts += np.stack([tally.sum(0), tally[in_tumour & ~in_debris].sum(0),
+                                 tally[in_margin & ~in_debris].sum(0), tally[(tls_id > 0) & ~in_debris].sum(0),
+                                 tally[in_debris].sum(0)])
+        np.add.at(self.tls_counts, np.where(in_debris, 0, tls_id), tally)
+        self.nucleus_px += int(nucleus_px.sum())
+        if plan.keep_table:
+            pixel_size = plan.pixel_size_um
+            pixel_area = pixel_size[0] * pixel_size[1]
+            columns = {"centroid_x_um": centre_x * pixel_size[1], "centroid_y_um": centre_y * pixel_size[0],
+                       "nucleus_area_um2": (nucleus_px * pixel_area).astype(np.float32),
+                       "cell_area_um2": ((nucleus_px + ring_px) * pixel_area).astype(np.float32),
+                       "in_tumour": in_tumour, "in_margin": in_margin, "tls_id": tls_id.astype(np.int32),
+                       "in_artefact": in_debris}
+            for k, marker in enumerate(plan.markers):
+                for part in ("nucleus", "ring"):
+                    columns[f"{marker}_{part}"] = record.means[f"{marker}_{part}"][counted]
+                columns[f"{marker}_positive"] = positive[:, k]
+            self.columns.append(columns)
+
+    def result(self) -> CellCounts:
+        """The slide's counts (and its cell table, sorted by position, with ``plan.keep_table``)."""
+        plan = self.plan
+        table = None
+        if plan.keep_table:
+            dtypes = table_dtypes(plan)
+            table = pd.DataFrame({name: (np.concatenate([c[name] for c in self.columns]) if self.columns
+                                         else np.empty(0)).astype(dtype) for name, dtype in dtypes.items()})
+            # block order depends on the chunking and on which task ended first; position does not
+            table = table.sort_values(["centroid_y_um", "centroid_x_um"], kind="stable", ignore_index=True)
+            table.insert(0, "cell_id", np.arange(1, len(table) + 1, dtype=np.int64))
+        return CellCounts(
+            markers=plan.markers,
+            counts=self.counts.copy(),
+            tls_counts=self.tls_counts.copy(),
+            excluded_outside_tissue=self.excluded,
+            # an integer sum: the same for any block order
+            nucleus_area_um2=self.nucleus_px * plan.pixel_size_um[0] * plan.pixel_size_um[1],
+            table=table,
+        )
+
+
+def count_records(plan: CellPlan, records, *, tissue, tumour, debris, tls_labels, margin=None) -> CellCounts:
+    """Count the cells of ``records`` (:class:`CellRecords` of the blocks of a pass) into the slide's regions
+    (see :class:`CellTally`)."""
+    tally = CellTally(plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels, margin=margin)
+    for record in records:
+        tally.add(record)
+    return tally.result()
 
 
 def _cell_sums(nuclei: np.ndarray, bodies: np.ndarray, n: int, origin: tuple[int, int]):
@@ -1182,7 +1203,7 @@ def _merge_small_last(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
 
 
 def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None, threshold_maps=None,
-              counting=None, count_channels: tuple[int, ...] = (), done=frozenset(), scheduler=None,
+              counting=None, count_channels: tuple[int, ...] = (), done=frozenset(), consume=None, scheduler=None,
               num_workers=None) -> tuple[list[CellRecords], frozenset]:
     """Run the block pass over lazy (Y, X) channel arrays that share one chunk grid.
 
@@ -1204,7 +1225,8 @@ def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None
     :class:`tlsquant.segment.evidence.EvidenceCounting`, has every block's core counted into
     the evidence maps in the same read (``count_channels``: the channel of each of its roles),
     whether segmented or not. Returns the segmented blocks' records, in raster order, and
-    their cores.
+    their cores; with ``consume`` (e.g. :meth:`CellTally.add`) each record is handed to it as
+    its task ends instead, and not kept.
     """
     halo = plan.halo_px
     n_cell_sources = 1 + len(plan.markers)
@@ -1259,9 +1281,15 @@ def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None
                                        dask_key_name=f"cells-band-{k:06d}-{token}")
              for k, run in enumerate(runs)]
     records: list[CellRecords] = []
+    cores: list[tuple[int, int, int, int]] = []
 
     def add(result) -> None:
-        records.extend(result[0])
+        cores.extend(record.core for record in result[0])
+        for record in result[0]:
+            if consume is not None:
+                consume(record)
+            else:
+                records.append(record)
         for counted in result[1]:
             counting.add(counted)
 
@@ -1271,7 +1299,7 @@ def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None
     finally:
         _SHARED_BLOCKS.discard({a.name for a in sources.arrays})
     records.sort(key=lambda r: r.core)  # raster order, whatever order the tasks ended in
-    return records, frozenset(r.core for r in records) | frozenset(done)
+    return records, frozenset(cores) | frozenset(done)
 
 
 def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
@@ -1283,7 +1311,7 @@ def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, deb
     ``debris`` / ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the
     peritumoral band, optional); ``halo_source`` and ``threshold_maps`` as for :func:`cell_pass`.
     """
-    records, _ = cell_pass((nuclear_stain, *markers), plan, segment=tissue, halo_source=halo_source,
-                           threshold_maps=threshold_maps, scheduler=scheduler, num_workers=num_workers)
-    return count_records(plan, records, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels,
-                         margin=margin)
+    tally = CellTally(plan, tissue=tissue, tumour=tumour, debris=debris, tls_labels=tls_labels, margin=margin)
+    cell_pass((nuclear_stain, *markers), plan, segment=tissue, halo_source=halo_source, threshold_maps=threshold_maps,
+              consume=tally.add, scheduler=scheduler, num_workers=num_workers)
+    return tally.result()
