@@ -8,8 +8,8 @@
 6. :func:`find_tls` (tls): dense B-cell aggregates, artefacts excluded;
 7. :func:`tls_rows` (measures): stage, location and each TLS's numbers from the evidence maps;
 8. :func:`count_cells` (cells): the second full-resolution pass, nuclei and marker-positive cells
-   (with cells, :func:`count_evidence_and_cells` reads the slide once for 4 and 8, and
-   :func:`finish_cells` counts the cells into the regions once 5-7 have found them);
+   (with ``compute.one_read``, :func:`count_evidence_and_cells` reads the slide once for 4 and 8,
+   and :func:`finish_cells` counts the cells into the regions once 5-7 have found them);
 9. :func:`tls_table` and :func:`slide_metrics_of` (measures): the cells of each TLS, the slide's metrics
    (:func:`measure_tls` is 7 and 9 in one call).
 
