@@ -570,7 +570,7 @@ class CellRecords:
     """The cells one block owns (centred in its core), measured, before they are counted into regions.
 
     Regions (tissue, tumour, TLS...) are decided by each cell's centre alone, so they can be
-    looked up after the pass, once the whole slide's masks are known (see :func:`count_records`).
+    looked up after the pass, once the whole slide's masks are known (see :class:`CellTally`).
     """
 
     core: tuple[int, int, int, int]  # (y0, y1, x0, x1), level-0 px
@@ -1305,7 +1305,8 @@ def cell_pass(channels, plan: CellPlan, *, segment: np.ndarray, halo_source=None
 def compute_cells(nuclear_stain, markers, plan: CellPlan, *, tissue, tumour, debris, tls_labels, margin=None,
                   halo_source=None, threshold_maps=None, scheduler=None,
                   num_workers=None) -> CellCounts:
-    """Segment and count the cells of a slide into its regions: :func:`cell_pass` then :func:`count_records`.
+    """Segment and count the cells of a slide into its regions: :func:`cell_pass`, each block's cells counted by a
+    :class:`CellTally` as its task ends.
 
     Blocks whose core holds no tissue are not read. ``tissue`` / ``tumour`` (coarse grid) and
     ``debris`` / ``tls_labels`` (fine grid) are the slide's masks (``margin``, coarse: the

@@ -539,8 +539,7 @@ class PackedCounts:
         """The maps as one array (maps, rows, cols); the parts are given up as they are added in."""
         out = np.zeros((self.n_maps, *self.shape), self.dtype)
         codec = _codec()
-        self.parts.reverse()
-        while self.parts:
+        while self.parts:  # integer sums: any order
             (y0, x0), (h, w), maps, packed = self.parts.pop()
             out[maps, y0 : y0 + h, x0 : x0 + w] += np.frombuffer(codec.decode(packed), self.dtype).reshape(-1, h, w)
         return out

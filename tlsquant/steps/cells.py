@@ -113,11 +113,6 @@ def _cell_setup(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, sig
     return names, cell_plan, reader, threshold_maps, used
 
 
-def _tissue_reached(bed: TumourBed, config: Config, grid: Grid) -> np.ndarray:
-    """Where a cell's centre counts as in tissue: the tissue grown by ``cells.tissue_reach_um``."""
-    return grown(bed.tissue, config.cells.tissue_reach_um / grid.coarse_um)
-
-
 def count_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, signal: SignalModel, bed: TumourBed,
                 found: FoundTLS, *, scheduler=None, num_workers: int | None = None) -> CellPass:
     """Nuclei from the nuclear channel and marker-positive cells, blocks with overlap, counted into the tissue,
@@ -154,7 +149,7 @@ def finish_cells(slide: Slide, config: Config, plan: ChannelPlan, grid: Grid, si
     and those of the blocks in tissue not yet segmented, segmented now."""
     names, cell_plan, reader, threshold_maps, used = _cell_setup(slide, config, plan, grid, signal,
                                                                  n_tls=int(found.labels.max()))
-    tissue = _tissue_reached(bed, config, grid)
+    tissue = grown(bed.tissue, config.cells.tissue_reach_um / grid.coarse_um)  # where a cell's centre counts
     tally = CellTally(cell_plan, tissue=tissue, tumour=bed.tumour, debris=found.debris, tls_labels=found.labels,
                       margin=bed.margin)
     for record in segmented.records:
