@@ -15,7 +15,7 @@ from tlsquant.measure import (
     slide_metrics,
 )
 from tlsquant.segment.aggregates import detect_aggregates
-from tlsquant.segment.regions import tissue_mask, tumour_mask
+from tlsquant.segment.regions import footprint_dilation, tissue_mask, tumour_mask
 
 BIN_UM = 2.0
 
@@ -219,3 +219,27 @@ def test_cell_metrics_name_the_b_cell_channel_by_its_role():
     assert metrics["b_cell_pct_tls"] == 62.5 and metrics["b_cell_pct_tumour"] == 5.0
     assert "cd20_pct" not in metrics
     assert "b_cell_pct" not in cell_metrics(cells, keys=["ms4a1", "cd3"], tissue_area_mm2=1.0)
+
+
+@pytest.mark.parametrize("shape", [(57, 83), (5, 3), (1, 1), (2, 40), (40, 2)])
+def test_footprint_dilation_equals_scipy(shape):
+    """The row-run dilation (artefact zones) gives scipy's binary_dilation bit for bit: discs of
+    every radius (short runs as shifted ORs, long ones as running maxima), ellipses, masks
+    sparse to dense, footprints larger than the mask."""
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    rng = np.random.default_rng(sum(shape))
+    footprints = [morphology.disk(r) for r in (0, 1, 2, 3, 5, 9, 12)] + [morphology.ellipse(4, 2), morphology.ellipse(1, 6)]
+    for density in (0.002, 0.05, 0.5):
+        mask = rng.random(shape) < density
+        for footprint in footprints:
+            assert np.array_equal(footprint_dilation(mask, footprint),
+                                  ndi.binary_dilation(mask, structure=footprint)), (density, footprint.shape)
+
+
+def test_footprint_dilation_rejects_a_footprint_that_is_not_row_runs():
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    with pytest.raises(ValueError, match="row 1 is not one run"):
+        footprint_dilation(np.zeros((4, 4), bool), ring)

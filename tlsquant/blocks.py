@@ -62,10 +62,8 @@ def read_box(array, rows: tuple[int, int], cols: tuple[int, int], values: dict |
     ``values`` (key -> value), and those run here are added to it. A graph with nodes other
     than dask's task-spec ones (older dask) is computed through dask.
     """
-    from dask.core import flatten
-
     piece = array[rows[0] : rows[1], cols[0] : cols[1]]
-    graph = piece.__dask_graph__().cull(set(flatten(piece.__dask_keys__())))
+    graph = _runnable(piece)
     values = {} if values is None else values
     try:
         blocks = [[np.asarray(run_task(graph, values, (piece.name, i, j))) for j in range(piece.numblocks[1])]
@@ -73,6 +71,20 @@ def read_box(array, rows: tuple[int, int], cols: tuple[int, int], values: dict |
     except NotTaskSpec:
         return np.asarray(piece.compute(scheduler="sync"))
     return np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else np.array(blocks[0][0])  # never a view of a kept chunk
+
+
+def _runnable(array):
+    """``array``'s graph, ready for :func:`run_task`: as it is where every layer is a plain dict of tasks
+    (looked up key by key), else culled to the array's keys (a layer made whole for a key lookup,
+    such as a blockwise one over the slide, would cost seconds; culling one costs milliseconds, and
+    culling dict layers costs more: a set of every key in the graph, ~0.35 M on a whole slide)."""
+    from dask.core import flatten
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    graph = array.__dask_graph__()
+    if isinstance(graph, HighLevelGraph) and all(isinstance(layer, MaterializedLayer) for layer in graph.layers.values()):
+        return graph
+    return graph.cull(set(flatten(array.__dask_keys__())))
 
 
 def compute_blocks(tasks, *, scheduler=None, num_workers=None, consume=None) -> tuple | None:

@@ -156,7 +156,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
 
     _step("TLS")
     has_t_cells = "t_cells" in plan.roles
-    found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells)
+    found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells, num_workers=num_workers)
     found.artefact_area_mm2 = artefact_area_mm2(evidence, found.debris, bed.tissue, grid)
     timings.mark("segmentation")
 

@@ -25,7 +25,7 @@ from dask.base import tokenize
 
 from ..errors import SlideFormatError
 from ..slide import Level
-from .lazy import TiffPlane, chunk_grid, file_stamp, read_plane_region
+from .lazy import TiffPlane, chunk_grid, file_stamp, located_blocks, read_plane_region
 
 _NAME_CENTRE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\][^\[]*$")
 # below this share of the mosaic's bounding box covered by fields, the fields are likely not one slide
@@ -204,8 +204,8 @@ def _owner_map(fields, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return owner
 
 
-def _read_mosaic_block(source: MosaicSource, dtype: str, block_info=None) -> np.ndarray:
-    (c0, c1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+def _read_mosaic_block(source: MosaicSource, dtype: str, location) -> np.ndarray:
+    (c0, c1), (y0, y1), (x0, x1) = location
     out = np.zeros((c1 - c0, y1 - y0, x1 - x0), dtype=dtype)
     touching = [
         (index, field) for index, field in enumerate(source.fields)
@@ -234,7 +234,4 @@ def mosaic_array(
     y_chunks, x_chunks = chunk_grid(shape_yx, (1, 1), chunk_px)
     chunks = ((1,) * n_channels, y_chunks, x_chunks)
     name = "tlsquant-mosaic-" + tokenize(source, chunks, np.dtype(dtype).str)
-    return da.map_blocks(
-        _read_mosaic_block, source, np.dtype(dtype).name, dtype=dtype, chunks=chunks,
-        meta=np.empty((0, 0, 0), dtype=dtype), name=name,
-    )
+    return located_blocks(_read_mosaic_block, (source, np.dtype(dtype).name), chunks=chunks, dtype=dtype, name=name)

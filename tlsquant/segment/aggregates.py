@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import TLS
-from .regions import bins, disk, fill_holes, smooth, smooth_reach
+from .regions import bins, disk, fill_holes, footprint_dilation, smooth, smooth_reach
 
 
 def debris_level(min_fraction: float) -> float:
@@ -28,7 +28,7 @@ def debris_zone(debris_fraction: np.ndarray, *, bin_um: float, dilate_um: float,
 def grown_zone(zone: np.ndarray, *, bin_um: float, dilate_um: float) -> np.ndarray:
     """``zone`` (bool) grown by a disc of ``dilate_um``."""
     if dilate_um > 0 and zone.any():
-        zone = ndi.binary_dilation(zone, structure=disk(dilate_um, bin_um))
+        zone = footprint_dilation(zone, disk(dilate_um, bin_um))
     return zone
 
 
@@ -46,8 +46,10 @@ class SmoothedDensity:
     map's values: the seeds and outlines are those of the whole map.
     """
 
-    def __init__(self, occupancy: np.ndarray, *, sigma_um: float, bin_um: float, band_rows: int = 512):
+    def __init__(self, occupancy: np.ndarray, *, sigma_um: float, bin_um: float, band_rows: int = 512,
+                 threads: int = 1):
         self.occupancy, self.sigma_um, self.bin_um, self.band_rows = occupancy, sigma_um, bin_um, band_rows
+        self.threads = threads
         self.reach = smooth_reach(sigma_um=sigma_um, bin_um=bin_um)
         self.shape = occupancy.shape
 
@@ -61,9 +63,20 @@ class SmoothedDensity:
     def above(self, level: float) -> np.ndarray:
         """Bins whose density exceeds ``level`` (bool)."""
         out = np.empty(self.shape, bool)
-        for start in range(0, self.shape[0], self.band_rows):
+
+        def band(start: int) -> None:
             rows = slice(start, min(start + self.band_rows, self.shape[0]))
             np.greater(self[rows, :], level, out=out[rows])
+
+        starts = range(0, self.shape[0], self.band_rows)
+        if self.threads > 1 and len(starts) > 1:  # bands are independent; scipy's filter releases the GIL
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(starts))) as pool:
+                list(pool.map(band, starts))
+        else:
+            for start in starts:
+                band(start)
         return out
 
 
@@ -248,7 +261,7 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
                       min_contrast: float = 0.0, min_relative_density: float = 0.0,
                       rejected: list | None = None, density: np.ndarray | None = None,
                       candidates: Candidates | None = None, screened: dict | None = None,
-                      kept: list | None = None) -> tuple[np.ndarray, dict]:
+                      kept: list | None = None, threads: int = 1) -> tuple[np.ndarray, dict]:
     """Label dense B-cell aggregates.
 
     ``b_fraction`` is the share of each grid bin's pixels that are CD20+, or whether a bin holds any (bool; debris excluded).
@@ -278,14 +291,15 @@ def detect_aggregates(b_fraction: np.ndarray, *, bin_um: float, sigma_um: float,
     instead of ``density``. ``screened`` caches each candidate's filters by candidate
     number: present entries are taken as they stand, missing ones are added (pass only
     entries computed from maps equal to these in the candidate's box). Given a list as
-    ``kept``, the candidate number of each accepted aggregate is appended.
+    ``kept``, the candidate number of each accepted aggregate is appended. ``threads``
+    smooth the density band by band in parallel (the same values).
 
     Returns (labels numbered 1..n in raster order of their first cell, info).
     """
     own_candidates = candidates is None
     if candidates is None:
         if density is None:  # given when the caller smoothed the same occupancy already (sensitivity scenarios)
-            density = SmoothedDensity(b_fraction, sigma_um=sigma_um, bin_um=bin_um)
+            density = SmoothedDensity(b_fraction, sigma_um=sigma_um, bin_um=bin_um, threads=threads)
         candidates = aggregate_candidates(density, bin_um=bin_um, sigma_um=sigma_um, min_b_fraction=min_b_fraction,
                                           min_b_plateau=min_b_plateau, edge_fraction=edge_fraction,
                                           t_zone_width_um=t_zone_width_um, grow_um=grow_um,

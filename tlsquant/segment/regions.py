@@ -19,6 +19,52 @@ def disk(radius_um: float, bin_um: float) -> np.ndarray:
     return morphology.disk(radius)
 
 
+def footprint_dilation(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``ndi.binary_dilation(mask, structure=footprint)`` for a footprint whose rows are each one centred
+    run (a disc, an ellipse, a square), as one running maximum per run length and a shifted OR per row.
+
+    A whole-slide fine map (70 M bins at 40k x 30k px) dilated by a disc of radius 2 takes
+    ~0.9 s in scipy, which visits every tap at every bin; here it is a few passes.
+    """
+    height, width = footprint.shape
+    cy, cx = height // 2, width // 2
+    runs = {}  # row offset -> half length of its run
+    for dy in range(-cy, height - cy):
+        row = np.flatnonzero(footprint[dy + cy])
+        if row.size == 0:
+            continue
+        half = int(cx - row[0])
+        if row.size != 2 * half + 1 or row[-1] != cx + half:
+            raise ValueError(f"footprint row {dy + cy} is not one run centred on column {cx}")
+        runs[dy] = half
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    widened = {half: _widened(mask, half) for half in set(runs.values())}
+    out = np.zeros(mask.shape, bool)
+    rows = mask.shape[0]
+    for dy, half in runs.items():  # out[y] |= widened[y - dy]: the run of row dy reaches dy rows down
+        source = widened[half]
+        if abs(dy) >= rows:
+            continue
+        if dy >= 0:
+            out[dy:] |= source[: rows - dy] if dy else source
+        else:
+            out[: rows + dy] |= source[-dy:]
+    return out
+
+
+def _widened(mask: np.ndarray, half: int) -> np.ndarray:
+    """Each row's True runs grown by ``half`` columns both ways (shifted ORs; a running maximum when long)."""
+    if half == 0:
+        return mask
+    if half > 8:
+        return ndi.maximum_filter1d(mask.view(np.uint8), 2 * half + 1, axis=1, mode="constant").view(bool)
+    out = mask.copy()
+    for shift in range(1, min(half, mask.shape[1] - 1) + 1):
+        out[:, shift:] |= mask[:, :-shift]
+        out[:, :-shift] |= mask[:, shift:]
+    return out
+
+
 def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary closing by :func:`disk` of ``radius`` bins, from two Euclidean distance transforms.
 

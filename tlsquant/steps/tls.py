@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,12 +119,14 @@ def tls_seeds(density: np.ndarray, config: Config, grid: Grid) -> Seeds:
 
 def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, has_t_cells: bool,
              min_area_um2: float | None = None, debris: np.ndarray | None = None,
-             b_fraction: np.ndarray | None = None, density: np.ndarray | None = None) -> FoundTLS:
+             b_fraction: np.ndarray | None = None, density: np.ndarray | None = None,
+             num_workers: int | None = None) -> FoundTLS:
     """Dense B-cell aggregates, artefacts excluded; ``min_area_um2`` replaces ``tls.min_area_um2``.
 
     ``debris`` and ``b_fraction`` (:func:`artefact_zone`, :func:`b_occupancy`) may be
     given when already computed from the same maps, and ``density``, ``b_fraction``
     smoothed by ``tls.sigma_um``; ``drawn`` regions (exclusions, a region of interest) clip the labels.
+    ``num_workers`` threads smooth the density (default: the machine's cores).
     """
     if debris is None:
         debris = artefact_zone(evidence, config, grid)
@@ -135,7 +138,7 @@ def find_tls(evidence: EvidenceMaps, config: Config, grid: Grid, drawn=None, *, 
     labels, info = detect_aggregates(
         b_fraction, **aggregate_options(config, grid, min_area_um2=min_area_um2),
         debris=debris, t_fraction=t_fraction, nuclei_fraction=FractionMap(evidence, "fine", "nuclei"),
-        rejected=(rejected := []), density=density,
+        rejected=(rejected := []), density=density, threads=num_workers or os.cpu_count() or 1,
     )
     if drawn is not None:
         labels = drawn.apply_fine(labels)
