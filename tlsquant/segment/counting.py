@@ -60,17 +60,46 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
     for j in range(width):
         fine_col[j] = (x0 + j) // fine_factor - fx0
         coarse_col[j] = (x0 + j) // coarse_factor - cx0
+    # per role, its thresholds (and its scenario band, and as a crosstalk source its background)
+    # laid out along a row of pixels once per row of threshold cells: the per-pixel loops below are
+    # then long and vectorise (runs of one threshold cell are only grid_factor px)
     int_row = np.empty((n_roles if integer else 0, width), int_levels.dtype)
-    banded = band.shape[0] > 0 and integer
-    low_row = np.empty((n_roles if banded else 0, width), int_levels.dtype)
-    high_row = np.empty((n_roles if banded else 0, width), int_levels.dtype)
-    expanded_row = -1
+    level_row = np.empty((n_roles, width), levels.dtype)
+    background_row = np.empty((n_roles, width), backgrounds.dtype)
+    banded = band.shape[0] > 0
+    low_row = np.empty((n_roles if banded else 0, width), levels.dtype)
+    high_row = np.empty((n_roles if banded else 0, width), levels.dtype)
+    int_low_row = np.empty((n_roles if banded and integer else 0, width), int_levels.dtype)
+    int_high_row = np.empty((n_roles if banded and integer else 0, width), int_levels.dtype)
+    is_source = np.zeros(n_roles, np.bool_)
+    for r in range(n_roles):
+        for k in range(n_sources):
+            if sources[r, k] >= 0:
+                is_source[sources[r, k]] = True
     fine_sum = np.zeros(fine.shape[2], np.uint64)
     coarse_sum = np.zeros(coarse.shape[2], np.uint64)
     fine_mask = np.uint64((1 << fine_bits) - 1)
     coarse_mask = np.uint64((1 << coarse_bits) - 1)
+    expanded_row = -1
     for i in range(height):
         gy = (y0 + i) // grid_factor - gy0
+        if gy != expanded_row:
+            for r in range(n_roles):
+                for g in range(n_cells):
+                    a, b = run_start[g], run_stop[g]
+                    if corrections[r] or not integer:
+                        level_row[r, a:b] = levels[r, gy, g]
+                    else:
+                        int_row[r, a:b] = int_levels[r, gy, g]
+                    if is_source[r]:
+                        background_row[r, a:b] = backgrounds[r, gy, g]
+                    if banded and band_of[r] >= 0:
+                        low_row[r, a:b] = lows[r, gy, g]
+                        high_row[r, a:b] = highs[r, gy, g]
+                        if integer:
+                            int_low_row[r, a:b] = int_lows[r, gy, g]
+                            int_high_row[r, a:b] = int_highs[r, gy, g]
+            expanded_row = gy
         for j in range(width):
             code[j] = 0
         for r in range(n_roles):
@@ -89,56 +118,39 @@ def _count_loops(data, levels, int_levels, grid_factor, y0, x0, corrections, af_
                         break
                     kappa = kappas[r, k]
                     source_row = data[s][i]
-                    for g in range(n_cells):
-                        level = backgrounds[s, gy, g]
-                        for j in range(run_start[g], run_stop[g]):
-                            value[j] = value[j] - kappa * (np.float32(source_row[j]) - level)
-                for g in range(n_cells):  # branch-free: the loops vectorise
-                    threshold = levels[r, gy, g]
-                    for j in range(run_start[g], run_stop[g]):
-                        code[j] |= np.uint16(value[j] > threshold) << r
+                    source_level = background_row[s]
+                    for j in range(width):
+                        value[j] = value[j] - kappa * (np.float32(source_row[j]) - source_level[j])
+                thresholds_here = level_row[r]
+                for j in range(width):  # branch-free: the loops vectorise
+                    code[j] |= np.uint16(value[j] > thresholds_here[j]) << r
                 if band_of[r] >= 0:
                     bit = np.uint16(1 << band_of[r])  # a local: the loop must not reread band_of
                     band_row = band[i]
-                    for g in range(n_cells):
-                        low, high = lows[r, gy, g], highs[r, gy, g]
-                        for j in range(run_start[g], run_stop[g]):
-                            # above low and not above high (a NaN is above neither, as in numpy)
-                            band_row[j] |= bit * np.uint16((value[j] > low) > (value[j] > high))
+                    lows_here, highs_here = low_row[r], high_row[r]
+                    for j in range(width):
+                        # above low and not above high (a NaN is above neither, as in numpy)
+                        band_row[j] |= bit * np.uint16((value[j] > lows_here[j]) > (value[j] > highs_here[j]))
                 continue
             if band_of[r] >= 0:
                 bit = np.uint16(1 << band_of[r])
                 band_row = band[i]
                 if integer:
-                    if gy != expanded_row:
-                        for g in range(n_cells):
-                            low, high = int_lows[r, gy, g], int_highs[r, gy, g]
-                            for j in range(run_start[g], run_stop[g]):
-                                low_row[r, j] = low
-                                high_row[r, j] = high
-                    lows_here, highs_here = low_row[r], high_row[r]
-                    for j in range(width):  # one long loop: it vectorises
+                    lows_here, highs_here = int_low_row[r], int_high_row[r]
+                    for j in range(width):
                         band_row[j] |= bit * np.uint16((row[j] > lows_here[j]) & (row[j] <= highs_here[j]))
                 else:
-                    for g in range(n_cells):
-                        low, high = lows[r, gy, g], highs[r, gy, g]
-                        for j in range(run_start[g], run_stop[g]):
-                            band_row[j] |= bit * np.uint16((row[j] > low) > (row[j] > high))
+                    lows_here, highs_here = low_row[r], high_row[r]
+                    for j in range(width):
+                        band_row[j] |= bit * np.uint16((row[j] > lows_here[j]) > (row[j] > highs_here[j]))
             if integer:
-                if gy != expanded_row:  # thresholds per pixel of this row of threshold cells, once per cell row
-                    for g in range(n_cells):
-                        whole = int_levels[r, gy, g]
-                        for j in range(run_start[g], run_stop[g]):
-                            int_row[r, j] = whole
                 levels_here = int_row[r]
                 for j in range(width):
                     code[j] |= np.uint16(row[j] > levels_here[j]) << r
             else:
-                for g in range(n_cells):
-                    threshold = levels[r, gy, g]
-                    for j in range(run_start[g], run_stop[g]):
-                        code[j] |= np.uint16(row[j] > threshold) << r
-        expanded_row = gy
+                thresholds_here = level_row[r]
+                for j in range(width):
+                    code[j] |= np.uint16(row[j] > thresholds_here[j]) << r
         for j in range(width):
             fine_sum[fine_col[j]] += fine_table[code[j]]
             coarse_sum[coarse_col[j]] += coarse_table[code[j]]
