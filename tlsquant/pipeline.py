@@ -139,7 +139,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
 
     _step("signal model")
     signal = model_signal(slide, config, plan, grid, **compute)
-    thresholds = threshold_record(config, plan, signal)
+    thresholds = threshold_record(config, plan, signal, num_workers=num_workers)
     timings.mark("thresholds")
 
     segmented = SegmentedCells([], frozenset())
