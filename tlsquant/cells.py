@@ -805,16 +805,17 @@ def _all_marker_sums(nuclei: np.ndarray, bodies: np.ndarray, markers, n: int):
     """
     markers = tuple(np.asarray(m) for m in markers)
     compiled = _compiled(cell_kernels.all_marker_sums_loops)
-    if (compiled is not None and markers and len({(m.dtype, m.shape, m.flags.c_contiguous, m.flags.f_contiguous)
-                                                   for m in markers}) == 1 and markers[0].ndim == 2):
+    if (compiled is not None and 0 < len(markers) <= cell_kernels.MARKER_SLOTS
+            and len({(m.dtype, m.shape, m.flags.c_contiguous, m.flags.f_contiguous) for m in markers}) == 1
+            and markers[0].ndim == 2):
         return compiled(nuclei, bodies, *_padded(tuple(one_integer_type(m) for m in markers)), n)
     per_marker = [_marker_sums(nuclei, bodies, m, n) for m in markers]
     return [s[0] for s in per_marker], [s[1] for s in per_marker]
 
 
 def _padded(markers: tuple) -> tuple[tuple, int]:
-    """``markers`` padded to MARKER_GROUP windows (one compiled signature for groups of 1 to 4), and how many are real."""
-    return padded(markers, MARKER_GROUP), len(markers)
+    """``markers`` padded to the kernel's four windows (one compiled signature for groups of 1 to 4), and how many are real."""
+    return padded(markers, cell_kernels.MARKER_SLOTS), len(markers)
 
 
 def _touching_cut_sides(labels: np.ndarray, inner_edges, n: int) -> np.ndarray:
@@ -1176,7 +1177,8 @@ def _count_core(block: _Block, windows: list[np.ndarray]) -> list:
 
 
 # marker channels read and summed together: fewer windows held at a time (4 uint16 windows take twice the
-# memory of the window's labels) against one more pass over the labels per group
+# memory of the window's labels) against one more pass over the labels per group (at most
+# cell_kernels.MARKER_SLOTS: larger groups are summed marker by marker)
 MARKER_GROUP = 4
 
 
