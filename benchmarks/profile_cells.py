@@ -8,7 +8,7 @@ the wall time, not the thread's own time). ``read (decode)`` is ``_Sources.read`
 one read, the pass also counts the evidence: that is in ``band assembly and setup``).
 Works on older checkouts too (steps they lack are left out).
 
-    python benchmarks/profile_cells.py SLIDE [--json OUT]
+    python benchmarks/profile_cells.py SLIDE [--json OUT] [--set compute.one_read=true]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("slide")
     parser.add_argument("--json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. compute.one_read=true (repeatable)")
     args = parser.parse_args()
     wall: dict[str, float] = defaultdict(float)
     cpu: dict[str, float] = defaultdict(float)
@@ -94,7 +96,7 @@ def main() -> None:
             cell_pass.append((time.perf_counter() - started, time.process_time() - started_cpu))
     setattr(caller, entry, pass_timed)
     slide = tlsquant.open_slide(args.slide)
-    config = tlsquant.load_config(None, ["compute.workers=1", "compute.scheduler=sync"])
+    config = tlsquant.load_config(None, ["compute.workers=1", "compute.scheduler=sync", *args.set])
     result = tlsquant.analyze_slide(slide, config)
     megapixels = slide.shape[1] * slide.shape[2] / 1e6
     rows = {}

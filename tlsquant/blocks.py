@@ -63,7 +63,7 @@ def read_box(array, rows: tuple[int, int], cols: tuple[int, int], values: dict |
     than dask's task-spec ones (older dask) is computed through dask.
     """
     piece = array[rows[0] : rows[1], cols[0] : cols[1]]
-    graph = _runnable(piece)
+    graph = runnable_graph(piece)
     values = {} if values is None else values
     try:
         blocks = [[np.asarray(run_task(graph, values, (piece.name, i, j))) for j in range(piece.numblocks[1])]
@@ -73,18 +73,22 @@ def read_box(array, rows: tuple[int, int], cols: tuple[int, int], values: dict |
     return np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else np.array(blocks[0][0])  # never a view of a kept chunk
 
 
-def _runnable(array):
-    """``array``'s graph, ready for :func:`run_task`: as it is where every layer is a plain dict of tasks
-    (looked up key by key), else culled to the array's keys (a layer made whole for a key lookup,
-    such as a blockwise one over the slide, would cost seconds; culling one costs milliseconds, and
-    culling dict layers costs more: a set of every key in the graph, ~0.35 M on a whole slide)."""
+def runnable_graph(collection, keys=None):
+    """``collection``'s graph, ready for :func:`run_task` on ``keys`` (default: all of the collection's).
+
+    As it is where every layer is a plain dict of tasks (a slide file's levels, sliced): each
+    key is then looked up directly. Otherwise culled to ``keys``: a layer made whole for a key
+    lookup (a blockwise one over the slide) would cost seconds, culling it milliseconds; culling
+    dict layers costs more than reading a window (a set of every key in the graph, ~0.35 M on a
+    whole slide at 512 px chunks).
+    """
     from dask.core import flatten
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-    graph = array.__dask_graph__()
+    graph = collection.__dask_graph__()
     if isinstance(graph, HighLevelGraph) and all(isinstance(layer, MaterializedLayer) for layer in graph.layers.values()):
         return graph
-    return graph.cull(set(flatten(array.__dask_keys__())))
+    return graph.cull(set(flatten(collection.__dask_keys__())) if keys is None else set(keys))
 
 
 def compute_blocks(tasks, *, scheduler=None, num_workers=None, consume=None) -> tuple | None:

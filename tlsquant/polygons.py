@@ -88,26 +88,111 @@ def simplify(coords: np.ndarray, tolerance: float) -> np.ndarray:
     return coords[compiled_or_python(_douglas_peucker_loops)(np.ascontiguousarray(coords, np.float64), float(tolerance))]
 
 
-def _rings(mask: np.ndarray, factor: int, offset: tuple[int, int], *, fully_connected: str) -> list[Ring]:
-    padded = np.pad(mask.astype(np.uint8), 1)
+def _contours(mask: np.ndarray, *, fully_connected: str) -> list[np.ndarray]:
+    """The simplified marching-squares outlines of ``mask`` (index coordinates of the mask padded by one cell),
+    those of at least four points."""
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)  # np.pad costs more than the specks' outlines
+    padded[1:-1, 1:-1] = mask
+    contours = [simplify(contour, SIMPLIFY_CELLS) for contour in measure.find_contours(padded, 0.5, fully_connected=fully_connected)]
+    return [contour for contour in contours if len(contour) >= 4]
+
+
+def _placed(contours: list[np.ndarray], factor: int, offset: tuple[int, int]) -> list[np.ndarray]:
+    """:func:`_contours` of a mask whose first cell is grid ``offset`` as closed rings in level-0 px (K, 2) (x, y),
+    those enclosing an area."""
     rings = []
     origin = np.asarray((offset[0] - 0.5, offset[1] - 0.5))
-    for contour in measure.find_contours(padded, 0.5, fully_connected=fully_connected):
-        contour = simplify(contour, SIMPLIFY_CELLS)
-        if len(contour) < 4:
-            continue
+    for contour in contours:
         # padded index i is cell i - 1 of the box; the 0.5 contour runs along cell edges (half cells:
         # exact in binary, so the rounding only tidies the decimal form)
-        xy = np.round((contour + origin)[:, ::-1] * factor, 3).tolist()
-        if xy[0] != xy[-1]:
-            xy.append(list(xy[0]))
+        xy = np.round((contour + origin)[:, ::-1] * factor, 3)
+        if (xy[0] != xy[-1]).any():
+            xy = np.concatenate([xy, xy[:1]])
         if ring_area(xy) != 0:
             rings.append(xy)
     return rings
 
 
-def _oriented(ring: Ring, *, exterior: bool) -> Ring:
+def _oriented(ring, *, exterior: bool):
     return ring if (ring_area(ring) > 0) == exterior else ring[::-1]
+
+
+def _piece_outlines(piece: np.ndarray) -> tuple[list[np.ndarray], list[tuple[tuple[int, int], list[np.ndarray]]]]:
+    """A 4-connected piece's outer :func:`_contours` (holes filled) and each hole's, with the hole's box corner."""
+    # a hole needs a ring of piece cells around it: none in a box thinner than three cells (most specks)
+    filled = fill_holes(piece, FOUR) if min(piece.shape) >= 3 else piece
+    outer = _contours(filled, fully_connected="low")
+    inside = filled & ~piece
+    if not outer or not inside.any():
+        return outer, []
+    holes = []
+    gaps, _ = ndi.label(inside, structure=EIGHT)  # the background is 8-connected
+    for gap_index, gap_box in enumerate(ndi.find_objects(gaps), start=1):
+        gap = gaps[gap_box] == gap_index
+        holes.append(((gap_box[0].start, gap_box[1].start), _contours(fill_holes(gap, EIGHT), fully_connected="high")))
+    return outer, holes
+
+
+def _pieces(mask: np.ndarray):
+    """(box, cells in the box) of each 4-connected piece of ``mask``, in the order of ``ndi.label``'s numbers."""
+    if np.count_nonzero(mask) > mask.size // SPARSE_FRACTION:
+        try:  # uint16 while the pieces fit: a whole-slide grid's labels at half int32's memory
+            labels, _ = ndi.label(mask, structure=FOUR, output=np.uint16)
+        except RuntimeError:
+            labels, _ = ndi.label(mask, structure=FOUR)
+        for index, box in enumerate(ndi.find_objects(labels), start=1):
+            if box is not None:
+                yield box, labels[box] == index
+        return
+    yield from _sparse_pieces(mask)
+
+
+SPARSE_FRACTION = 64  # masks with fewer set cells than this fraction of the grid are pieced from their set cells
+
+
+def _sparse_pieces(mask: np.ndarray):
+    """:func:`_pieces` of a mask with few set cells (an artefact mask): from the set cells' neighbours.
+
+    Labelling the whole grid writes every cell (a whole-slide fine grid: 70 M, most of the
+    artefact annotation's time) for the few thousand cells set.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    width = mask.shape[1]
+    cells = np.flatnonzero(mask)  # raster order
+    if not len(cells):
+        return
+    rows, cols = np.divmod(cells, width)
+    links = []
+    for step, inside in ((1, cols < width - 1), (width, rows < mask.shape[0] - 1)):  # right and lower neighbours
+        found = np.searchsorted(cells, cells + step).clip(max=len(cells) - 1)
+        linked = inside & (cells[found] == cells + step)
+        links.append((np.flatnonzero(linked), found[linked]))
+    start = np.concatenate([link[0] for link in links])
+    end = np.concatenate([link[1] for link in links])
+    graph = coo_matrix((np.ones(len(start), np.int8), (start, end)), shape=(len(cells), len(cells)))
+    _, piece_of = connected_components(graph, directed=False)
+    # ndi.label numbers pieces in the raster order of their first cells; cells are in raster order
+    first = np.full(piece_of.max() + 1, len(cells))
+    np.minimum.at(first, piece_of, np.arange(len(cells)))
+    rank = np.empty_like(first)
+    rank[np.argsort(first)] = np.arange(len(first))
+    order = np.argsort(rank[piece_of], kind="stable")
+    rows, cols = rows[order], cols[order]
+    bounds = np.flatnonzero(np.diff(rank[piece_of][order])) + 1
+    starts = np.concatenate([[0], bounds])
+    tops, bottoms = np.minimum.reduceat(rows, starts), np.maximum.reduceat(rows, starts)
+    lefts, rights = np.minimum.reduceat(cols, starts), np.maximum.reduceat(cols, starts)
+    for piece_rows, piece_cols, top, bottom, left, right in zip(np.split(rows, bounds), np.split(cols, bounds),
+                                                                tops.tolist(), bottoms.tolist(), lefts.tolist(),
+                                                                rights.tolist()):
+        piece = np.zeros((bottom - top + 1, right - left + 1), bool)
+        piece[piece_rows - top, piece_cols - left] = True
+        yield (slice(top, bottom + 1), slice(left, right + 1)), piece
+
+
+MEMO_CELLS = 4096  # pieces with boxes up to this many cells have their outlines kept for pieces of the same shape
 
 
 def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0, 0)) -> list[Polygon]:
@@ -126,35 +211,31 @@ def mask_polygons(mask: np.ndarray, factor: int, *, offset: tuple[int, int] = (0
     -------
     list of polygons, each ``[exterior, *holes]``.
     """
-    try:  # uint16 while the pieces fit: a whole-slide grid's labels at half int32's memory
-        labels, count = ndi.label(mask, structure=FOUR, output=np.uint16)
-    except RuntimeError:
-        labels, count = ndi.label(mask, structure=FOUR)
-    polygons = []
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        piece = labels[box] == index
-        filled = fill_holes(piece, FOUR)
+    # a piece's outlines depend on its cells only, placed by its corner: artefact specks (single
+    # cells, pairs, ...) repeat thousands of times on a slide, each outline found once
+    outlines: dict[tuple, tuple] = {}
+    polygons = []  # (exterior, holes) as arrays
+    for box, piece in _pieces(mask):
+        if piece.size <= MEMO_CELLS:
+            shape = (piece.shape, piece.tobytes())
+            if shape not in outlines:
+                outlines[shape] = _piece_outlines(piece)
+            outer_contours, hole_contours = outlines[shape]
+        else:
+            outer_contours, hole_contours = _piece_outlines(piece)
         origin = (offset[0] + box[0].start, offset[1] + box[1].start)
-        outer = _rings(filled, factor, origin, fully_connected="low")
+        outer = _placed(outer_contours, factor, origin)
         if not outer:
             continue
         exterior = _oriented(max(outer, key=lambda ring: abs(ring_area(ring))), exterior=True)
         holes = []
-        inside = filled & ~piece
-        if not inside.any():  # most pieces (specks) have no hole
-            polygons.append([exterior])
-            continue
-        gaps, n_gaps = ndi.label(inside, structure=EIGHT)  # the background is 8-connected
-        for gap_index, gap_box in enumerate(ndi.find_objects(gaps), start=1):
-            gap = gaps[gap_box] == gap_index
-            gap_offset = (origin[0] + gap_box[0].start, origin[1] + gap_box[1].start)
-            rings = _rings(fill_holes(gap, EIGHT), factor, gap_offset, fully_connected="high")
+        for (top, left), contours in hole_contours:
+            rings = _placed(contours, factor, (origin[0] + top, origin[1] + left))
             if rings:
                 holes.append(_oriented(max(rings, key=lambda ring: abs(ring_area(ring))), exterior=False))
-        polygons.append([exterior, *holes])
-    return sorted(polygons, key=lambda polygon: -ring_area(polygon[0]))
+        polygons.append((exterior, holes))
+    polygons.sort(key=lambda polygon: -ring_area(polygon[0]))
+    return [[exterior.tolist(), *(hole.tolist() for hole in holes)] for exterior, holes in polygons]
 
 
 def rasterise(polygons, shape: tuple[int, int], factor: float) -> np.ndarray:
@@ -235,6 +316,9 @@ def mask_pixels(mask: np.ndarray, factor: int, slide_shape: tuple[int, int], *, 
     """
     rows = _bin_sides(mask.shape[0], offset[0], factor, slide_shape[0])
     cols = _bin_sides(mask.shape[1], offset[1], factor, slide_shape[1])
+    if mask.dtype == bool and np.count_nonzero(mask) <= mask.size // SPARSE_FRACTION:  # an artefact mask: its set cells
+        set_rows, set_cols = np.divmod(np.flatnonzero(mask), mask.shape[1])  # a 2-d nonzero costs ten times more
+        return int(np.sum(rows[set_rows] * cols[set_cols]))
     total = 0
     for y in range(0, mask.shape[0], 256):
         total += int(rows[y : y + 256] @ (mask[y : y + 256].astype(np.int64) @ cols))

@@ -35,8 +35,20 @@ CANDIDATE = ("TLS candidate", (120, 120, 120))
 MAX_CANDIDATES = 2000  # the largest rejected candidates written (small noise blobs can be many)
 
 
-def _fine(mask: np.ndarray, ratio: int, shape: tuple[int, int]) -> np.ndarray:
-    return np.repeat(np.repeat(mask, ratio, 0), ratio, 1)[: shape[0], : shape[1]]
+def _on_tissue(fine_mask: np.ndarray, tissue_mask: np.ndarray, ratio: int) -> np.ndarray:
+    """The cells of ``fine_mask`` inside ``tissue_mask`` (``ratio`` fine cells per coarse cell side).
+
+    Looked up cell by set cell: the tissue mask blown up to the fine grid would be two
+    whole-grid copies (0.3 s on a whole slide) for the few set cells of an artefact mask.
+    """
+    cells = np.flatnonzero(fine_mask)  # a 2-d nonzero of a whole-slide grid costs ten times more
+    rows, cols = np.divmod(cells, fine_mask.shape[1])
+    inside = tissue_mask[rows // ratio, cols // ratio]
+    if inside.all():
+        return fine_mask
+    kept = np.zeros(fine_mask.shape, bool)
+    kept.flat[cells[inside]] = True
+    return kept
 
 
 def margin_band(result) -> np.ndarray:
@@ -79,8 +91,7 @@ def annotation_features(result, *, slide_shape: tuple[int, int] | None = None) -
     add("tumour", TUMOUR, result.tumour_mask, coarse, name="Tumour bed", locked=False)
     add("margin", MARGIN, margin_band(result), coarse, metadata={"margin_um": result.config.location.margin_um})
     if result.debris_mask is not None:
-        tissue = _fine(result.tissue_mask, coarse // fine, result.debris_mask.shape)
-        add("artefacts", ARTEFACT, result.debris_mask & tissue, fine)
+        add("artefacts", ARTEFACT, _on_tissue(result.debris_mask, result.tissue_mask, coarse // fine), fine)
     candidates = sorted(result.rejected_candidates, key=lambda item: -int(item[2].sum()))[:MAX_CANDIDATES]
     for number, (reason, box, region) in enumerate(candidates, start=1):
         rows, cols = box[0].start, box[1].start

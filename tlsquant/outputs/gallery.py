@@ -155,14 +155,16 @@ def window_chunks(data, window: CropWindow, channel: int) -> list[tuple[tuple, t
 def _read_chunks(data, window: CropWindow, channels: list[int], shared: SharedChunks | None) -> list[np.ndarray]:
     """The window (step 1) of each channel (index into ``data``), float32: the chunks' tasks run here, in this thread.
 
-    Scheduling a graph per window costs about as much as decoding its few tiles; the graph is
-    culled to the window's chunks first (a whole-slide layer would be materialized otherwise).
+    Scheduling a graph per window costs about as much as decoding its few tiles; a graph
+    that is not plain dicts of tasks is culled to the window's chunks first (see
+    :func:`tlsquant.blocks.runnable_graph`).
     Raises :class:`tlsquant.blocks.NotTaskSpec` where a graph node is not a task-spec one.
     """
-    from ..blocks import run_task
+    from ..blocks import run_task, runnable_graph
 
     chunks = {channel: window_chunks(data, window, channel) for channel in channels}
-    graph = data.__dask_graph__().cull({key for keys in chunks.values() for key, _ in keys})
+    keys = {key for keys in chunks.values() for key, _ in keys}
+    graph = runnable_graph(data, keys)
     decode = functools.partial(run_task, graph, {})
     planes = []
     for channel in channels:
