@@ -127,7 +127,8 @@ if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - started
-print(json.dumps({"seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "status": status}), file=sys.stderr)
+print(json.dumps({"seconds": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+                  "status": status}), file=sys.stderr)
 """
 
 
@@ -137,7 +138,8 @@ def measure(argv: list[str], *, env=None, cwd=None) -> dict:
     record = json.loads(process.stderr.decode().strip().splitlines()[-1])
     if record["status"] != 0:
         raise RuntimeError(f"{' '.join(argv[:6])} failed: {process.stderr.decode()[-3000:]}")
-    return {"seconds": round(record["seconds"], 3), "peak_rss_mb": round(record["peak_rss_mb"]),
+    return {"seconds": round(record["seconds"], 3), "cpu_s": round(record.get("cpu_s", 0.0), 2),
+            "peak_rss_mb": round(record["peak_rss_mb"]),
             "stdout": process.stdout.decode()}
 
 
