@@ -100,8 +100,12 @@ class SignalModel:
     af_channel: str | None = None
 
     def background(self, name: str) -> np.ndarray:
+        return self.background_of(name, self.template)
+
+    def background_of(self, name: str, template_values: np.ndarray) -> np.ndarray:
+        """The background of channel ``name`` where the AF template is ``template_values`` (float32)."""
         model = self.channels[name]
-        return (model.glass_level + model.af_scale * self.template).astype(np.float32)
+        return np.float32(model.glass_level) + np.float32(model.af_scale) * template_values
 
     def threshold(self, name: str, *, min_fraction: float = 0.0, fraction: float | None = None) -> np.ndarray:
         """The positive threshold of channel ``name`` on the coarse grid (float32), for raw values.
@@ -136,17 +140,24 @@ class SignalModel:
 
     def residual(self, name: str, values: np.ndarray, y0: int, x0: int, af_values: np.ndarray | None = None) -> np.ndarray:
         """Level-0 values of the box at (y0, x0) minus their background (float32, before ``offset``)."""
+        return self._residual(name, values, af_values, lambda: self.background_at(name, y0, x0, values.shape))
+
+    def residual_in_bins(self, name: str, values: np.ndarray, bins: np.ndarray,
+                         af_values: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`residual` of level-0 pixels ``values`` lying in the coarse bins ``bins`` (flat indices into
+        the grid): the same numbers for a sample of a box's pixels as for the whole box."""
+        return self._residual(name, values, af_values, lambda: self.background_of(name, np.ravel(self.template)[bins]))
+
+    def _residual(self, name: str, values: np.ndarray, af_values: np.ndarray | None, background) -> np.ndarray:
         if name in self.pixel_af and af_values is not None:
             return self.af_corrected(name, values, af_values) - np.float32(self.channels[name].glass_level)
-        return values.astype(np.float32) - self.background_at(name, y0, x0, values.shape)
+        return values.astype(np.float32) - background()
 
     def background_at(self, name: str, y0: int, x0: int, shape: tuple[int, int]) -> np.ndarray:
         """The background of channel ``name`` per pixel of the level-0 box at (y0, x0) (float32)."""
         f, (height, width) = self.factor, shape
-        model = self.channels[name]
         piece = self.template[y0 // f : -(-(y0 + height) // f), x0 // f : -(-(x0 + width) // f)]
-        piece = np.float32(model.glass_level) + np.float32(model.af_scale) * piece
-        return expand(piece, f, y0 % f, x0 % f, shape)
+        return expand(self.background_of(name, piece), f, y0 % f, x0 % f, shape)
 
     def summary(self, name: str) -> dict:
         """JSON-ready description of channel ``name``'s model and the thresholds it gives on tissue."""
@@ -233,13 +244,15 @@ def overview(slide, names: list[str], factor: int, *, scheduler=None, num_worker
 # -- tissue, glass and the AF template -----------------------------------------------------------
 
 
-def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -> tuple[np.ndarray, dict[str, float], bool]:
+def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None, *,
+                     num_workers: int | None = None) -> tuple[np.ndarray, dict[str, float], bool]:
     """Tissue as seen at low resolution, each channel's glass level, and whether glass was found.
 
     Tissue lifts every channel over glass (autofluorescence at least), while stain lifts
     one or two: a low order statistic across the channels, each scaled from its darkest
     to its typical level, follows tissue and ignores stain. Otsu splits it; glass counts
-    as found only when it is a distinct, compact class.
+    as found only when it is a distinct, compact class. ``num_workers`` threads take the
+    channels' medians on glass.
     """
     ranges = []
     for plane in images.values():
@@ -250,11 +263,12 @@ def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -
     score = np.empty(planes[0].shape, np.float64)
     band = max(1, (1 << 18) // max(planes[0].shape[1], 1))  # rows at a time: the channel stack stays small
     for y in range(0, score.shape[0], band):
-        scaled = np.stack([(plane[y : y + band] - lo) / spread for plane, (lo, spread) in zip(planes, ranges)])
-        score[y : y + band] = np.partition(scaled, order, axis=0)[order]
+        score[y : y + band] = low_order([(plane[y : y + band] - lo) / spread for plane, (lo, spread) in zip(planes, ranges)],
+                                        order)
     score = ndi.uniform_filter(score, 3, mode="nearest")
     glass_found = False
     tissue = np.ones(score.shape, bool)
+    glass_medians = {}  # the nuclear stain's is needed twice: deciding whether glass is glass, and as its level
     if np.ptp(score) > 0:
         # clipped: a few very bright cells (debris) would pull Otsu into the tail
         cut = filters.threshold_otsu(np.clip(score, *np.percentile(score, [0.5, 90])), nbins=512)
@@ -267,14 +281,42 @@ def tissue_and_glass(images: dict[str, np.ndarray], nuclei: str | None = None) -
             if distinct and nuclei in images:  # glass holds no nuclei: a dim stretch of tissue does
                 stain = images[nuclei]
                 low = float(np.percentile(stain, 1))
-                distinct = np.median(stain[glass]) - low < 0.25 * (np.median(stain[~glass]) - low)
+                glass_medians[nuclei] = np.median(stain[glass])
+                distinct = glass_medians[nuclei] - low < 0.25 * (np.median(stain[~glass]) - low)
             if distinct:
                 glass_found = True
                 tissue = ~glass
-    levels = {}
-    for name, plane in images.items():
-        levels[name] = float(np.median(plane[~tissue])) if glass_found else 0.0
+    levels = dict.fromkeys(images, 0.0)
+    if glass_found:
+        rest = [name for name in images if name not in glass_medians]
+        glass_medians.update(zip(rest, _map(lambda name: np.median(images[name][glass]), rest,
+                                            _threads(num_workers, len(rest)))))
+        levels = {name: float(glass_medians[name]) for name in images}
     return tissue, levels, glass_found
+
+
+def low_order(layers: list[np.ndarray], order: int) -> np.ndarray:
+    """``np.partition(np.stack(layers), order, axis=0)[order]`` for ``order`` 0 or 1, bit for bit, by running minima.
+
+    Partitioning a short axis runs a selection per element (most of the tissue score's time).
+    Minima pick the same value wherever that value has one bit pattern; where it has more
+    (+0 and -0, NaNs, which np.partition sorts last) np.partition itself picks, on just those
+    elements: it selects each element's lane on its own, so a subset gets the same pick.
+    """
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order}")
+    lowest = np.array(layers[0], copy=True)
+    second = np.full_like(lowest, np.nan)  # NaN: above every value, as np.partition places it
+    for layer in layers[1:]:
+        if order:
+            np.fmin(second, np.maximum(lowest, layer), out=second)
+        np.fmin(lowest, layer, out=lowest)
+    picked = second if order else lowest
+    ambiguous = np.flatnonzero((picked == 0) | np.isnan(picked))
+    if ambiguous.size:
+        lanes = np.stack([np.ravel(layer)[ambiguous] for layer in layers])
+        picked.ravel()[ambiguous] = np.partition(lanes, order, axis=0)[order]
+    return picked
 
 
 def af_template(images: dict[str, np.ndarray], glass: dict[str, float], tissue: np.ndarray, *,
@@ -295,24 +337,39 @@ def af_template(images: dict[str, np.ndarray], glass: dict[str, float], tissue: 
                 normalised.append(excess / level)
         if not normalised:
             return np.zeros(tissue.shape, np.float32)
-        order = 1 if len(normalised) >= 5 else 0
-        template = np.partition(np.stack(normalised), order, axis=0)[order]
+        template = low_order(normalised, 1 if len(normalised) >= 5 else 0)
     if opening_cells > 1:
         # narrow bright things (RBC strings, debris, the edge rim) are not background
         template = ndi.grey_opening(template, size=(opening_cells, opening_cells), mode="nearest")
     return np.clip(template, 0, None).astype(np.float32)
 
 
-def af_scale(plane: np.ndarray, glass_level: float, template: np.ndarray, tissue: np.ndarray) -> float:
+def af_scale(plane: np.ndarray, glass_level: float, template: np.ndarray, tissue: np.ndarray, *,
+             sample: np.ndarray | None = None) -> float:
     """How strongly channel AF follows the template: a low quantile of (value - glass) / template on tissue.
 
-    Low, because specific stain only ever adds to the ratio.
+    Low, because specific stain only ever adds to the ratio. ``sample``: :func:`af_scale_sample`
+    of ``template`` and ``tissue``, when several channels share them.
     """
-    usable = tissue & (template > 0.25 * (np.median(template[tissue]) if tissue.any() else 0.0))
-    if usable.sum() < 20:
+    if sample is None:
+        sample = af_scale_sample(template, tissue)
+    if sample.size == 0:
         return 0.0
-    ratio = (plane[usable] - glass_level) / template[usable]
-    return float(max(0.0, np.percentile(thin(ratio), 20)))
+    ratio = (np.ravel(plane)[sample] - glass_level) / np.ravel(template)[sample]
+    return float(max(0.0, np.percentile(ratio, 20)))
+
+
+def af_scale_sample(template: np.ndarray, tissue: np.ndarray, *, typical: np.floating | None = None) -> np.ndarray:
+    """Flat grid positions whose ratios :func:`af_scale` takes: tissue where the template is over a quarter of
+    its ``typical`` (median on tissue) level, thinned; none when fewer than 20.
+
+    Thinned positions, not thinned ratios: the same values, without a ratio for every tissue bin.
+    """
+    if typical is None and tissue.any():
+        typical = np.median(template[tissue])
+    usable = tissue & (template > 0.25 * (typical if tissue.any() else 0.0))
+    positions = np.flatnonzero(usable)
+    return thin(positions) if positions.size >= 20 else positions[:0]
 
 
 # -- level-0 statistics -------------------------------------------------------------------------
@@ -358,30 +415,86 @@ def mode(values: np.ndarray) -> float:
 
 
 def window_af_scale(windows: list[np.ndarray], boxes, *, glass_level: float, template: np.ndarray,
-                    tissue: np.ndarray, factor: int) -> float | None:
+                    tissue: np.ndarray, factor: int, pieces=None) -> float | None:
     """AF scale from level-0 windows: median over windows of (background mode - glass) / mean template.
 
     At full resolution the pixels between positive cells are AF alone, so this holds for
     stains that cover most of the tissue at low resolution (the nuclear stain), where the
     low-resolution ratio is lifted by stain. None when too few windows lie on tissue.
+    ``pieces``: :attr:`WindowSample.af_pieces` of these windows, when several channels share them.
     """
-    ratios = []
-    pieces = []
-    for box, values in zip(boxes, windows):  # a small slide is one big window: look at it in parts
-        for y in range(0, values.shape[0], 256):
-            for x in range(0, values.shape[1], 256):
-                part = values[y : y + 256, x : x + 256]
-                if min(part.shape) >= 32:
-                    pieces.append(((slice(box[0].start + y, None), slice(box[1].start + x, None)), part))
-    for box, values in pieces:
-        hint = expand(tissue, factor, box[0].start, box[1].start, values.shape)
-        if hint.mean() < 0.3:
-            continue
-        level = float(expand(template, factor, box[0].start, box[1].start, values.shape)[hint].mean())
-        if level < 0.2:
-            continue
-        ratios.append((mode(thin(values[hint], 1 << 14).astype(np.float32)) - glass_level) / level)
+    if pieces is None:
+        pieces = window_sample(boxes, [values.shape for values in windows], tissue=tissue, template=template,
+                               factor=factor).af_pieces
+    ratios = [(mode(np.ravel(windows[k])[positions].astype(np.float32, copy=False)) - glass_level) / level
+              for k, positions, level in pieces]
     return float(max(0.0, np.median(ratios))) if len(ratios) >= 4 else None
+
+
+@dataclass(frozen=True)
+class WindowSample:
+    """The pixels of the level-0 sample windows that the statistics read, the same for every channel.
+
+    Found once rather than per channel: the tissue hint expanded over each window and the
+    thinning of all windows' pixels as one sample cost more than the statistics.
+    """
+
+    tissue: tuple[tuple[np.ndarray, np.ndarray], ...]  # per window: flat positions of the tissue pixels kept, their flat grid bins
+    glass: tuple[np.ndarray, ...]  # per window: flat positions of the glass pixels kept
+    tissue_seen: bool  # False: under 1000 tissue pixels, and ``tissue`` holds a sample of all pixels instead
+    af_pieces: tuple[tuple[int, np.ndarray, float], ...]  # (window, flat positions of its tissue pixels kept, mean template)
+
+
+def window_sample(boxes, shapes, *, tissue: np.ndarray, template: np.ndarray, factor: int) -> WindowSample:
+    """The :class:`WindowSample` of level-0 windows ``boxes`` of ``shapes`` (rows, columns) on the coarse grid."""
+    hints = [expand(tissue, factor, box[0].start, box[1].start, shape) for box, shape in zip(boxes, shapes)]
+    on_tissue = [np.flatnonzero(hint) for hint in hints]
+    tissue_seen = sum(positions.size for positions in on_tissue) >= 1000
+    if not tissue_seen:  # hardly any tissue seen: all of it
+        on_tissue = [np.arange(hint.size) for hint in hints]
+    kept = _thin_parts(on_tissue)
+    bins = [_grid_bins(box, shape[1], positions, factor, tissue.shape[1]) for box, shape, positions in zip(boxes, shapes, kept)]
+    glass = _thin_parts([np.flatnonzero(~hint) for hint in hints])
+    return WindowSample(tuple(zip(kept, bins)), tuple(glass), tissue_seen,
+                        _af_pieces(boxes, hints, template=template, factor=factor))
+
+
+def _grid_bins(box, width: int, positions: np.ndarray, factor: int, grid_width: int) -> np.ndarray:
+    """Flat coarse-grid bins of the flat ``positions`` in a level-0 window ``box`` ``width`` px wide."""
+    rows, cols = np.divmod(positions, width)
+    return (box[0].start + rows) // factor * grid_width + (box[1].start + cols) // factor
+
+
+def _thin_parts(parts: list[np.ndarray], limit: int = STATS_SAMPLE) -> list[np.ndarray]:
+    """Each of ``parts`` cut to the values that :func:`thin` keeps of all of them concatenated."""
+    step = -(-sum(part.size for part in parts) // limit)
+    if step <= 1:
+        return list(parts)
+    kept, start = [], 0
+    for part in parts:
+        kept.append(part[-start % step :: step])
+        start += part.size
+    return kept
+
+
+def _af_pieces(boxes, hints: list[np.ndarray], *, template: np.ndarray, factor: int) -> tuple:
+    """The 256 px pieces of the windows that :func:`window_af_scale` reads (mostly tissue, with AF)."""
+    pieces = []
+    for k, (box, hint) in enumerate(zip(boxes, hints)):  # a small slide is one big window: look at it in parts
+        levels = None
+        for y in range(0, hint.shape[0], 256):
+            for x in range(0, hint.shape[1], 256):
+                part = hint[y : y + 256, x : x + 256]
+                if min(part.shape) < 32 or part.mean() < 0.3:
+                    continue
+                if levels is None:
+                    levels = expand(template, factor, box[0].start, box[1].start, hint.shape)
+                level = float(levels[y : y + 256, x : x + 256][part].mean())
+                if level < 0.2:
+                    continue
+                rows, cols = np.nonzero(part)
+                pieces.append((k, thin((rows + y) * hint.shape[1] + cols + x, 1 << 14), level))
+    return tuple(pieces)
 
 
 def residual_stats(residual: np.ndarray, *, k: float, fraction: float, integer: bool) -> tuple[float, float, float, float]:
@@ -447,24 +560,21 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
     return counts.astype(int).tolist()
 
 
-def _sample_residuals(model: SignalModel, name: str, windows: dict, boxes, *,
-                      pixel_af: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _sample_residuals(model: SignalModel, name: str, windows: dict, sample: WindowSample, *,
+                      pixel_af: bool = True, glass: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Residuals of channel ``name`` on tissue in the level-0 windows, and its raw values on glass
-    (``pixel_af`` False: without the pixel-by-pixel AF subtraction, as if the model had none)."""
-    on_tissue, on_glass = [], []
-    af_windows = windows.get(model.af_channel) if model.af_channel and pixel_af else None
-    for k, (box, values) in enumerate(zip(boxes, windows[name])):
-        hint = expand(model.tissue_hint, model.factor, box[0].start, box[1].start, values.shape)
-        af = af_windows[k] if af_windows is not None else None
-        residual = model.residual(name, values, box[0].start, box[1].start, af)
-        on_tissue.append(residual[hint])
-        on_glass.append(values[~hint].astype(np.float32))
+    (``pixel_af`` False: without the pixel-by-pixel AF subtraction, as if the model had none;
+    ``glass`` False: no glass values, None)."""
+    af_windows = windows.get(model.af_channel) if model.af_channel and pixel_af and sample.tissue_seen else None
+    on_tissue = []
+    for k, (positions, bins) in enumerate(sample.tissue):
+        af = np.ravel(af_windows[k])[positions] if af_windows is not None else None
+        on_tissue.append(model.residual_in_bins(name, np.ravel(windows[name][k])[positions], bins, af))
     tissue_residual = np.concatenate(on_tissue) if on_tissue else np.empty(0, np.float32)
-    if tissue_residual.size < 1000:  # hardly any tissue seen: all of it
-        tissue_residual = np.concatenate([model.residual(name, w, b[0].start, b[1].start).ravel()
-                                          for b, w in zip(boxes, windows[name])])
-    glass_values = np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
-    return thin(tissue_residual), thin(glass_values)
+    if not glass:
+        return tissue_residual, None
+    on_glass = [np.ravel(values)[positions].astype(np.float32) for values, positions in zip(windows[name], sample.glass)]
+    return tissue_residual, np.concatenate(on_glass) if on_glass else np.empty(0, np.float32)
 
 
 def _threads(num_workers: int | None, tasks: int) -> int:
@@ -481,24 +591,27 @@ def _map(function, items, threads: int) -> list:
         return list(pool.map(function, items))
 
 
-def _channel_model(model: SignalModel, name: str, rule: ThresholdRule, windows: dict, sample_boxes, *, integer: bool,
-                   nuclei: str | None, typical_template: float) -> tuple[ChannelModel, dict, bool, str | None]:
+def _channel_model(model: SignalModel, name: str, rule: ThresholdRule, windows: dict, sample: WindowSample, *,
+                   integer: bool, nuclei: str | None, typical_template: float) -> tuple[ChannelModel, dict, bool, str | None]:
     """Channel ``name``'s model from its level-0 windows: (model, QC histogram, whether it keeps the
     pixel-by-pixel AF subtraction, a note). Reads ``model`` (its placeholders), never changes it."""
     glass, scale_af = model.channels[name].glass_level, model.channels[name].af_scale
-    tissue_residual, glass_values = _sample_residuals(model, name, windows, sample_boxes)
+    tissue_residual, glass_values = _sample_residuals(model, name, windows, sample)
     keeps_pixel_af = name in model.pixel_af
     note = None
+    stats = None
     if keeps_pixel_af and rule.method == "background":
         # subtracting the AF channel pixel by pixel adds its noise: keep it only where it pays
-        pixel_noise = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
-        coarse_residual, _ = _sample_residuals(model, name, windows, sample_boxes, pixel_af=False)
-        coarse_noise = residual_stats(coarse_residual, k=rule.k, fraction=rule.fraction, integer=integer)[1]
-        keeps_pixel_af = pixel_noise < 0.9 * coarse_noise
+        stats = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)
+        coarse_residual, _ = _sample_residuals(model, name, windows, sample, pixel_af=False, glass=False)
+        coarse_stats = residual_stats(coarse_residual, k=rule.k, fraction=rule.fraction, integer=integer)
+        keeps_pixel_af = stats[1] < 0.9 * coarse_stats[1]
         if not keeps_pixel_af:
-            tissue_residual = coarse_residual
+            tissue_residual, stats = coarse_residual, coarse_stats
     if rule.method == "background":
-        offset, noise, scale, margin = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)
+        if stats is None:
+            stats = residual_stats(tissue_residual, k=rule.k, fraction=rule.fraction, integer=integer)
+        offset, noise, scale, margin = stats
         covered = float(np.mean(tissue_residual > offset + margin)) if tissue_residual.size else 0.0
         floor = max(rule.k * noise, 1.0 if integer else 0.0)
         if name == nuclei and covered < MIN_NUCLEAR_COVER and np.ptp(tissue_residual) > 0:
@@ -533,7 +646,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     threshold sample.
     """
     images, source = overview(slide, names, factor, scheduler=scheduler, num_workers=num_workers)
-    tissue, glass, has_glass = tissue_and_glass(images, nuclei)
+    tissue, glass, has_glass = tissue_and_glass(images, nuclei, num_workers=num_workers)
     bin_um = factor * math.sqrt(slide.pixel_size_x_um * slide.pixel_size_y_um)
     opening = max(1, int(round(opening_um / bin_um))) | 1
     if autofluorescence is not None or has_glass:
@@ -543,7 +656,9 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
         # no glass to measure AF against and no AF channel (a crop inside tissue, unmixed or
         # mass-spec data): one background level per channel over the whole field
         template = tissue.astype(np.float32)
-    scales = {name: af_scale(images[name], glass[name], template, tissue) for name in names}
+    typical = np.median(template[tissue]) if tissue.any() else None
+    sample = af_scale_sample(template, tissue, typical=typical)
+    scales = {name: af_scale(images[name], glass[name], template, tissue, sample=sample) for name in names}
     integer = slide.dtype.kind in "ui"
 
     # level-0 windows: the regular lattice for noise and positive scale
@@ -552,12 +667,14 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
                                            scheduler=scheduler)))
     # per channel independent work (numpy sorts and histograms, mostly without the GIL): in threads
     threads = _threads(num_workers, len(names))
+    sample = window_sample(sample_boxes, [values.shape for values in windows[names[0]]], tissue=tissue,
+                           template=template, factor=factor)
     refined = _map(lambda name: window_af_scale(windows[name], sample_boxes, glass_level=glass[name], template=template,
-                                                tissue=tissue, factor=factor), names, threads)
+                                                tissue=tissue, factor=factor, pieces=sample.af_pieces), names, threads)
     for name, scale in zip(names, refined):
         if scale is not None:
             scales[name] = scale
-    typical_template = float(np.median(template[tissue])) if tissue.any() else 0.0
+    typical_template = float(typical) if tissue.any() else 0.0
     placeholders = {name: ChannelModel(name, "background", glass[name], scales[name], 0.0, 0.0, 0.0, 0.0) for name in names}
     model = SignalModel(factor, template, tissue, placeholders, source=source, has_glass=has_glass,
                         af_channel=autofluorescence)
@@ -568,7 +685,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
         if level > 0:
             model.pixel_af = {name: scales[name] / level for name in names
                               if name != autofluorescence and rules[name].method == "background" and scales[name] > 0}
-    fitted = _map(lambda name: _channel_model(model, name, rules[name], windows, sample_boxes, integer=integer,
+    fitted = _map(lambda name: _channel_model(model, name, rules[name], windows, sample, integer=integer,
                                               nuclei=nuclei, typical_template=typical_template), names, threads)
     channels: dict[str, ChannelModel] = {}
     histograms = {}
@@ -584,7 +701,7 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
     if max_crosstalk > 0:
         model.crosstalk = estimate_crosstalk(sparse, model, images, names, targets=crosstalk_targets,
                                              window_px=window_px, tile=tile, max_crosstalk=max_crosstalk,
-                                             min_crosstalk=min_crosstalk, scheduler=scheduler)
+                                             min_crosstalk=min_crosstalk, scheduler=scheduler, num_workers=num_workers)
     return model
 
 
@@ -594,24 +711,32 @@ def build_signal_model(slide, names: list[str], rules: dict[str, ThresholdRule],
 def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, window_px: int, shape: tuple[int, int],
                        tile: int, count: int, floor: float) -> list[tuple[slice, slice]]:
     """Up to ``count`` level-0 windows centred on the brightest coarse bins of ``excess``, apart from each other."""
-    score = np.where(tissue, excess, -np.inf)
-    flat = score.ravel()
+    positions = np.flatnonzero(tissue)
+    return _brightest_bins(positions, np.ravel(excess)[positions], excess.shape, factor=factor, window_px=window_px,
+                           shape=shape, tile=tile, count=count, floor=floor)
+
+
+def _brightest_bins(positions: np.ndarray, excess: np.ndarray, grid_shape: tuple[int, int], *, factor: int,
+                    window_px: int, shape: tuple[int, int], tile: int, count: int,
+                    floor: float) -> list[tuple[slice, slice]]:
+    """:func:`_brightest_windows` of the excess ``excess`` of the bins at flat ``positions`` (ascending) of the grid."""
     # only bins above the floor can be picked; of those the 20,000 brightest (all that tie with the
     # last), so the set never depends on how a partition orders equal values. Partitioning the
     # whole grid instead, mostly -inf off tissue, degenerates (0.25 s a channel on a 12k slide).
-    candidates = np.flatnonzero(flat > floor)
+    above = excess > floor
+    candidates, values = positions[above], excess[above]
     top = 20000
     if candidates.size > top:
-        values = flat[candidates]
         kth = np.partition(values, values.size - top)[values.size - top]
-        candidates = candidates[values >= kth]
-    order = candidates[np.lexsort((candidates, -flat[candidates]))]  # brightest first, ties by position
+        brightest = values >= kth
+        candidates, values = candidates[brightest], values[brightest]
+    order = candidates[np.lexsort((candidates, -values))]  # brightest first, ties by position
     height, width = shape
     boxes = []
     apart = window_px / factor * 2
-    rows, cols = np.divmod(order, score.shape[1])
+    rows, cols = np.divmod(order, grid_shape[1])
     # bins closer than ``apart`` (both ways) to a picked one are blocked: the brightest unblocked bin is next
-    blocked = np.zeros(score.shape, bool)
+    blocked = np.zeros(grid_shape, bool)
     for _ in range(count):
         free = np.flatnonzero(~blocked[rows, cols])
         if free.size == 0:
@@ -626,9 +751,20 @@ def _brightest_windows(excess: np.ndarray, tissue: np.ndarray, *, factor: int, w
     return boxes
 
 
+def _dilate_square(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_dilation(mask, np.ones((3, 3)))`` as shifted ORs (a fraction of its time on a whole-slide grid)."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    dilated = rows.copy()
+    dilated[:, 1:] |= rows[:, :-1]
+    dilated[:, :-1] |= rows[:, 1:]
+    return dilated
+
+
 def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray], names: list[str], *,
                        targets: tuple[str, ...], window_px: int, tile: int, max_crosstalk: float,
-                       min_crosstalk: float, scheduler=None, windows_per_source: int = 4) -> dict:
+                       min_crosstalk: float, scheduler=None, num_workers=None, windows_per_source: int = 4) -> dict:
     """kappa_cd for every target c and source d: the share of d's specific signal that shows in c (``slide`` read through window-sized chunks).
 
     Measured at level 0 around d's brightest structures, as the most common residual ratio
@@ -640,20 +776,19 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
     # cells bright in most channels at once are debris or red blood cells: their ratios are not crosstalk
     excess = {name: images[name] - model.background(name) for name in names}
     bright = np.zeros(model.tissue_hint.shape, np.int16)
+    on_tissue = thin(np.flatnonzero(model.tissue_hint))  # the bins whose excess the 99.5th percentile reads
     for name in names:
-        on_tissue = excess[name][model.tissue_hint]
         if on_tissue.size:
-            bright += excess[name] > max(float(np.percentile(thin(on_tissue), 99.5)), 0.0)
-    artefact = ndi.binary_dilation(bright >= max(3, (len(names) + 1) // 2), np.ones((3, 3), bool))
-    usable = model.tissue_hint & ~artefact
+            bright += excess[name] > max(float(np.percentile(np.ravel(excess[name])[on_tissue], 99.5)), 0.0)
+    usable = np.flatnonzero(model.tissue_hint & ~_dilate_square(bright >= max(3, (len(names) + 1) // 2)))
     boxes_by_source = {}
     for source in names:
         cm = model.channels[source]
         if cm.global_threshold is not None or (source == model.af_channel and model.pixel_af):
             continue  # the AF channel is already subtracted pixel by pixel
-        boxes = _brightest_windows(excess[source] - cm.offset, usable, factor=factor, window_px=window_px,
-                                   shape=slide.shape[1:], tile=tile, count=windows_per_source,
-                                   floor=cm.margin * 0.5)
+        boxes = _brightest_bins(usable, np.ravel(excess[source])[usable] - cm.offset, bright.shape, factor=factor,
+                                window_px=window_px, shape=slide.shape[1:], tile=tile, count=windows_per_source,
+                                floor=cm.margin * 0.5)
         if boxes:
             boxes_by_source[source] = boxes
     if not boxes_by_source:
@@ -661,28 +796,41 @@ def estimate_crosstalk(slide, model: SignalModel, images: dict[str, np.ndarray],
     boxes = [box for source_boxes in boxes_by_source.values() for box in source_boxes]
     read = dict(zip(names, read_windows([slide.channel(name) for name in names], boxes, scheduler=scheduler)))
     owner = [source for source, source_boxes in boxes_by_source.items() for _ in source_boxes]
+    af_read = read.get(model.af_channel)
 
-    def pixels(source: str, name: str) -> np.ndarray:
-        """Residuals of ``name`` above its offset in ``source``'s windows (made per pair: all at once is ~0.5 GB)."""
-        parts = []
-        for k, box in enumerate(boxes):
-            if owner[k] == source:
-                af = read[model.af_channel][k] if model.af_channel in read else None
-                residual = model.residual(name, read[name][k], box[0].start, box[1].start, af)
-                parts.append((residual - np.float32(model.channels[name].offset)).ravel())
-        return np.concatenate(parts)
-
-    result: dict[str, list[tuple[str, float]]] = {}
-    for source in boxes_by_source:
-        driver = pixels(source, source)
-        strong = driver > max(4 * model.channels[source].margin, float(np.percentile(driver, 95)))
+    def kappas(source: str) -> list[tuple[str, float]]:
+        """(target, kappa) of each target ``source`` shows in, from ``source``'s windows."""
+        mine = [k for k in range(len(boxes)) if owner[k] == source]
+        offset = np.float32(model.channels[source].offset)
+        driver = [model.residual(source, read[source][k], boxes[k][0].start, boxes[k][1].start,
+                                 af_read[k] if af_read is not None else None) - offset for k in mine]
+        strong = np.concatenate([residual.ravel() for residual in driver])
+        strong = strong > max(4 * model.channels[source].margin, float(np.percentile(strong, 95)))
         if strong.sum() < 50:
-            continue
+            return []
+        # the targets' residuals only where the source is strong: the same numbers as of whole windows, a few % of the work
+        picked, start = [], 0
+        for k, residual in zip(mine, driver):
+            positions = np.flatnonzero(strong[start : start + residual.size])
+            picked.append((k, positions, _grid_bins(boxes[k], residual.shape[1], positions, factor, bright.shape[1])))
+            start += residual.size
+        on_strong = np.concatenate([residual.ravel()[positions] for residual, (_, positions, _) in zip(driver, picked)])
+        found = []
         for target in targets:
             if target == source or model.channels[target].global_threshold is not None:
                 continue
-            ratio = pixels(source, target)[strong] / driver[strong]
-            kappa = mode(ratio)
+            residual = np.concatenate([
+                model.residual_in_bins(target, np.ravel(read[target][k])[positions], bins,
+                                       np.ravel(af_read[k])[positions] if af_read is not None else None)
+                for k, positions, bins in picked])
+            kappa = mode((residual - np.float32(model.channels[target].offset)) / on_strong)
             if min_crosstalk <= kappa <= max_crosstalk:
-                result.setdefault(target, []).append((source, kappa))
+                found.append((target, kappa))
+        return found
+
+    result: dict[str, list[tuple[str, float]]] = {}
+    sources = list(boxes_by_source)
+    for source, found in zip(sources, _map(kappas, sources, _threads(num_workers, len(sources)))):
+        for target, kappa in found:
+            result.setdefault(target, []).append((source, kappa))
     return {target: tuple(sorted(pairs)) for target, pairs in sorted(result.items())}
