@@ -6,9 +6,7 @@ in order, times them, reports progress, and gathers what they found into a :clas
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,16 +152,11 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     timings.mark("evidence")
 
     _step("tissue and tumour")
-    # the TLS step only reads the maps too: with a second worker the two run side by side (their
-    # whole-grid labelling, filtering and distance transforms release the GIL for the most part)
-    side_by_side = not runs_in_one_thread(scheduler) and (num_workers or os.cpu_count() or 1) > 1
-    with ThreadPoolExecutor(1) as pool:
-        bed_found = pool.submit(tissue_and_tumour, evidence, config, grid, drawn) if side_by_side else None
-        bed = None if side_by_side else tissue_and_tumour(evidence, config, grid, drawn)
-        _step("TLS")
-        has_t_cells = "t_cells" in plan.roles
-        found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells, num_workers=num_workers)
-        bed = bed_found.result() if side_by_side else bed
+    bed = tissue_and_tumour(evidence, config, grid, drawn)
+
+    _step("TLS")
+    has_t_cells = "t_cells" in plan.roles
+    found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells, num_workers=num_workers)
     found.artefact_area_mm2 = artefact_area_mm2(evidence, found.debris, bed.tissue, grid)
     timings.mark("segmentation")
 
