@@ -14,8 +14,9 @@ and off), its CPU seconds and its peak RSS. From them:
   ``compute.workers = n``), each in T(n): k x 3600 / T(n) slides per hour, k x RSS(n) of memory.
 
 It assumes each core runs as fast as one of the machine measured and that the disk and the
-memory bandwidth keep up (decoding is most of the work: with many slides at once, check the
-storage reads at least k x (file size / T(n)) MB/s). The serial share comes from a 2-vCPU VM
+memory bandwidth keep up (decoding is most of the work: with many slides at once the storage
+must read the files as fast as the column *storage read MB/s* says; with cells each file is
+read twice, and a file larger than the page cache comes from the disk both times). The serial share comes from a 2-vCPU VM
 whose two threads also compete for cache and memory bandwidth: beyond 2 threads per slide the
 model is an extrapolation, and slides side by side (few threads each) are the safer choice.
 
@@ -57,7 +58,9 @@ def model(rows: list[dict], *, cores: int, memory_gb: float) -> list[dict]:
                 rss_mb = one["peak_rss_mb"] + (n - 1) * per_thread_mb
                 options.append({"threads": n, "slides_at_once": slides, "seconds_per_slide": round(seconds, 1),
                                 "slides_per_hour": round(slides * 3600 / seconds), "memory_gb": round(slides * rss_mb / 1024, 1),
-                                "fits": slides * rss_mb / 1024 <= memory_gb})
+                                "fits": slides * rss_mb / 1024 <= memory_gb,
+                                # each slide's file read twice with cells (the counting and the cell pass), once without
+                                "read_mb_s": round(slides * runs[1]["file_mb"] * (2 if mode == "on" else 1) / seconds)})
             records.append({"size": size, "shape": runs[1]["shape"], "mode": mode, "t1_s": t1, "t2_s": t2,
                             "cpu1_s": one.get("cpu_s"), "cpu2_s": two.get("cpu_s"), "speedup_2": round(t1 / t2, 2),
                             "serial_share": round(serial, 3), "rss1_mb": one["peak_rss_mb"],
@@ -70,16 +73,16 @@ def report(records: list[dict], *, cores: int, memory_gb: float) -> str:
              "| slide | cells | 1 thread s | 2 threads s | speedup | serial share | RSS 1 / 2 thr MB "
              "| per extra thread MB |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['shape'][1]:,} x {r['shape'][2]:,} | {r['mode']} | {r['t1_s']:.1f} | {r['t2_s']:.1f} "
+        lines.append(f"| {r['shape'][2]:,} x {r['shape'][1]:,} | {r['mode']} | {r['t1_s']:.1f} | {r['t2_s']:.1f} "
                      f"| {r['speedup_2']:.2f} | {r['serial_share']:.2f} | {r['rss1_mb']} / {r['rss2_mb']} "
                      f"| {r['per_thread_mb']} |")
-    lines += ["", "| slide | cells | threads per slide | slides at once | s per slide | slides per hour | memory GB |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| slide | cells | threads per slide | slides at once | s per slide | slides per hour | memory GB "
+              "| storage read MB/s |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         for o in r["options"]:
             memory = f"{o['memory_gb']}" + ("" if o["fits"] else " (does not fit)")
-            lines.append(f"| {r['shape'][1]:,} x {r['shape'][2]:,} | {r['mode']} | {o['threads']} | {o['slides_at_once']} "
-                         f"| {o['seconds_per_slide']} | {o['slides_per_hour']} | {memory} |")
+            lines.append(f"| {r['shape'][2]:,} x {r['shape'][1]:,} | {r['mode']} | {o['threads']} | {o['slides_at_once']} "
+                         f"| {o['seconds_per_slide']} | {o['slides_per_hour']} | {memory} | {o['read_mb_s']:,} |")
     return "\n".join(lines)
 
 
