@@ -131,6 +131,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
         scheduler = None if config.compute.scheduler == "distributed" else config.compute.scheduler
     num_workers = num_workers if num_workers is not None else (config.compute.workers or None)
     compute = {"scheduler": scheduler, "num_workers": num_workers}
+    threads = 1 if runs_in_one_thread(scheduler) else num_workers  # for the steps that run their own threads
     plan = plan_channels(slide, config)
     grid = plan_grid(slide, config)
     check_memory(slide, fine_factor=grid.fine_factor, coarse_factor=grid.coarse_factor,
@@ -138,8 +139,8 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
     drawn = _drawn_regions(annotations, config, slide, grid)
 
     _step("signal model")
-    signal = model_signal(slide, config, plan, grid, **compute)
-    thresholds = threshold_record(config, plan, signal, num_workers=num_workers)
+    signal = model_signal(slide, config, plan, grid, scheduler=scheduler, num_workers=threads)
+    thresholds = threshold_record(config, plan, signal, num_workers=threads)
     timings.mark("thresholds")
 
     segmented = SegmentedCells([], frozenset())
@@ -156,7 +157,7 @@ def analyze_slide(slide: Slide | str | Path, config: Config | None = None, *, sc
 
     _step("TLS")
     has_t_cells = "t_cells" in plan.roles
-    found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells, num_workers=num_workers)
+    found = find_tls(evidence, config, grid, drawn, has_t_cells=has_t_cells, num_workers=threads)
     found.artefact_area_mm2 = artefact_area_mm2(evidence, found.debris, bed.tissue, grid)
     timings.mark("segmentation")
 
