@@ -19,12 +19,13 @@ def _occupancy(seed: int, shape=(301, 257)) -> np.ndarray:
     return occupancy
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("band_rows", [1, 7, 64, 1000])
 @pytest.mark.parametrize("sigma_um", [0.0, 6.0, 15.0])
-def test_boxes_and_bands_equal_the_whole_map(band_rows, sigma_um):
+def test_boxes_and_bands_equal_the_whole_map(band_rows, sigma_um, threads):
     occupancy = _occupancy(1)
     whole = smooth(occupancy, sigma_um=sigma_um, bin_um=2.0)
-    density = SmoothedDensity(occupancy, sigma_um=sigma_um, bin_um=2.0, band_rows=band_rows)
+    density = SmoothedDensity(occupancy, sigma_um=sigma_um, bin_um=2.0, band_rows=band_rows, threads=threads)
     assert np.array_equal(density.above(0.25), whole > 0.25)
     for box in [(slice(0, 10), slice(0, 10)), (slice(290, 400), slice(250, 257)), (slice(100, 180), slice(3, 200)),
                 (slice(None), slice(None)), (slice(0, 301), slice(120, 121))]:

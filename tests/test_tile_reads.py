@@ -47,3 +47,22 @@ def test_strips_and_interleaved_samples_use_the_store(tmp_path, monkeypatch, rng
     slide = tlsquant.open_slide(path)
     np.testing.assert_array_equal(np.stack([slide.channel(n).compute(scheduler="sync") for n in slide.channel_names]),
                                   image)
+
+
+def _read_located(offset, location):
+    (y0, y1), (x0, x1) = location
+    return offset + np.add.outer(np.arange(y0, y1) * 1000, np.arange(x0, x1))
+
+
+def test_located_blocks_give_each_block_its_location_and_pickle():
+    """The hand-built graph (no map_blocks): every block is read(*args, its location), any chunking, picklable."""
+    import pickle
+
+    whole = 7 + np.add.outer(np.arange(23) * 1000, np.arange(17))
+    for chunks in [((23,), (17,)), ((5, 5, 13), (16, 1)), ((1,) * 23, (4, 4, 4, 4, 1))]:
+        array = lazy.located_blocks(_read_located, (7,), chunks=chunks, dtype=np.int64, name=f"located-{len(chunks[0])}")
+        assert array.chunks == chunks
+        assert np.array_equal(array.compute(scheduler="sync"), whole)
+        assert np.array_equal(array[3:20, 2:9].compute(scheduler="threads"), whole[3:20, 2:9])
+        graph = dict(array.__dask_graph__())
+        assert len(pickle.loads(pickle.dumps(graph))) == len(chunks[0]) * len(chunks[1])
